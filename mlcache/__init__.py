@@ -1,0 +1,54 @@
+"""mlcache: an offline-first caching store for ML artifacts and metadata in front of MLflow."""
+
+from __future__ import annotations
+
+from .base import BaseMlflowApi, CacheFallbackWarning
+from .entities import Experiment, Model, ModelVersion, Run, RunStatus
+from .errors import (
+    BackendError,
+    CacheMiss,
+    CorruptMetadata,
+    EntityExists,
+    EntityNotFound,
+    InvalidIdentifier,
+    LockTimeout,
+    MlcacheError,
+    OfflineModeError,
+    PluginNotFound,
+    ServerUnreachable,
+)
+from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi
+from .paths import UnsafePath
+from .plugins import get_api
+from .query import InvalidQuery
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "BaseMlflowApi",
+    "CacheFallbackWarning",
+    "CacheMiss",
+    "CorruptMetadata",
+    "EntityExists",
+    "EntityNotFound",
+    "ExpApi",
+    "Experiment",
+    "InvalidIdentifier",
+    "InvalidQuery",
+    "LockTimeout",
+    "MlcacheError",
+    "Model",
+    "ModelApi",
+    "ModelVersion",
+    "ModelVersionApi",
+    "OfflineModeError",
+    "PluginNotFound",
+    "Run",
+    "RunApi",
+    "RunStatus",
+    "ServerUnreachable",
+    "UnsafePath",
+    "get_api",
+    "__version__",
+]

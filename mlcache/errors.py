@@ -1,0 +1,68 @@
+"""Errors raised by mlcache: one base class, one subclass per thing a user must react to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MlcacheError(Exception):
+    """Base class of every error mlcache raises on purpose."""
+
+
+class InvalidIdentifier(MlcacheError, ValueError):
+    """An identifier (id, name, URI, tuple) that cannot name an entity of the expected kind."""
+
+
+class EntityNotFound(MlcacheError, LookupError):
+    """The backend answered that the entity does not exist."""
+
+    def __init__(self, kind: str, key: str, detail: str = "") -> None:
+        self.kind = kind
+        self.key = key
+        msg = f"{kind} {key!r} does not exist"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+class EntityExists(MlcacheError):
+    """The backend refused to create an entity whose name is taken."""
+
+
+class BackendError(MlcacheError):
+    """The backend refused a request for a reason other than a missing entity."""
+
+
+class CacheMiss(MlcacheError, LookupError):
+    """Offline (or with the server unreachable), the cache holds no copy of what was asked."""
+
+    def __init__(self, kind: str, key: str, cache_dir: Path, hint: str) -> None:
+        self.kind = kind
+        self.key = key
+        self.cache_dir = cache_dir
+        super().__init__(
+            f"{kind} {key!r} is not in the cache at {cache_dir}; to fill it, {hint} "
+            "while online (or import a bundle that holds it)"
+        )
+
+
+class CorruptMetadata(MlcacheError):
+    """A metadata file of the cache cannot be parsed; the message names the file."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(f"malformed cache file {path}: {reason}")
+
+
+class ServerUnreachable(MlcacheError, ConnectionError):
+    """The tracking server did not answer within the configured timeout."""
+
+
+class OfflineModeError(MlcacheError):
+    """An operation that needs the server was called in offline mode."""
+
+
+class LockTimeout(MlcacheError, TimeoutError):
+    """A cache lock could not be acquired in time."""
+
+
+class PluginNotFound(MlcacheError, LookupError):
+    """No plugin of that name is installed in the `mlcache.plugins` entry point group."""

@@ -1,0 +1,306 @@
+"""Plugin `mlflow`: open-source MLflow 3.x through `MlflowClient` (a server, or a sqlite/file URI).
+
+mlflow is imported on first use, never at import or construction time, so this plugin works in
+offline mode where mlflow is not installed. Before talking to an http(s) server the plugin checks,
+within `connect_timeout`, that it answers at all: an unreachable server fails in seconds instead of
+MLflow's minutes of connection retries, and the base class can answer from the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import platformdirs
+from pydantic import Field, PrivateAttr
+
+from ..base import BaseMlflowApi
+from ..encoding import decode_nested, unflatten
+from ..entities import RunStatus
+from ..errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
+from ..timeutil import from_ms, to_ms
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+T = TypeVar("T")
+
+_NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+_EXISTS = {"RESOURCE_ALREADY_EXISTS"}
+
+
+def default_embedded_dir() -> Path:
+    """Where the embedded default keeps its sqlite store and artifacts."""
+    return Path(platformdirs.user_data_dir("mlcache"))
+
+
+def _iso(ms: int | None) -> str | None:
+    when = from_ms(ms)
+    return when.isoformat() if when else None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import requests
+
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class MlflowApi(BaseMlflowApi):
+    """mlcache in front of an MLflow 3 tracking server and model registry."""
+
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    connect_timeout: float = 5.0
+    probe_ttl: float = 2.0
+    embedded_dir: Path = Field(default_factory=default_embedded_dir)
+
+    _client: MlflowClient | None = PrivateAttr(None)
+    _reachable_at: float = PrivateAttr(-1e9)
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        """The tracking URI: argument, then `MLFLOW_TRACKING_URI`, then the embedded sqlite store."""
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            return uri
+        return f"sqlite:///{self.embedded_dir / 'mlflow.db'}"
+
+    @property
+    def is_embedded(self) -> bool:
+        return not (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MlflowClient, built on first use (this is where mlflow is imported)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            if self.is_embedded:
+                self.embedded_dir.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.resolved_tracking_uri, registry_uri=self.registry_uri)
+        return self._client
+
+    # ----------------------------------------------------------------- calls
+    def _ensure_reachable(self) -> None:
+        uri = self.resolved_tracking_uri
+        if not uri.startswith(("http://", "https://")):
+            return
+        if time.monotonic() - self._reachable_at < self.probe_ttl:
+            return
+        import requests
+
+        insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=self.connect_timeout, verify=not insecure)
+        except requests.RequestException as exc:
+            raise ServerUnreachable(
+                f"MLflow server at {uri} did not answer within {self.connect_timeout:g}s "
+                f"({type(exc).__name__}); use offline_mode=True or MLCACHE_OFFLINE=1 to read the cache only"
+            ) from exc
+        self._reachable_at = time.monotonic()
+
+    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        """Run one client call, translating MLflow's errors into mlcache's."""
+        from mlflow.exceptions import MlflowException
+
+        self._ensure_reachable()
+        try:
+            result = fn()
+        except MlflowException as exc:
+            if _is_connection_error(exc):
+                self._reachable_at = -1e9
+                raise ServerUnreachable(f"MLflow server at {self.resolved_tracking_uri} failed: {exc.message}") from exc
+            if exc.error_code in _NOT_FOUND:
+                raise EntityNotFound(what, key, exc.message) from exc
+            if exc.error_code in _EXISTS:
+                raise EntityExists(f"{what} {key!r} already exists: {exc.message}") from exc
+            raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}") from exc
+        self._reachable_at = time.monotonic()
+        return result
+
+    # ----------------------------------------------------------------- documents
+    @staticmethod
+    def _exp_doc(exp: Any) -> dict[str, Any]:
+        return {
+            "id": exp.experiment_id,
+            "name": exp.name,
+            "tags": decode_nested(exp.tags or {}),
+            "artifact_location": exp.artifact_location,
+            "lifecycle_stage": exp.lifecycle_stage,
+            "creation_time": _iso(exp.creation_time),
+            "last_update_time": _iso(exp.last_update_time),
+        }
+
+    @staticmethod
+    def _run_doc(run: Any) -> dict[str, Any]:
+        info, data = run.info, run.data
+        return {
+            "id": info.run_id,
+            "name": info.run_name,
+            "exp_id": info.experiment_id,
+            "status": info.status,
+            "start_time": _iso(info.start_time),
+            "end_time": _iso(info.end_time),
+            "tags": decode_nested(data.tags),
+            "params": decode_nested(data.params),
+            "metrics": unflatten(data.metrics),
+            "repo": info.artifact_uri,
+            "parent_run_id": data.tags.get("mlflow.parentRunId"),
+            "lifecycle_stage": info.lifecycle_stage,
+        }
+
+    @staticmethod
+    def _model_doc(model: Any) -> dict[str, Any]:
+        return {
+            "name": model.name,
+            "tags": decode_nested(model.tags or {}),
+            "aliases": {alias: str(version) for alias, version in (model.aliases or {}).items()},
+            "description": model.description or None,
+            "creation_time": _iso(model.creation_timestamp),
+            "last_update_time": _iso(model.last_updated_timestamp),
+        }
+
+    @staticmethod
+    def _mv_doc(mv: Any) -> dict[str, Any]:
+        return {
+            "model_name": mv.name,
+            "version": str(mv.version),
+            "run_id": mv.run_id or None,
+            "source": mv.source,
+            "tags": decode_nested(mv.tags or {}),
+            "aliases": list(mv.aliases or []),
+            "status": mv.status,
+            "description": mv.description or None,
+            "creation_time": _iso(mv.creation_timestamp),
+            "last_update_time": _iso(mv.last_updated_timestamp),
+            "model_id": getattr(mv, "model_id", None) or None,
+        }
+
+    # ----------------------------------------------------------------- reads
+    def _impl_fetch_exp(self, exp_id: str) -> dict[str, Any]:
+        if not exp_id.isdigit():
+            raise EntityNotFound("experiment", exp_id, "MLflow experiment ids are numbers")
+        return self._exp_doc(self._call("experiment", exp_id, lambda: self.client.get_experiment(exp_id)))
+
+    def _impl_fetch_exp_by_name(self, name: str) -> dict[str, Any]:
+        exp = self._call("experiment", name, lambda: self.client.get_experiment_by_name(name))
+        if exp is None:
+            raise EntityNotFound("experiment", name)
+        return self._exp_doc(exp)
+
+    def _impl_fetch_run(self, run_id: str) -> dict[str, Any]:
+        return self._run_doc(self._call("run", run_id, lambda: self.client.get_run(run_id)))
+
+    def _impl_fetch_model(self, name: str) -> dict[str, Any]:
+        return self._model_doc(self._call("model", name, lambda: self.client.get_registered_model(name)))
+
+    def _impl_fetch_model_version(self, name: str, version: str) -> dict[str, Any]:
+        key = f"models:/{name}/{version}"
+        return self._mv_doc(self._call("model version", key, lambda: self.client.get_model_version(name, version)))
+
+    def _impl_fetch_model_version_by_alias(self, name: str, alias: str) -> dict[str, Any]:
+        key = f"models:/{name}@{alias}"
+        return self._mv_doc(
+            self._call("model version", key, lambda: self.client.get_model_version_by_alias(name, alias))
+        )
+
+    def _impl_find_runs(self, exp_ids: list[str], query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        filter_string = ""
+        parent = query.get("parent_run_id")
+        if isinstance(parent, str) and parent.replace("-", "").isalnum():
+            filter_string = f"tags.`mlflow.parentRunId` = '{parent}'"
+        token: str | None = None
+        while True:
+            page = self._call(
+                "runs of experiments",
+                ",".join(exp_ids),
+                lambda: self.client.search_runs(exp_ids, filter_string, max_results=1000, page_token=token),
+            )
+            for run in page:
+                yield self._run_doc(run)
+            token = page.token
+            if not token:
+                return
+
+    # ----------------------------------------------------------------- writes
+    def _impl_create_exp(self, name: str, tags: dict[str, str], artifact_location: str | None) -> str:
+        if artifact_location is None and self.is_embedded:
+            folder = self.embedded_dir / "artifacts" / uuid.uuid4().hex
+            artifact_location = folder.as_uri()
+        return self._call(
+            "experiment", name, lambda: self.client.create_experiment(name, artifact_location, tags or None)
+        )
+
+    def _impl_set_exp_tags(self, exp_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._call("experiment", exp_id, lambda k=key, v=value: self.client.set_experiment_tag(exp_id, k, v))
+
+    def _impl_create_run(self, exp_id: str, name: str | None, tags: dict[str, str]) -> dict[str, Any]:
+        run = self._call("run in experiment", exp_id, lambda: self.client.create_run(exp_id, tags=tags, run_name=name))
+        return self._run_doc(run)
+
+    def _impl_update_run(self, run_id: str, status: RunStatus, end_time: datetime | None) -> None:
+        if status.is_terminal:
+            end_ms = to_ms(end_time) if end_time else None
+            self._call("run", run_id, lambda: self.client.set_terminated(run_id, status.value, end_ms))
+        else:
+            self._call("run", run_id, lambda: self.client.update_run(run_id, status=status.value))
+
+    def _impl_log_batch(
+        self, run_id: str, params: dict[str, str], metrics: list[tuple[str, float, int, int]], tags: dict[str, str]
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        self._call(
+            "run",
+            run_id,
+            lambda: self.client.log_batch(
+                run_id,
+                metrics=[Metric(key, value, when, step) for key, value, when, step in metrics],
+                params=[Param(key, value) for key, value in params.items()],
+                tags=[RunTag(key, value) for key, value in tags.items()],
+            ),
+        )
+
+    def _impl_create_model(self, name: str, tags: dict[str, str], description: str | None) -> dict[str, Any]:
+        model = self._call("model", name, lambda: self.client.create_registered_model(name, tags or None, description))
+        return self._model_doc(model)
+
+    def _impl_set_model_tags(self, name: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._call("model", name, lambda k=key, v=value: self.client.set_registered_model_tag(name, k, v))
+
+    def _impl_create_model_version(
+        self, name: str, source: str, run_id: str | None, tags: dict[str, str], description: str | None
+    ) -> dict[str, Any]:
+        mv = self._call(
+            "model version of",
+            name,
+            lambda: self.client.create_model_version(
+                name, source, run_id, tags=tags or None, description=description
+            ),
+        )
+        return self._mv_doc(mv)
+
+    def _impl_set_model_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        key = f"models:/{name}/{version}"
+        for tag, value in tags.items():
+            self._call(
+                "model version", key, lambda k=tag, v=value: self.client.set_model_version_tag(name, version, k, v)
+            )
+
+    def _impl_set_model_alias(self, name: str, alias: str, version: str) -> None:
+        key = f"models:/{name}/{version}"
+        self._call("model version", key, lambda: self.client.set_registered_model_alias(name, alias, version))

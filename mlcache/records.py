@@ -1,0 +1,57 @@
+"""Normalized entity documents, as plugins return them and the metadata store keeps them.
+
+A run's document holds `exp_id` rather than a copy of its experiment, a model version's holds
+`model_name` and `run_id`: each fact is stored once and entities are composed on read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .entities import Experiment, Model, ModelVersion, Run
+from .errors import CorruptMetadata
+
+
+def _validated(cls: type, data: dict[str, Any], source: Path | None) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        if source is None:
+            raise
+        raise CorruptMetadata(source, f"not a valid {cls.__name__}: {exc.errors()[0]['msg']}") from exc
+
+
+def exp_from_record(data: dict[str, Any], source: Path | None = None) -> Experiment:
+    return _validated(Experiment, data, source)
+
+
+def run_from_record(data: dict[str, Any], exp: Experiment, source: Path | None = None) -> Run:
+    fields = {k: v for k, v in data.items() if k != "exp_id"}
+    return _validated(Run, {**fields, "exp": exp}, source)
+
+
+def run_to_record(run: Run) -> dict[str, Any]:
+    doc = run.to_doc()
+    doc.pop("exp")
+    doc["exp_id"] = run.exp.id
+    return doc
+
+
+def model_from_record(data: dict[str, Any], source: Path | None = None) -> Model:
+    return _validated(Model, data, source)
+
+
+def mv_from_record(data: dict[str, Any], model: Model, run: Run | None, source: Path | None = None) -> ModelVersion:
+    fields = {k: v for k, v in data.items() if k != "model_name"}
+    return _validated(ModelVersion, {**fields, "model": model, "run": run}, source)
+
+
+def mv_to_record(mv: ModelVersion) -> dict[str, Any]:
+    doc = mv.to_doc()
+    doc.pop("model")
+    doc.pop("run")
+    doc["model_name"] = mv.model.name
+    return doc
