@@ -49,6 +49,6 @@ __all__ = [
     "RunStatus",
     "ServerUnreachable",
     "UnsafePath",
-    "get_api",
     "__version__",
+    "get_api",
 ]

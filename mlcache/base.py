@@ -15,7 +15,7 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from .entities import Experiment, Model, ModelVersion, Run
+from .entities import Run
 from .errors import CacheMiss, CorruptMetadata, EntityNotFound, MlcacheError, OfflineModeError, ServerUnreachable
 from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi, bind
 from .identifiers import ExpRef, ModelVersionRef, exp_ref, model_name, model_version_ref, run_id_of
@@ -127,9 +127,9 @@ class BaseMlflowApi(TrackingMixin, BaseModel, ABC):
             if cached is None:
                 raise CacheMiss(kind, key, self.cache_dir, hint)
             return cached
-        if cached is not None and not cached.stale and freshness != "force":
-            if freshness == "nested" or utcnow() - cached.cached_at < self.metadata_max_age:
-                return cached
+        usable = cached is not None and not cached.stale and freshness != "force"
+        if usable and (freshness == "nested" or utcnow() - cached.cached_at < self.metadata_max_age):
+            return cached
         try:
             data = fetch()
         except ServerUnreachable as exc:
@@ -160,7 +160,9 @@ class BaseMlflowApi(TrackingMixin, BaseModel, ABC):
         name = ref.name or ""
         return self._resolve(
             ("experiment", name),
-            lambda: next((r for r in self._meta.scan("exp", on_error=self._warn_bad) if r.data.get("name") == name), None),
+            lambda: next(
+                (r for r in self._meta.scan("exp", on_error=self._warn_bad) if r.data.get("name") == name), None
+            ),
             lambda: self._impl_fetch_exp_by_name(name),
             self._store_exp,
             freshness,
@@ -217,8 +219,14 @@ class BaseMlflowApi(TrackingMixin, BaseModel, ABC):
             record = self._meta.get("mv", (ref.model, str(pointer.data.get("version"))))
             if record is None:
                 return None
-            return Record(record.kind, record.key, record.data, min(pointer.cached_at, record.cached_at),
-                          pointer.stale or record.stale, record.path)
+            return Record(
+                record.kind,
+                record.key,
+                record.data,
+                min(pointer.cached_at, record.cached_at),
+                pointer.stale or record.stale,
+                record.path,
+            )
 
         return self._resolve(
             ("model version", str(ref)),
@@ -339,8 +347,11 @@ class BaseMlflowApi(TrackingMixin, BaseModel, ABC):
         if found.run is not None:
             self.export_run_meta(found.run, target)
         store = self._target_store(target)
-        store.put("mv", (found.model.name, found.version), self._mv_record(
-            ModelVersionRef(model=found.model.name, version=found.version), "nested").data)
+        store.put(
+            "mv",
+            (found.model.name, found.version),
+            self._mv_record(ModelVersionRef(model=found.model.name, version=found.version), "nested").data,
+        )
         for alias in found.aliases:
             store.put("alias", (found.model.name, alias), {"version": found.version})
         return found

@@ -195,7 +195,9 @@ class TrackingMixin:
     ) -> ModelApi:
         """Create a registered model; `EntityExists` if the name is taken."""
         self._require_online("create_model")
-        return self._compose_model(self._store_model(self._impl_create_model(name, encode_flat(tags or {}), description)))
+        return self._compose_model(
+            self._store_model(self._impl_create_model(name, encode_flat(tags or {}), description))
+        )
 
     def get_or_create_model(
         self, name: str, tags: Mapping[str, Any] | None = None, description: str | None = None

@@ -226,7 +226,9 @@ class MlflowApi(BaseMlflowApi):
             page = self._call(
                 "runs of experiments",
                 ",".join(exp_ids),
-                lambda: self.client.search_runs(exp_ids, filter_string, max_results=1000, page_token=token),
+                lambda page_token=token: self.client.search_runs(
+                    exp_ids, filter_string, max_results=1000, page_token=page_token
+                ),
             )
             for run in page:
                 yield self._run_doc(run)
@@ -288,9 +290,7 @@ class MlflowApi(BaseMlflowApi):
         mv = self._call(
             "model version of",
             name,
-            lambda: self.client.create_model_version(
-                name, source, run_id, tags=tags or None, description=description
-            ),
+            lambda: self.client.create_model_version(name, source, run_id, tags=tags or None, description=description),
         )
         return self._mv_doc(mv)
 

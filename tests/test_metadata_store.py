@@ -1,0 +1,135 @@
+"""The metadata store on disk: layout, atomic writes, bad files, concurrent readers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mlcache.errors import CorruptMetadata, MlcacheError
+from mlcache.layout import CacheLayout, decode_part, encode_part
+from mlcache.metadata_store import MetadataStore
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_first_write_creates_the_documented_layout(tmp_path: Path) -> None:
+    store = MetadataStore(CacheLayout(tmp_path / "c"))
+    store.put("run", ("r1",), {"id": "r1"})
+    root = tmp_path / "c"
+    assert (root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+    assert json.loads((root / "layout.json").read_text()) == {"version": 1}
+    body = json.loads((root / "metadata" / "run" / "r1.json").read_text())
+    assert body["kind"] == "run" and body["key"] == ["r1"] and body["data"] == {"id": "r1"}
+    assert body["cached_at"].endswith("+00:00")
+    assert list((root / "tmp").iterdir()) == []
+    assert (root / "locks" / "metadata" / "run" / "r1.lock").exists()
+
+
+def test_keys_with_separators_and_dots_stay_inside_their_folder(tmp_path: Path) -> None:
+    store = MetadataStore(CacheLayout(tmp_path))
+    for name in ("team/fraud", "..", ".hidden", "a b%c"):
+        path = store.path("mv", (name, "1"))
+        assert path.parent.parent == tmp_path / "metadata" / "mv"
+        assert decode_part(path.parent.name) == name
+        store.put("mv", (name, "1"), {"n": name})
+    assert sorted(r.key[0] for r in store.scan("mv")) == sorted(["team/fraud", "..", ".hidden", "a b%c"])
+    assert encode_part("..") == "%2E."
+
+
+def test_reads_write_nothing(tmp_path: Path) -> None:
+    store = MetadataStore(CacheLayout(tmp_path / "c"))
+    store.put("exp", ("1",), {"id": "1"})
+    before = tree(tmp_path / "c")
+    reader = MetadataStore(CacheLayout(tmp_path / "c"))
+    assert reader.get("exp", ("1",)) is not None
+    assert reader.get("exp", ("2",)) is None
+    assert [r.key for r in reader.scan("exp")] == [("1",)]
+    assert tree(tmp_path / "c") == before
+    assert MetadataStore(CacheLayout(tmp_path / "empty")).get("exp", ("1",)) is None
+    assert not (tmp_path / "empty").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"kind": "run", "key": ["r1"], "cached_at": "2026-01-01T00:00:00+00:00", "data": {"id"', "not valid JSON"),
+        (b"[]", "expected an object with a 'data' object"),
+        (b'{"kind": "exp", "key": ["r1"], "cached_at": "2026-01-01T00:00:00+00:00", "data": {}}', "holds exp"),
+        (b'{"kind": "run", "key": ["r1"], "cached_at": "yesterday", "data": {}}', "bad or missing 'cached_at'"),
+    ],
+)
+def test_malformed_files_are_named_in_the_error(tmp_path: Path, content: bytes, reason: str) -> None:
+    store = MetadataStore(CacheLayout(tmp_path))
+    path = store.path("run", ("r1",))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(CorruptMetadata) as info:
+        store.get("run", ("r1",))
+    assert str(path) in str(info.value) and reason in str(info.value)
+
+
+def test_scan_reports_bad_files_and_goes_on(tmp_path: Path) -> None:
+    store = MetadataStore(CacheLayout(tmp_path))
+    store.put("run", ("a",), {"id": "a"})
+    store.put("run", ("c",), {"id": "c"})
+    bad = store.path("run", ("b",))
+    bad.write_text("{truncated")
+    errors: list[CorruptMetadata] = []
+    assert [r.key for r in store.scan("run", on_error=errors.append)] == [("a",), ("c",)]
+    assert [e.path for e in errors] == [bad]
+
+
+def test_mark_stale_keeps_the_document(tmp_path: Path) -> None:
+    store = MetadataStore(CacheLayout(tmp_path))
+    store.put("run", ("a",), {"id": "a"})
+    store.mark_stale("run", ("a",))
+    record = store.get("run", ("a",))
+    assert record is not None and record.stale and record.data == {"id": "a"}
+    store.mark_stale("run", ("missing",))
+    assert store.get("run", ("missing",)) is None
+
+
+def test_newer_layout_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "layout.json").write_text('{"version": 99}')
+    with pytest.raises(MlcacheError, match="layout version 99"):
+        MetadataStore(CacheLayout(tmp_path)).put("exp", ("1",), {})
+
+
+def test_readers_never_see_a_half_written_file_while_another_process_rewrites_it(tmp_path: Path) -> None:
+    store = MetadataStore(CacheLayout(tmp_path))
+    big = {"blob": "x" * 200_000}
+    store.put("run", ("r",), {**big, "n": 0})
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                from mlcache.layout import CacheLayout
+                from mlcache.metadata_store import MetadataStore
+                store = MetadataStore(CacheLayout({str(tmp_path)!r}))
+                for n in range(1, 301):
+                    store.put("run", ("r",), {{"blob": "x" * 200_000, "n": n}})
+                """
+            ),
+        ]
+    )
+    seen = set()
+    try:
+        while writer.poll() is None:
+            record = store.get("run", ("r",))
+            assert record is not None and record.data["blob"] == big["blob"]
+            seen.add(record.data["n"])
+    finally:
+        writer.wait(timeout=60)
+    assert writer.returncode == 0
+    assert store.get("run", ("r",)).data["n"] == 300
+    assert len(seen) > 1
+    assert list((tmp_path / "tmp").iterdir()) == []
