@@ -15,6 +15,8 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from .artifact_store import ArtifactStore
+from .artifacts import ArtifactsMixin
 from .entities import Run
 from .errors import CacheMiss, CorruptMetadata, EntityNotFound, MlcacheError, OfflineModeError, ServerUnreachable
 from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi, bind
@@ -25,6 +27,7 @@ from .query import matches
 from .records import exp_from_record, model_from_record, mv_from_record, run_from_record
 from .timeutil import utcnow
 from .tracking import TrackingMixin
+from .transfer import RcloneTransfer, Transfer
 
 Freshness = Literal["normal", "force", "nested"]
 """How a lookup treats the cache: `normal` honours `metadata_max_age`, `force` always fetches
@@ -45,7 +48,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MLCACHE_CACHE_DIR") or platformdirs.user_cache_dir("mlcache"))
 
 
-class BaseMlflowApi(TrackingMixin, BaseModel, ABC):
+class BaseMlflowApi(TrackingMixin, ArtifactsMixin, BaseModel, ABC):
     """Cache-or-fetch access to experiments, runs, models and model versions.
 
     Offline (`offline_mode=True` or `MLCACHE_OFFLINE=1`) nothing touches the network: reads come
@@ -60,13 +63,21 @@ class BaseMlflowApi(TrackingMixin, BaseModel, ABC):
     offline_mode: bool = Field(default_factory=lambda: env_flag("MLCACHE_OFFLINE"))
     metadata_max_age: timedelta = timedelta(0)
     lock_timeout: float = 60.0
+    pull_lock_timeout: float = 3600.0
+    transfer: Transfer = Field(default_factory=RcloneTransfer)
+    always_pull_artifacts: bool = False
+    pull_artifacts_in_offline_mode: bool = False
+    cache_local_artifacts: bool = True
+    show_progress: bool = False
 
     _layout: CacheLayout = PrivateAttr()
     _meta: MetadataStore = PrivateAttr()
+    _artifacts: ArtifactStore = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
         self._layout = CacheLayout(self.cache_dir)
         self._meta = MetadataStore(self._layout, self.lock_timeout)
+        self._artifacts = ArtifactStore(self._layout, self.pull_lock_timeout)
 
     @property
     def layout(self) -> CacheLayout:

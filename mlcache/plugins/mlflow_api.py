@@ -24,6 +24,7 @@ from ..encoding import decode_nested, unflatten
 from ..entities import RunStatus
 from ..errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
 from ..timeutil import from_ms, to_ms
+from ..transfer import Transfer
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -129,6 +130,14 @@ class MlflowApi(BaseMlflowApi):
             raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}") from exc
         self._reachable_at = time.monotonic()
         return result
+
+    def _impl_transfer_for(self, url: str) -> Transfer | None:
+        """Artifacts behind MLflow's artifact proxy go through the MLflow client."""
+        if url.startswith(("mlflow-artifacts:", "http://", "https://")):
+            from .mlflow_transfer import MlflowArtifactsTransfer
+
+            return MlflowArtifactsTransfer(self.resolved_tracking_uri, self._call)
+        return None
 
     # ----------------------------------------------------------------- documents
     @staticmethod

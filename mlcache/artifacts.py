@@ -1,0 +1,357 @@
+"""Artifact methods of `BaseMlflowApi`: run and model-version files through the artifact store.
+
+A complete entry is served with no call to the server or the store (unless
+`always_pull_artifacts`); the immutable facts needed to find it (a run's artifact root, a version's
+source) come from cached metadata without revalidation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .artifact_store import ArtifactStore, EntryKey, remove_tree
+from .errors import CacheMiss, MlcacheError, ServerUnreachable
+from .handles import ModelVersionApi
+from .identifiers import ModelVersionRef, model_version_ref, run_ref
+from .paths import safe_relative_path
+from .remotes import join_url
+from .transfer import RemoteFile, Transfer, TransferError
+
+if TYPE_CHECKING:
+    from .base import Freshness
+    from .layout import CacheLayout
+    from .metadata_store import Record
+
+log = logging.getLogger("mlcache.artifacts")
+T = TypeVar("T")
+
+
+class ArtifactUploadError(MlcacheError):
+    """An upload failed; a temporary artifact made by a dumper is kept at `kept_path`."""
+
+    def __init__(self, message: str, kept_path: Path | None) -> None:
+        super().__init__(message)
+        self.kept_path = kept_path
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+class ArtifactsMixin:
+    """list / cache / get / place / load / export / clean for run and model-version artifacts."""
+
+    if TYPE_CHECKING:
+        offline_mode: bool
+        cache_dir: Path
+        transfer: Transfer
+        always_pull_artifacts: bool
+        pull_artifacts_in_offline_mode: bool
+        cache_local_artifacts: bool
+        show_progress: bool
+        _layout: CacheLayout
+        _artifacts: ArtifactStore
+
+        def _require_online(self, action: str) -> None: ...
+        def _run_record(self, run_id: str, freshness: Freshness) -> Record: ...
+        def _mv_record(self, ref: ModelVersionRef, freshness: Freshness) -> Record: ...
+        def _compose_mv(self, record: Record, freshness: Freshness = "nested") -> ModelVersionApi: ...
+        def export_run_meta(self, run: Any, target: Path | str) -> Any: ...
+        def export_model_version_meta(self, model_version: Any, target: Path | str) -> Any: ...
+        def register_model_version(
+            self,
+            model: Any,
+            run: Any,
+            path_in_run: str,
+            tags: Any = None,
+            description: str | None = None,
+            aliases: Iterable[str] = (),
+        ) -> ModelVersionApi: ...
+
+    def _impl_transfer_for(self, url: str) -> Transfer | None:
+        """Plugins return a transfer for URLs only their backend can read (e.g. an artifact proxy)."""
+        return None
+
+    def _transfer_for(self, url: str) -> Transfer:
+        return self._impl_transfer_for(url) or self.transfer
+
+    # ----------------------------------------------------------------- resolution
+    def _run_target(self, run: Any, path_in_run: str | None) -> tuple[EntryKey, Callable[[], str]]:
+        run_id, uri_path = run_ref(run)
+        path = safe_relative_path(path_in_run if path_in_run is not None else (uri_path or ""))
+
+        def url() -> str:
+            repo = self._run_record(run_id, "nested").data.get("repo")
+            if not repo:
+                raise MlcacheError(f"run {run_id} has no artifact location")
+            return join_url(repo, path)
+
+        return EntryKey("runs", (run_id, path)), url
+
+    def _mv_target(self, model_version: Any) -> tuple[EntryKey, Callable[[], str], str]:
+        ref = model_version_ref(model_version)
+        freshness: Freshness = "nested" if ref.version is not None else "normal"
+        mv = self._compose_mv(self._mv_record(ref, freshness))
+        label = f"models:/{mv.model.name}/{mv.version}"
+        if mv.path_in_run and mv.run_id:
+            key, url = self._run_target(mv.run_id, mv.path_in_run)
+            return key, url, label
+        digest = hashlib.sha256(mv.source.encode()).hexdigest()[:32]
+        return EntryKey("urls", (digest,)), lambda: mv.source, label
+
+    # ----------------------------------------------------------------- the cache-or-pull core
+    def _lookup(self, key: EntryKey) -> Path | None:
+        if key.kind == "runs":
+            return self._artifacts.covering(*key.parts)
+        return self._artifacts.lookup(key)
+
+    def _ensure(self, key: EntryKey, url: Callable[[], str], hint: str) -> Path:
+        hit = self._lookup(key)
+        if hit is not None and not self.always_pull_artifacts:
+            return hit
+        if self.offline_mode and not self.pull_artifacts_in_offline_mode:
+            if hit is not None:
+                return hit
+            raise CacheMiss("artifact", key.label, self.cache_dir, hint)
+        try:
+            source = url()
+            transfer = self._transfer_for(source)
+            with self._artifacts.lock(key):
+                hit = self._lookup(key)
+                if hit is not None and not self.always_pull_artifacts:
+                    return hit
+                listing = transfer.list(source)
+                manifest = self._artifacts.read_manifest(key) if hit is not None else None
+                if hit is not None and manifest is not None and manifest.source_version == listing.version():
+                    return hit
+                log.info(
+                    "pulling %s from %s (%d files, %d bytes)", key.label, source, len(listing.files), listing.total_size
+                )
+                path = self._artifacts.pull(
+                    key, listing, lambda stage: transfer.pull(listing, stage, progress=self.show_progress)
+                )
+                log.info("pulled %s into %s", key.label, path)
+                return path
+        except (ServerUnreachable, TransferError) as exc:
+            if hit is None:
+                raise
+            from .base import CacheFallbackWarning
+
+            warnings.warn(f"{exc}; serving the cached {key.label}", CacheFallbackWarning, stacklevel=3)
+            return hit
+
+    def _list(self, key: EntryKey, url: Callable[[], str], subpath: str, hint: str) -> list[RemoteFile]:
+        if not self.offline_mode:
+            listing = self._transfer_for(url()).list(url())
+            return sorted(listing.files, key=lambda f: f.path)
+        hit = self._lookup(key)
+        if hit is None:
+            raise CacheMiss("artifact", key.label, self.cache_dir, hint)
+        if hit.is_file():
+            return [RemoteFile(hit.name, hit.stat().st_size)]
+        return sorted(
+            (RemoteFile(p.relative_to(hit).as_posix(), p.stat().st_size) for p in hit.rglob("*") if p.is_file()),
+            key=lambda f: f.path,
+        )
+
+    def _place(self, src: Path, target: Path | str, link: bool, overwrite: bool) -> Path:
+        dest = Path(target).expanduser().absolute()
+        if _is_inside(dest, self._layout.root):
+            raise MlcacheError(f"cannot place an artifact inside the cache at {self._layout.root}: {dest}")
+        if dest.exists() or dest.is_symlink():
+            if not overwrite:
+                raise MlcacheError(f"{dest} already exists; pass overwrite=True to replace it")
+            remove_tree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_file():
+            if link:
+                dest.symlink_to(src.resolve())
+            else:
+                shutil.copy2(src, dest)
+            return dest
+        for item in sorted(src.rglob("*")):
+            out = dest / item.relative_to(src)
+            if item.is_dir():
+                out.mkdir(parents=True, exist_ok=True)
+            else:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if link:
+                    out.symlink_to(item.resolve())
+                else:
+                    shutil.copy2(item, out)
+        dest.mkdir(exist_ok=True)
+        return dest
+
+    def _check_export_target(self, target: Path | str) -> ArtifactStore:
+        from .layout import CacheLayout
+
+        layout = CacheLayout(target)
+        root = self._layout.root.resolve()
+        dest = layout.root.resolve() if layout.root.exists() else layout.root
+        if _is_inside(dest, root) or _is_inside(root, dest):
+            raise MlcacheError(
+                f"cannot export into {layout.root}: it is the cache at {root}, inside it or a parent of it"
+            )
+        return ArtifactStore(layout, self._artifacts.lock_timeout)
+
+    # ----------------------------------------------------------------- run artifacts
+    def list_run_artifacts(self, run: Any, path_in_run: str = "") -> list[RemoteFile]:
+        """Files under `path_in_run` of the run (relative paths, sizes); offline, from the cache."""
+        run_id, uri_path = run_ref(run)
+        sub = path_in_run or uri_path or ""
+        if not sub:
+            if self.offline_mode:
+                raise CacheMiss("artifact", f"runs:/{run_id}/", self.cache_dir, "list a path inside the run")
+            repo = self._run_record(run_id, "nested").data.get("repo") or ""
+            return sorted(self._transfer_for(repo).list(repo).files, key=lambda f: f.path)
+        key, url = self._run_target(run_id, sub)
+        return self._list(key, url, sub, f"call api.cache_run_artifact({run_id!r}, {key.parts[1]!r})")
+
+    def cache_run_artifact(self, run: Any, path_in_run: str | None = None) -> Path:
+        """Pull the run's artifact at `path_in_run` into the cache (if not complete there) and return its path."""
+        key, url = self._run_target(run, path_in_run)
+        return self._ensure(key, url, f"call api.cache_run_artifact({key.parts[0]!r}, {key.parts[1]!r})")
+
+    def get_run_artifact(self, run: Any, path_in_run: str | None = None) -> Path:
+        """Local path of the run's artifact, pulled on a miss (read-only files)."""
+        return self.cache_run_artifact(run, path_in_run)
+
+    def place_run_artifact(
+        self, run: Any, path_in_run: str | None, target: Path | str, link: bool = True, overwrite: bool = False
+    ) -> Path:
+        """Put the artifact at `target`: symlinks per file into the cache, or a copy (`link=False`)."""
+        return self._place(self.get_run_artifact(run, path_in_run), target, link, overwrite)
+
+    def load_run_artifact(self, run: Any, path_in_run: str | None, loader: Callable[[Path], T]) -> T:
+        """`loader(local_path)` on the cached artifact."""
+        return loader(self.get_run_artifact(run, path_in_run))
+
+    def export_run_artifact(self, run: Any, path_in_run: str | None, target: Path | str) -> Path:
+        """Copy the artifact (and the run's metadata) into the cache dir or bundle at `target`."""
+        store = self._check_export_target(target)
+        key, _ = self._run_target(run, path_in_run)
+        self.cache_run_artifact(run, path_in_run)
+        self.export_run_meta(key.parts[0], target)
+        exact = self._artifacts.lookup(key)
+        if exact is None:
+            parts = key.parts[1].split("/")
+            for depth in range(1, len(parts)):
+                parent = EntryKey("runs", (key.parts[0], "/".join(parts[:depth])))
+                if self._artifacts.lookup(parent) is not None:
+                    key = parent
+                    break
+        return self._artifacts.export_entry(key, store)
+
+    def clean_cached_run_artifact(self, run: Any, path_in_run: str | None = None) -> bool:
+        """Drop the cached entry (not the remote files); True if something was removed."""
+        key, _ = self._run_target(run, path_in_run)
+        with self._artifacts.lock(key):
+            return self._artifacts.remove(key)
+
+    def log_run_artifact(
+        self,
+        run: Any,
+        source: Path | str | Callable[[Path], None],
+        path_in_run: str,
+    ) -> Path | None:
+        """Upload a file/folder, or what `source(path)` writes at `path`, to `path_in_run` of the run.
+
+        With `cache_local_artifacts`, the uploaded files become the cache entry (no re-download) and
+        its path is returned. A dumper's temporary output is removed on every failure, except a
+        failed upload: then it is kept and its path is in the error.
+        """
+        self._require_online("log_run_artifact")
+        key, url_of = self._run_target(run, path_in_run)
+        url = url_of()
+        owned = callable(source)
+        if callable(source):
+            stage = self._artifacts.new_stage("log")
+            local = stage / PurePosixPath(key.parts[1]).name
+            try:
+                source(local)
+                if not (local.exists() or local.is_symlink()):
+                    raise MlcacheError(f"the dumper wrote nothing at {local}")
+            except BaseException:
+                remove_tree(stage)
+                raise
+        else:
+            local = Path(source).expanduser().absolute()
+            if not local.exists():
+                raise MlcacheError(f"artifact source {local} does not exist")
+            stage = None
+        transfer = self._transfer_for(url)
+        try:
+            transfer.push(local, url, progress=self.show_progress)
+        except Exception as exc:
+            raise ArtifactUploadError(
+                f"upload of {local} to {url} failed: {exc}" + (f"; the artifact is kept at {local}" if owned else ""),
+                kept_path=local if owned else None,
+            ) from exc
+        try:
+            if not self.cache_local_artifacts:
+                return None
+            listing = transfer.list(url)
+            with self._artifacts.lock(key):
+                return self._artifacts.adopt(key, local, url, listing.version(), move=owned)
+        finally:
+            if stage is not None:
+                remove_tree(stage)
+
+    # ----------------------------------------------------------------- model-version artifacts
+    def list_model_artifacts(self, model_version: Any) -> list[RemoteFile]:
+        """Files of the model version (relative paths, sizes); offline, from the cache."""
+        key, url, label = self._mv_target(model_version)
+        return self._list(key, url, "", f"call api.cache_model_artifact({label!r})")
+
+    def cache_model_artifact(self, model_version: Any) -> Path:
+        """Pull the version's files into the cache (if not complete there) and return their path."""
+        key, url, label = self._mv_target(model_version)
+        return self._ensure(key, url, f"call api.cache_model_artifact({label!r})")
+
+    def get_model_artifact(self, model_version: Any) -> Path:
+        """Local path of the version's files, pulled on a miss (read-only files)."""
+        return self.cache_model_artifact(model_version)
+
+    def place_model_artifact(
+        self, model_version: Any, target: Path | str, link: bool = True, overwrite: bool = False
+    ) -> Path:
+        """Put the version's files at `target`: symlinks per file, or a copy (`link=False`)."""
+        return self._place(self.get_model_artifact(model_version), target, link, overwrite)
+
+    def load_model_artifact(self, model_version: Any, loader: Callable[[Path], T]) -> T:
+        """`loader(local_path)` on the version's cached files."""
+        return loader(self.get_model_artifact(model_version))
+
+    def export_model_artifact(self, model_version: Any, target: Path | str) -> Path:
+        """Copy the version's files and metadata (model, run, experiment) into `target`."""
+        store = self._check_export_target(target)
+        key, _, _ = self._mv_target(model_version)
+        self.cache_model_artifact(model_version)
+        self.export_model_version_meta(model_version, target)
+        return self._artifacts.export_entry(key, store)
+
+    def clean_cached_model_artifact(self, model_version: Any) -> bool:
+        """Drop the version's cached files; True if something was removed."""
+        key, _, _ = self._mv_target(model_version)
+        with self._artifacts.lock(key):
+            return self._artifacts.remove(key)
+
+    def log_model_version(
+        self,
+        model: Any,
+        run: Any,
+        source: Path | str | Callable[[Path], None],
+        path_in_run: str = "model",
+        tags: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        aliases: Iterable[str] = (),
+    ) -> ModelVersionApi:
+        """Upload the model's files to `path_in_run` of `run` and register them as a new version."""
+        self.log_run_artifact(run, source, path_in_run)
+        return self.register_model_version(model, run, path_in_run, tags, description, aliases)

