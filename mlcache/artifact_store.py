@@ -155,15 +155,21 @@ class ArtifactStore:
         self._touch(key)
         return path
 
-    def covering(self, run_id: str, path_in_run: str) -> Path | None:
-        """A complete run entry at `path_in_run` or at one of its parents, as the path asked for."""
+    def covering(self, key: EntryKey) -> tuple[EntryKey, Path] | None:
+        """The complete entry holding `key`'s files (itself or, for runs, a parent path's entry) and
+        the path of those files inside it."""
+        if key.kind != "runs":
+            hit = self.lookup(key)
+            return (key, hit) if hit is not None else None
+        run_id, path_in_run = key.parts
         parts = path_in_run.split("/")
         for depth in range(1, len(parts) + 1):
-            hit = self.lookup(EntryKey("runs", (run_id, "/".join(parts[:depth]))))
+            outer = EntryKey("runs", (run_id, "/".join(parts[:depth])))
+            hit = self.lookup(outer)
             if hit is not None:
                 inner = hit.joinpath(*parts[depth:])
                 if inner.exists():
-                    return inner
+                    return outer, inner
         return None
 
     def read_manifest(self, key: EntryKey) -> Manifest | None:
@@ -219,9 +225,9 @@ class ArtifactStore:
         stage.mkdir(parents=True)
         return stage
 
-    def pull(self, key: EntryKey, listing: Listing, fetch: Callable[[Path], None]) -> Path:
+    def pull(self, key: EntryKey, listing: Listing, fetch: Callable[[Path], None], replace: bool = False) -> Path:
         """Stage with `fetch(stage_dir)`, verify against `listing`, hash, rename into place, write the
-        manifest. The caller holds the entry's lock."""
+        manifest. The caller holds the entry's lock; `replace` re-syncs a complete entry."""
         stage = self.new_stage("pull")
         try:
             fetch(stage)
@@ -236,7 +242,7 @@ class ArtifactStore:
                 raise UnsafeArtifact(
                     f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, size {wrong})"
                 )
-            return self._commit(key, produced, files, listing.url, listing.version())
+            return self._commit(key, produced, files, listing.url, listing.version(), replace)
         finally:
             remove_tree(stage)
 
@@ -252,11 +258,13 @@ class ArtifactStore:
             else:
                 shutil.copy2(src, produced)
             files = scan_tree(produced, produced.is_dir())
-            return self._commit(key, produced, files, source_url, source_version)
+            return self._commit(key, produced, files, source_url, source_version, replace=True)
         finally:
             remove_tree(stage)
 
-    def _commit(self, key: EntryKey, produced: Path, files: dict[str, Path], source: str, version: str) -> Path:
+    def _commit(
+        self, key: EntryKey, produced: Path, files: dict[str, Path], source: str, version: str, replace: bool
+    ) -> Path:
         with ThreadPoolExecutor(max_workers=4) as pool:
             digests = dict(zip(files, pool.map(sha256_file, files.values()), strict=True))
         for path in files.values():
@@ -276,14 +284,16 @@ class ArtifactStore:
             pulled_at=now,
             last_used=now,
         )
-        return self.install(key, produced, manifest)
+        return self.install(key, produced, manifest, replace)
 
-    def install(self, key: EntryKey, produced: Path, manifest: Manifest) -> Path:
-        """Rename a verified tree into place, then write its manifest. If another process already
-        completed the entry, keep theirs; a leftover without manifest is replaced."""
+    def install(self, key: EntryKey, produced: Path, manifest: Manifest, replace: bool = False) -> Path:
+        """Rename a verified tree into place, then write its manifest. Unless `replace`, a complete
+        entry another process finished meanwhile is kept; a leftover without manifest is replaced."""
         target = self.entry_path(key)
         if self.manifest_path(key).exists() and (target.exists() or target.is_symlink()):
-            return target
+            if not replace:
+                return target
+            self.manifest_path(key).unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists() or target.is_symlink():
             aside = self.layout.tmp / f"old-{uuid.uuid4().hex}"

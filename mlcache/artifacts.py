@@ -106,53 +106,64 @@ class ArtifactsMixin:
         return EntryKey("urls", (digest,)), lambda: mv.source, label
 
     # ----------------------------------------------------------------- the cache-or-pull core
-    def _lookup(self, key: EntryKey) -> Path | None:
-        if key.kind == "runs":
-            return self._artifacts.covering(*key.parts)
-        return self._artifacts.lookup(key)
-
     def _ensure(self, key: EntryKey, url: Callable[[], str], hint: str) -> Path:
-        hit = self._lookup(key)
-        if hit is not None and not self.always_pull_artifacts:
-            return hit
+        """The cache-or-pull core. A complete entry holding `key` (itself or a parent path's entry) is
+        served as is, unless `always_pull_artifacts` asks to re-sync it when the remote changed."""
+        found = self._artifacts.covering(key)
+        if found is not None and not self.always_pull_artifacts:
+            return found[1]
         if self.offline_mode and not self.pull_artifacts_in_offline_mode:
-            if hit is not None:
-                return hit
+            if found is not None:
+                return found[1]
             raise CacheMiss("artifact", key.label, self.cache_dir, hint)
+        entry = found[0] if found is not None else key
         try:
-            source = url()
+            source = url() if entry == key else self._entry_source(entry, url)
             transfer = self._transfer_for(source)
-            with self._artifacts.lock(key):
-                hit = self._lookup(key)
-                if hit is not None and not self.always_pull_artifacts:
-                    return hit
+            with self._artifacts.lock(entry):
+                found = self._artifacts.covering(key)
+                if found is not None and not self.always_pull_artifacts:
+                    return found[1]
                 listing = transfer.list(source)
-                manifest = self._artifacts.read_manifest(key) if hit is not None else None
-                if hit is not None and manifest is not None and manifest.source_version == listing.version():
-                    return hit
+                manifest = self._artifacts.read_manifest(entry) if found is not None else None
+                if found is not None and manifest is not None and manifest.source_version == listing.version():
+                    return found[1]
                 log.info(
-                    "pulling %s from %s (%d files, %d bytes)", key.label, source, len(listing.files), listing.total_size
+                    "pulling %s from %s (%d files, %d bytes)",
+                    entry.label,
+                    source,
+                    len(listing.files),
+                    listing.total_size,
                 )
                 path = self._artifacts.pull(
-                    key, listing, lambda stage: transfer.pull(listing, stage, progress=self.show_progress)
+                    entry,
+                    listing,
+                    lambda stage: transfer.pull(listing, stage, progress=self.show_progress),
+                    replace=found is not None,
                 )
-                log.info("pulled %s into %s", key.label, path)
-                return path
+                log.info("pulled %s into %s", entry.label, path)
+                return path if entry == key else self._artifacts.entry_path(key)
         except (ServerUnreachable, TransferError) as exc:
-            if hit is None:
+            if found is None:
                 raise
             from .base import CacheFallbackWarning
 
             warnings.warn(f"{exc}; serving the cached {key.label}", CacheFallbackWarning, stacklevel=3)
-            return hit
+            return found[1]
+
+    def _entry_source(self, entry: EntryKey, url: Callable[[], str]) -> str:
+        """Source URL of an existing entry (a parent of what was asked), from its manifest."""
+        manifest = self._artifacts.read_manifest(entry)
+        return manifest.source if manifest is not None else url()
 
     def _list(self, key: EntryKey, url: Callable[[], str], subpath: str, hint: str) -> list[RemoteFile]:
         if not self.offline_mode:
             listing = self._transfer_for(url()).list(url())
             return sorted(listing.files, key=lambda f: f.path)
-        hit = self._lookup(key)
-        if hit is None:
+        found = self._artifacts.covering(key)
+        if found is None:
             raise CacheMiss("artifact", key.label, self.cache_dir, hint)
+        hit = found[1]
         if hit.is_file():
             return [RemoteFile(hit.name, hit.stat().st_size)]
         return sorted(
@@ -238,15 +249,10 @@ class ArtifactsMixin:
         key, _ = self._run_target(run, path_in_run)
         self.cache_run_artifact(run, path_in_run)
         self.export_run_meta(key.parts[0], target)
-        exact = self._artifacts.lookup(key)
-        if exact is None:
-            parts = key.parts[1].split("/")
-            for depth in range(1, len(parts)):
-                parent = EntryKey("runs", (key.parts[0], "/".join(parts[:depth])))
-                if self._artifacts.lookup(parent) is not None:
-                    key = parent
-                    break
-        return self._artifacts.export_entry(key, store)
+        found = self._artifacts.covering(key)
+        if found is None:
+            raise CacheMiss("artifact", key.label, self.cache_dir, "cache it before exporting")
+        return self._artifacts.export_entry(found[0], store)
 
     def clean_cached_run_artifact(self, run: Any, path_in_run: str | None = None) -> bool:
         """Drop the cached entry (not the remote files); True if something was removed."""

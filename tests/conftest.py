@@ -10,9 +10,17 @@ import pytest
 
 from mlcache.plugins.mlflow_api import MlflowApi
 
-from servers import MlflowServer, start_mlflow_server
+from servers import MlflowServer, S3Server, start_mlflow_server, start_s3_server
 
-ENV_VARS = ("MLFLOW_TRACKING_URI", "MLCACHE_OFFLINE", "MLCACHE_CACHE_DIR", "MLFLOW_REGISTRY_URI")
+ENV_VARS = (
+    "MLFLOW_TRACKING_URI",
+    "MLCACHE_OFFLINE",
+    "MLCACHE_CACHE_DIR",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -52,3 +60,48 @@ def api(mlflow_server: MlflowServer, cache_dir: Path) -> MlflowApi:
 def unique() -> str:
     """A suffix that keeps names of this test apart from others on the shared server."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible store (`rclone serve s3`) with a bucket named `bucket`."""
+    server = start_s3_server(tmp_path_factory.mktemp("s3"))
+    server.bucket("bucket")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_mlflow(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[MlflowServer]:
+    """A real MLflow server whose default artifact root is `s3://bucket/mlartifacts`."""
+    server = start_mlflow_server(
+        tmp_path_factory.mktemp("mlflow-s3"), artifact_root="s3://bucket/mlartifacts", env=s3_server.env
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def proxied_mlflow(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[MlflowServer]:
+    """A real MLflow server serving artifacts itself (`mlflow-artifacts:`), stored on the S3 fixture."""
+    server = start_mlflow_server(
+        tmp_path_factory.mktemp("mlflow-proxied"),
+        artifact_root="mlflow-artifacts:/",
+        env=s3_server.env,
+        extra_args=["--serve-artifacts", "--artifacts-destination", "s3://bucket/proxied"],
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The variables an MLflow user sets to reach the S3 fixture, set for this test."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server.env
+
+
+@pytest.fixture
+def s3_api(s3_mlflow: MlflowServer, s3_env: dict[str, str], cache_dir: Path) -> MlflowApi:
+    return MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=cache_dir)

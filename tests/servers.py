@@ -135,3 +135,73 @@ def start_mlflow_server(
     server = MlflowServer(f"http://127.0.0.1:{port}", port, process, workdir)
     server.start()
     return server
+
+
+@dataclass
+class S3Server:
+    """A real S3-compatible store: `rclone serve s3` over a local folder (buckets are subfolders)."""
+
+    endpoint: str
+    port: int
+    data_dir: Path
+    key_id: str
+    secret: str
+    process: ServerProcess
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What MLflow users set to reach it (read by MLflow clients and by mlcache)."""
+        return {
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def rclone_env(self, remote: str = "S3") -> dict[str, str]:
+        prefix = f"RCLONE_CONFIG_{remote}_"
+        return {
+            f"{prefix}TYPE": "s3",
+            f"{prefix}PROVIDER": "Rclone",
+            f"{prefix}REGION": "us-east-1",
+            f"{prefix}ENDPOINT": self.endpoint,
+            f"{prefix}ACCESS_KEY_ID": self.key_id,
+            f"{prefix}SECRET_ACCESS_KEY": self.secret,
+        }
+
+    def bucket(self, name: str) -> Path:
+        path = self.data_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def start(self) -> None:
+        self.process.start()
+        wait_until(lambda: _port_open(self.port), 30, "rclone serve s3", self.process.proc)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def rclone_binary() -> str:
+    from mlcache.transfer import find_rclone
+
+    return find_rclone()
+
+
+def start_s3_server(workdir: Path, key_id: str = "mlcache-test", secret: str = "mlcache-secret") -> S3Server:
+    """Start `rclone serve s3` on a free port over `workdir/data`."""
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    args = [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key_id},{secret}",
+            "--config", "/dev/null", str(data)]
+    server = S3Server(f"http://127.0.0.1:{port}", port, data, key_id, secret,
+                      ServerProcess("s3", args, workdir / "s3-server.log"))
+    server.start()
+    return server
