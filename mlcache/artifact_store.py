@@ -16,7 +16,7 @@ import shutil
 import stat
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -225,26 +225,45 @@ class ArtifactStore:
         stage.mkdir(parents=True)
         return stage
 
-    def pull(self, key: EntryKey, listing: Listing, fetch: Callable[[Path], None], replace: bool = False) -> Path:
-        """Stage with `fetch(stage_dir)`, verify against `listing`, hash, rename into place, write the
-        manifest. The caller holds the entry's lock; `replace` re-syncs a complete entry."""
+    def pull(
+        self,
+        key: EntryKey,
+        listing: Listing,
+        fetch: Callable[[Path, Callable[[str], None]], None],
+        replace: bool = False,
+    ) -> Path:
+        """Stage with `fetch(stage_dir, on_file)`, verify against `listing`, hash, rename into place,
+        write the manifest. Files reported through `on_file` are hashed while the rest still
+        downloads. The caller holds the entry's lock; `replace` re-syncs a complete entry."""
         stage = self.new_stage("pull")
-        try:
-            fetch(stage)
-            produced = stage if listing.is_dir else stage / listing.files[0].path
-            files = scan_tree(produced, listing.is_dir)
-            expected = {f.path: f.size for f in listing.files}
-            got = {rel: path.stat().st_size for rel, path in files.items()}
-            if got != expected:
-                missing = sorted(set(expected) - set(got))[:3]
-                extra = sorted(set(got) - set(expected))[:3]
-                wrong = sorted(p for p in set(got) & set(expected) if got[p] != expected[p])[:3]
-                raise UnsafeArtifact(
-                    f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, size {wrong})"
-                )
-            return self._commit(key, produced, files, listing.url, listing.version(), replace)
-        finally:
-            remove_tree(stage)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            hashing: dict[str, Future[str]] = {}
+
+            def on_file(rel: str) -> None:
+                path = stage / rel
+                if rel not in hashing and path.is_file():
+                    hashing[rel] = pool.submit(sha256_file, path)
+
+            try:
+                fetch(stage, on_file)
+                produced = stage if listing.is_dir else stage / listing.files[0].path
+                files = scan_tree(produced, listing.is_dir)
+                expected = {f.path: f.size for f in listing.files}
+                got = {rel: path.stat().st_size for rel, path in files.items()}
+                if got != expected:
+                    missing = sorted(set(expected) - set(got))[:3]
+                    extra = sorted(set(got) - set(expected))[:3]
+                    wrong = sorted(p for p in set(got) & set(expected) if got[p] != expected[p])[:3]
+                    raise UnsafeArtifact(
+                        f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, "
+                        f"size {wrong})"
+                    )
+                known = {rel: future.result() for rel, future in hashing.items() if rel in files}
+                return self._commit(key, produced, files, listing.url, listing.version(), replace, known)
+            finally:
+                for future in hashing.values():
+                    future.cancel()
+                remove_tree(stage)
 
     def adopt(self, key: EntryKey, src: Path, source_url: str, source_version: str, move: bool) -> Path:
         """Make a local file or tree a complete entry (after an upload), by move or copy."""
@@ -263,10 +282,19 @@ class ArtifactStore:
             remove_tree(stage)
 
     def _commit(
-        self, key: EntryKey, produced: Path, files: dict[str, Path], source: str, version: str, replace: bool
+        self,
+        key: EntryKey,
+        produced: Path,
+        files: dict[str, Path],
+        source: str,
+        version: str,
+        replace: bool,
+        known: dict[str, str] | None = None,
     ) -> Path:
+        digests = dict(known or {})
+        todo = [rel for rel in files if rel not in digests]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            digests = dict(zip(files, pool.map(sha256_file, files.values()), strict=True))
+            digests.update(zip(todo, pool.map(sha256_file, (files[rel] for rel in todo)), strict=True))
         for path in files.values():
             if not path.is_symlink():
                 _make_read_only(path)

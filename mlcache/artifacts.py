@@ -138,7 +138,7 @@ class ArtifactsMixin:
                 path = self._artifacts.pull(
                     entry,
                     listing,
-                    lambda stage: transfer.pull(listing, stage, progress=self.show_progress),
+                    lambda stage, on_file: transfer.pull(listing, stage, self.show_progress, on_file),
                     replace=found is not None,
                 )
                 log.info("pulled %s into %s", entry.label, path)

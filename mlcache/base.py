@@ -88,6 +88,12 @@ class BaseMlflowApi(TrackingMixin, ArtifactsMixin, BaseModel, ABC):
         """A copy of this api that never touches the network."""
         return self.model_copy(update={"offline_mode": True})
 
+    def with_cache_dir(self, cache_dir: Path | str) -> BaseMlflowApi:
+        """A copy of this api (same backend and settings) over another cache dir or bundle."""
+        clone = self.model_copy(update={"cache_dir": Path(cache_dir)})
+        clone.model_post_init(None)
+        return clone
+
     # ----------------------------------------------------------------- plugin hooks
     @abstractmethod
     def _impl_fetch_exp(self, exp_id: str) -> dict[str, Any]: ...

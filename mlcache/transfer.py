@@ -15,9 +15,11 @@ import subprocess
 import sys
 import sysconfig
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import ClassVar
 
 from .errors import EntityNotFound, MlcacheError
 from .remotes import RclonePath, to_rclone
@@ -71,8 +73,11 @@ class Transfer(ABC):
         """What `url` holds; `EntityNotFound` if nothing."""
 
     @abstractmethod
-    def pull(self, listing: Listing, dest: Path, progress: bool = False) -> None:
-        """Copy the listed tree into the folder `dest` (a single file lands as `dest/<name>`)."""
+    def pull(
+        self, listing: Listing, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None
+    ) -> None:
+        """Copy the listed tree into the folder `dest` (a single file lands as `dest/<name>`);
+        `on_file(relative_path)` may be called as each file completes, so hashing can overlap."""
 
     @abstractmethod
     def push(self, src: Path, url: str, progress: bool = False) -> None:
@@ -108,13 +113,18 @@ class RcloneTransfer(Transfer):
     def binary(self) -> str:
         return find_rclone()
 
-    @cached_property
+    _remotes_cache: ClassVar[dict[tuple[str, str], frozenset[str]]] = {}
+
+    @property
     def configured_remotes(self) -> frozenset[str]:
-        """Remote names of the user's rclone config file (env-defined ones are checked per URL)."""
-        result = self._run(["listremotes"], {}, check=False)
-        if result.returncode != 0:
-            return frozenset()
-        return frozenset(line.strip().rstrip(":") for line in result.stdout.splitlines() if line.strip())
+        """Remote names of the user's rclone config file, asked once per process and config file
+        (remotes defined by `RCLONE_CONFIG_*` variables are checked per URL)."""
+        cache_key = (self.binary, os.environ.get("RCLONE_CONFIG", ""))
+        if cache_key not in self._remotes_cache:
+            result = self._run(["listremotes"], {}, check=False)
+            names = result.stdout.splitlines() if result.returncode == 0 else []
+            self._remotes_cache[cache_key] = frozenset(n.strip().rstrip(":") for n in names if n.strip())
+        return self._remotes_cache[cache_key]
 
     def resolve(self, url: str) -> RclonePath:
         configured = frozenset() if url.startswith(("/", "file:")) else self.configured_remotes
@@ -143,7 +153,9 @@ class RcloneTransfer(Transfer):
     def list(self, url: str) -> Listing:
         target = self.resolve(url)
         result = self._run(
-            ["lsjson", "-R", "--files-only", "--use-server-modtime", "--", target.path], target.env, check=False
+            ["lsjson", "-R", "--files-only", "--no-mimetype", "--use-server-modtime", "--", target.path],
+            target.env,
+            check=False,
         )
         if result.returncode in _NOT_FOUND_EXIT_CODES:
             raise EntityNotFound("artifact", url, "nothing at that location")
@@ -160,7 +172,9 @@ class RcloneTransfer(Transfer):
             is_dir = bool(json.loads(stat.stdout).get("IsDir"))
         return Listing(url, is_dir, files)
 
-    def pull(self, listing: Listing, dest: Path, progress: bool = False) -> None:
+    def pull(
+        self, listing: Listing, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None
+    ) -> None:
         target = self.resolve(listing.url)
         dest.mkdir(parents=True, exist_ok=True)
         args = [
@@ -176,7 +190,7 @@ class RcloneTransfer(Transfer):
             target.path,
             str(dest),
         ]
-        self._transfer(args, target.env, progress, f"pull {listing.url}")
+        self._transfer(args, target.env, progress, f"pull {listing.url}", on_file)
 
     def push(self, src: Path, url: str, progress: bool = False) -> None:
         target = self.resolve(url)
@@ -194,23 +208,19 @@ class RcloneTransfer(Transfer):
         ]
         self._transfer(args, target.env, progress, f"push {url}")
 
-    def _transfer(self, args: list[str], env: dict[str, str], progress: bool, title: str) -> None:
-        if not progress:
-            self._run(args, env)
-            return
+    def _transfer(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        progress: bool,
+        title: str,
+        on_file: Callable[[str], None] | None = None,
+    ) -> None:
+        """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats."""
         from rclone_python.utils import complete_task, create_progress_bar, extract_rclone_progress, update_tasks
 
-        command = [
-            self.binary,
-            *args[:1],
-            "--stats",
-            "0.2s",
-            "--stats-unit",
-            "bytes",
-            "--use-json-log",
-            "-v",
-            *args[1:],
-        ]
+        stats = ["--stats", "0.2s", "--stats-unit", "bytes"] if progress else ["--stats", "0"]
+        command = [self.binary, args[0], *stats, "--use-json-log", "-v", *args[1:]]
         proc = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -219,20 +229,34 @@ class RcloneTransfer(Transfer):
             env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
         )
-        bar = create_progress_bar()
-        bar.start()
-        task = bar.add_task(title, total=None)
+        bar = create_progress_bar() if progress else None
+        task = None
+        if bar is not None:
+            bar.start()
+            task = bar.add_task(title, total=None)
         errors: list[str] = []
         tasks: dict = {}
-        for line in proc.stderr or ():
-            valid, update = extract_rclone_progress(line)
-            if valid and update:
-                update_tasks(bar, task, update, tasks)
-            elif update:
-                errors.append(str(update.get("msg", "")))
-        code = proc.wait()
-        if code == 0:
-            complete_task(task, bar)
-        bar.stop()
+        try:
+            for line in proc.stderr or ():
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(item, dict):
+                    continue
+                if on_file is not None and str(item.get("msg", "")).startswith("Copied") and item.get("object"):
+                    on_file(str(item["object"]))
+                if item.get("level") in ("error", "critical"):
+                    errors.append(f"{item.get('object', '')}: {item.get('msg', '')}".strip(": "))
+                elif bar is not None and task is not None:
+                    valid, update = extract_rclone_progress(line)
+                    if valid and update:
+                        update_tasks(bar, task, update, tasks)
+        finally:
+            code = proc.wait()
+            if bar is not None and task is not None:
+                if code == 0:
+                    complete_task(task, bar)
+                bar.stop()
         if code != 0:
             raise self._error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))

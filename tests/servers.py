@@ -199,9 +199,20 @@ def start_s3_server(workdir: Path, key_id: str = "mlcache-test", secret: str = "
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    args = [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key_id},{secret}",
-            "--config", "/dev/null", str(data)]
-    server = S3Server(f"http://127.0.0.1:{port}", port, data, key_id, secret,
-                      ServerProcess("s3", args, workdir / "s3-server.log"))
+    args = [
+        rclone_binary(),
+        "serve",
+        "s3",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "--auth-key",
+        f"{key_id},{secret}",
+        "--config",
+        "/dev/null",
+        str(data),
+    ]
+    server = S3Server(
+        f"http://127.0.0.1:{port}", port, data, key_id, secret, ServerProcess("s3", args, workdir / "s3-server.log")
+    )
     server.start()
     return server

@@ -16,6 +16,7 @@ import mlcache
 from mlcache import CacheMiss, EntityNotFound, MlcacheError, UnsafePath
 from mlcache.artifacts import ArtifactUploadError
 from mlcache.plugins.mlflow_api import MlflowApi
+
 from servers import MlflowServer, S3Server
 
 
@@ -52,7 +53,11 @@ def test_log_then_pull_into_a_fresh_cache(s3_mlflow: MlflowServer, s3_env: dict,
     fresh = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "fresh")
     listed = fresh.list_run_artifacts(run, "model")
     assert [(f.path, f.size) for f in listed] == [("conf/params.json", 13), ("weights.bin", 5000)]
-    assert {f.path for f in fresh.list_run_artifacts(run)} == {"model/conf/params.json", "model/weights.bin", "notes.txt"}
+    assert {f.path for f in fresh.list_run_artifacts(run)} == {
+        "model/conf/params.json",
+        "model/weights.bin",
+        "notes.txt",
+    }
 
     path = fresh.get_run_artifact(run, "model")
     assert path == tmp_path / "fresh" / "artifacts" / "runs" / run.id / "model"
@@ -141,8 +146,16 @@ def test_every_identifier_form_with_every_model_artifact_method(
     name, mv = logged["name"], logged["mv"]
     api = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "c")
     model = api.get_model(name)
-    forms = [mv, api.get_model_version((name, 1)), (name, 1), (name, "1"), (model, "1"), (name, "@prod"),
-             f"models:/{name}/1", f"models:/{name}@prod"]
+    forms = [
+        mv,
+        api.get_model_version((name, 1)),
+        (name, 1),
+        (name, "1"),
+        (model, "1"),
+        (name, "@prod"),
+        f"models:/{name}/1",
+        f"models:/{name}@prod",
+    ]
     expected = {"conf/params.json": b'{"layers": 2}', "weights.bin": b"w" * 5000}
     for i, form in enumerate(forms):
         assert [f.path for f in api.list_model_artifacts(form)] == ["conf/params.json", "weights.bin"]
@@ -178,15 +191,21 @@ def test_pull_in_offline_mode_reads_the_store_but_not_the_server(
     s3_mlflow: MlflowServer, s3_env: dict, logged: dict, tmp_path: Path
 ) -> None:
     run = logged["run"]
-    api = MlflowApi(tracking_uri="http://127.0.0.1:9", cache_dir=tmp_path / "c", offline_mode=True,
-                    pull_artifacts_in_offline_mode=True)
+    api = MlflowApi(
+        tracking_uri="http://127.0.0.1:9",
+        cache_dir=tmp_path / "c",
+        offline_mode=True,
+        pull_artifacts_in_offline_mode=True,
+    )
     with pytest.raises(CacheMiss, match=f"run '{run.id}'"):
         api.get_run_artifact(run, "model")
     MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "c").cache_run_meta(run)
     assert files_of(api.get_run_artifact(run, "model"))["weights.bin"] == b"w" * 5000
 
 
-def test_cache_local_artifacts_off_uploads_only(s3_mlflow: MlflowServer, s3_env: dict, tmp_path: Path, unique: str) -> None:
+def test_cache_local_artifacts_off_uploads_only(
+    s3_mlflow: MlflowServer, s3_env: dict, tmp_path: Path, unique: str
+) -> None:
     api = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "c", cache_local_artifacts=False)
     run = api.create_exp(f"nolocal-{unique}").start_run("r")
     source = tmp_path / "weights.bin"
@@ -233,8 +252,9 @@ def test_failures_leave_no_temporary_data(s3_api: MlflowApi, s3_server: S3Server
     assert not (s3_api.cache_dir / "manifests" / "runs" / run.id / "never-logged.json").exists()
 
 
-def test_failed_upload_keeps_the_dumped_artifact(s3_mlflow: MlflowServer, s3_env: dict, monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path, unique: str) -> None:
+def test_failed_upload_keeps_the_dumped_artifact(
+    s3_mlflow: MlflowServer, s3_env: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, unique: str
+) -> None:
     api = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "c")
     run = api.create_exp(f"upfail-{unique}").start_run("r")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
@@ -293,7 +313,10 @@ def test_unsafe_paths_are_refused_even_under_python_O(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.splitlines() == [
-        "refused '../x'", "refused '/etc/passwd'", "refused ''", "refused 'a/../../b'"
+        "refused '../x'",
+        "refused '/etc/passwd'",
+        "refused ''",
+        "refused 'a/../../b'",
     ], result.stderr
 
 
@@ -320,3 +343,33 @@ def test_manifest_times_are_utc(s3_api: MlflowApi, logged: dict) -> None:
     manifest = s3_api._artifacts.read_manifest(EntryKey("runs", (logged["run"].id, "model")))
     assert manifest is not None and manifest.pulled_at.tzinfo is not None
     assert manifest.pulled_at.utcoffset() == timezone.utc.utcoffset(None)
+
+
+def test_complete_entries_are_served_with_server_and_store_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from servers import start_mlflow_server, start_s3_server
+
+    s3 = start_s3_server(tmp_path / "s3")
+    s3.bucket("bucket")
+    server = start_mlflow_server(tmp_path / "ml", artifact_root="s3://bucket/mlartifacts", env=s3.env)
+    try:
+        for name, value in s3.env.items():
+            monkeypatch.setenv(name, value)
+        api = MlflowApi(tracking_uri=server.url, cache_dir=tmp_path / "cache", connect_timeout=1)
+        run = api.create_exp("stopped").start_run("r")
+        mv = api.log_model_version("stopped-model", run, write_model, "model", aliases=["prod"])
+        fresh = MlflowApi(tracking_uri=server.url, cache_dir=tmp_path / "fresh", connect_timeout=1)
+        expected = files_of(fresh.get_model_artifact(mv))
+        fresh.get_run_artifact(run, "model")
+    finally:
+        server.stop()
+        s3.stop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for form in [mv, ("stopped-model", 1), "models:/stopped-model/1"]:
+            assert files_of(fresh.get_model_artifact(form)) == expected
+        assert files_of(fresh.get_run_artifact(run.id, "model")) == expected
+        assert files_of(fresh.in_offline_mode.get_model_artifact(("stopped-model", "@prod"))) == expected
+    with pytest.warns(mlcache.CacheFallbackWarning, match="did not answer"):
+        assert files_of(fresh.get_model_artifact(("stopped-model", "@prod"))) == expected

@@ -19,12 +19,14 @@ def mlcache_cli(*args: str, home: Path, env: dict[str, str] | None = None) -> su
 def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     result = mlcache_cli("demo", home=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "offline read-back: models:/mlcache-demo-model@champion -> version 1" in result.stdout
+    assert "offline: models:/mlcache-demo-model@champion -> version 1" in result.stdout
+    assert "loaded model predicts 1.85" in result.stdout
+    assert "pulled it into a fresh cache" in result.stdout
     assert (tmp_path / "data" / "mlcache" / "mlflow.db").is_file()
     assert (tmp_path / "cache" / "mlcache" / "metadata" / "mv" / "mlcache-demo-model" / "1.json").is_file()
     again = mlcache_cli("demo", home=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "models:/mlcache-demo-model@champion -> version 2" in again.stdout
+    assert "offline: models:/mlcache-demo-model@champion -> version 2" in again.stdout
 
 
 def test_demo_with_unreachable_server_prints_one_line(tmp_path: Path) -> None:

@@ -1,15 +1,14 @@
 """Plugin `mlflow`: open-source MLflow 3.x through `MlflowClient` (a server, or a sqlite/file URI).
 
 mlflow is imported on first use, never at import or construction time, so this plugin works in
-offline mode where mlflow is not installed. Before talking to an http(s) server the plugin checks,
-within `connect_timeout`, that it answers at all: an unreachable server fails in seconds instead of
-MLflow's minutes of connection retries, and the base class can answer from the cache.
+offline mode where mlflow is not installed. mlcache's calls run with bounded HTTP (`connect_timeout`,
+`request_timeout`, `http_max_retries`): an unreachable server fails in seconds instead of MLflow's
+minutes of connection retries, and the base class can then answer from the cache.
 """
 
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,6 +24,7 @@ from ..entities import RunStatus
 from ..errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
 from ..timeutil import from_ms, to_ms
 from ..transfer import Transfer
+from . import mlflow_http
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -58,17 +58,26 @@ def _is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+def _root_cause(exc: BaseException) -> str:
+    seen = exc
+    while (seen.__cause__ or seen.__context__) is not None:
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    text = str(seen)
+    return text.rsplit(": ", 1)[-1].strip("')\"") if "Errno" in text else type(seen).__name__
+
+
 class MlflowApi(BaseMlflowApi):
     """mlcache in front of an MLflow 3 tracking server and model registry."""
 
     tracking_uri: str | None = None
     registry_uri: str | None = None
     connect_timeout: float = 5.0
-    probe_ttl: float = 2.0
+    request_timeout: float = 120.0
+    http_max_retries: int = 2
+    http_backoff_factor: float = 0.5
     embedded_dir: Path = Field(default_factory=default_embedded_dir)
 
     _client: MlflowClient | None = PrivateAttr(None)
-    _reachable_at: float = PrivateAttr(-1e9)
 
     @property
     def resolved_tracking_uri(self) -> str:
@@ -88,48 +97,36 @@ class MlflowApi(BaseMlflowApi):
         if self._client is None:
             from mlflow import MlflowClient
 
+            mlflow_http.install()
             if self.is_embedded:
                 self.embedded_dir.mkdir(parents=True, exist_ok=True)
             self._client = MlflowClient(tracking_uri=self.resolved_tracking_uri, registry_uri=self.registry_uri)
         return self._client
 
     # ----------------------------------------------------------------- calls
-    def _ensure_reachable(self) -> None:
-        uri = self.resolved_tracking_uri
-        if not uri.startswith(("http://", "https://")):
-            return
-        if time.monotonic() - self._reachable_at < self.probe_ttl:
-            return
-        import requests
-
-        insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
-        try:
-            requests.get(f"{uri.rstrip('/')}/health", timeout=self.connect_timeout, verify=not insecure)
-        except requests.RequestException as exc:
-            raise ServerUnreachable(
-                f"MLflow server at {uri} did not answer within {self.connect_timeout:g}s "
-                f"({type(exc).__name__}); use offline_mode=True or MLCACHE_OFFLINE=1 to read the cache only"
-            ) from exc
-        self._reachable_at = time.monotonic()
-
     def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
         """Run one client call, translating MLflow's errors into mlcache's."""
         from mlflow.exceptions import MlflowException
 
-        self._ensure_reachable()
+        self.client  # noqa: B018 - builds the client (and bounds MLflow's HTTP) before the first call
+        limits = mlflow_http.HttpLimits(
+            self.http_max_retries, self.http_backoff_factor, self.connect_timeout, self.request_timeout
+        )
         try:
-            result = fn()
+            with mlflow_http.bounded(limits):
+                return fn()
         except MlflowException as exc:
             if _is_connection_error(exc):
-                self._reachable_at = -1e9
-                raise ServerUnreachable(f"MLflow server at {self.resolved_tracking_uri} failed: {exc.message}") from exc
+                raise ServerUnreachable(
+                    f"MLflow server at {self.resolved_tracking_uri} did not answer within {self.connect_timeout:g}s "
+                    f"({self.http_max_retries} retries; {_root_cause(exc)}); use offline_mode=True or "
+                    "MLCACHE_OFFLINE=1 to read the cache only"
+                ) from exc
             if exc.error_code in _NOT_FOUND:
                 raise EntityNotFound(what, key, exc.message) from exc
             if exc.error_code in _EXISTS:
                 raise EntityExists(f"{what} {key!r} already exists: {exc.message}") from exc
             raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}") from exc
-        self._reachable_at = time.monotonic()
-        return result
 
     def _impl_transfer_for(self, url: str) -> Transfer | None:
         """Artifacts behind MLflow's artifact proxy go through the MLflow client."""
