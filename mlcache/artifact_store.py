@@ -228,15 +228,16 @@ class ArtifactStore:
     def pull(
         self,
         key: EntryKey,
-        listing: Listing,
         fetch: Callable[[Path, Callable[[str], None]], None],
+        list_source: Callable[[], Listing],
         replace: bool = False,
     ) -> Path:
-        """Stage with `fetch(stage_dir, on_file)`, verify against `listing`, hash, rename into place,
-        write the manifest. Files reported through `on_file` are hashed while the rest still
-        downloads. The caller holds the entry's lock; `replace` re-syncs a complete entry."""
+        """Stage with `fetch(stage_dir, on_file)` while `list_source()` lists the remote, verify the
+        staged tree against that listing, hash, rename into place, write the manifest. Files reported
+        through `on_file` are hashed while the rest still downloads. The caller holds the entry's
+        lock; `replace` re-syncs a complete entry."""
         stage = self.new_stage("pull")
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=3) as pool:
             hashing: dict[str, Future[str]] = {}
 
             def on_file(rel: str) -> None:
@@ -245,8 +246,14 @@ class ArtifactStore:
                     hashing[rel] = pool.submit(sha256_file, path)
 
             try:
-                fetch(stage, on_file)
+                listed = pool.submit(list_source)
+                try:
+                    fetch(stage, on_file)
+                finally:
+                    listing = listed.result()
                 produced = stage if listing.is_dir else stage / listing.files[0].path
+                if not (produced.exists() or produced.is_symlink()):
+                    raise UnsafeArtifact(f"pulling {listing.url} produced nothing")
                 files = scan_tree(produced, listing.is_dir)
                 expected = {f.path: f.size for f in listing.files}
                 got = {rel: path.stat().st_size for rel, path in files.items()}

@@ -21,7 +21,7 @@ from .handles import ModelVersionApi
 from .identifiers import ModelVersionRef, model_version_ref, run_ref
 from .paths import safe_relative_path
 from .remotes import join_url
-from .transfer import RemoteFile, Transfer, TransferError
+from .transfer import Listing, RemoteFile, Transfer, TransferError
 
 if TYPE_CHECKING:
     from .base import Freshness
@@ -124,21 +124,24 @@ class ArtifactsMixin:
                 found = self._artifacts.covering(key)
                 if found is not None and not self.always_pull_artifacts:
                     return found[1]
-                listing = transfer.list(source)
-                manifest = self._artifacts.read_manifest(entry) if found is not None else None
-                if found is not None and manifest is not None and manifest.source_version == listing.version():
-                    return found[1]
-                log.info(
-                    "pulling %s from %s (%d files, %d bytes)",
-                    entry.label,
-                    source,
-                    len(listing.files),
-                    listing.total_size,
-                )
+                if found is not None:
+                    listing = transfer.list(source)
+                    manifest = self._artifacts.read_manifest(entry)
+                    if manifest is not None and manifest.source_version == listing.version():
+                        return found[1]
+
+                    def list_source() -> Listing:
+                        return listing
+                else:
+
+                    def list_source() -> Listing:
+                        return transfer.list(source)
+
+                log.info("pulling %s from %s", entry.label, source)
                 path = self._artifacts.pull(
                     entry,
-                    listing,
-                    lambda stage, on_file: transfer.pull(listing, stage, self.show_progress, on_file),
+                    lambda stage, on_file: transfer.pull(source, stage, self.show_progress, on_file),
+                    list_source,
                     replace=found is not None,
                 )
                 log.info("pulled %s into %s", entry.label, path)

@@ -73,11 +73,10 @@ class Transfer(ABC):
         """What `url` holds; `EntityNotFound` if nothing."""
 
     @abstractmethod
-    def pull(
-        self, listing: Listing, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None
-    ) -> None:
-        """Copy the listed tree into the folder `dest` (a single file lands as `dest/<name>`);
-        `on_file(relative_path)` may be called as each file completes, so hashing can overlap."""
+    def pull(self, url: str, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None) -> None:
+        """Copy what `url` holds into the folder `dest` (a single file lands as `dest/<name>`);
+        `on_file(relative_path)` may be called as each file completes, so hashing can overlap.
+        The caller lists `url` at the same time and checks the result against that listing."""
 
     @abstractmethod
     def push(self, src: Path, url: str, progress: bool = False) -> None:
@@ -172,10 +171,8 @@ class RcloneTransfer(Transfer):
             is_dir = bool(json.loads(stat.stdout).get("IsDir"))
         return Listing(url, is_dir, files)
 
-    def pull(
-        self, listing: Listing, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None
-    ) -> None:
-        target = self.resolve(listing.url)
+    def pull(self, url: str, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None) -> None:
+        target = self.resolve(url)
         dest.mkdir(parents=True, exist_ok=True)
         args = [
             "copy",
@@ -190,7 +187,7 @@ class RcloneTransfer(Transfer):
             target.path,
             str(dest),
         ]
-        self._transfer(args, target.env, progress, f"pull {listing.url}", on_file)
+        self._transfer(args, target.env, progress, f"pull {url}", on_file)
 
     def push(self, src: Path, url: str, progress: bool = False) -> None:
         target = self.resolve(url)

@@ -345,7 +345,9 @@ def test_manifest_times_are_utc(s3_api: MlflowApi, logged: dict) -> None:
     assert manifest.pulled_at.utcoffset() == timezone.utc.utcoffset(None)
 
 
-def test_complete_entries_are_served_with_server_and_store_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_complete_entries_are_served_with_server_and_store_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import warnings
 
     from servers import start_mlflow_server, start_s3_server

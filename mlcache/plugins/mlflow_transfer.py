@@ -47,9 +47,8 @@ class MlflowArtifactsTransfer(Transfer):
                 return Listing(url, False, (RemoteFile(name, int(info.file_size or 0)),))
         raise EntityNotFound("artifact", url, "nothing at that location")
 
-    def pull(
-        self, listing: Listing, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None
-    ) -> None:
+    def pull(self, url: str, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None) -> None:
+        listing = self.list(url)
         dest.mkdir(parents=True, exist_ok=True)
         if listing.is_dir:
             repo = self._repo(listing.url)
