@@ -1,0 +1,108 @@
+"""The artifact store's on-disk protocol, without servers: staging, verification, links, races."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mlcache.artifact_store import ArtifactStore, EntryKey, UnsafeArtifact
+from mlcache.layout import CacheLayout
+from mlcache.transfer import Listing, RemoteFile
+
+KEY = EntryKey("runs", ("run1", "model"))
+
+
+def listing(*files: tuple[str, int], is_dir: bool = True) -> Listing:
+    return Listing("s3://bucket/run1/artifacts/model", is_dir, tuple(RemoteFile(p, n) for p, n in files))
+
+
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(CacheLayout(tmp_path / "cache"))
+
+
+def writer(files: dict[str, bytes], links: dict[str, str] | None = None):
+    def fetch(stage: Path, on_file) -> None:
+        for rel, data in files.items():
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stage / rel).write_bytes(data)
+            on_file(rel)
+        for rel, target in (links or {}).items():
+            os.symlink(target, stage / rel)
+
+    return fetch
+
+
+def test_a_verified_pull_is_installed_with_its_manifest(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    path = s.pull(KEY, writer({"a.bin": b"aa", "d/b.bin": b"b"}), lambda: listing(("a.bin", 2), ("d/b.bin", 1)))
+    assert path == tmp_path / "cache" / "artifacts" / "runs" / "run1" / "model"
+    assert (path / "d" / "b.bin").read_bytes() == b"b"
+    manifest = s.read_manifest(KEY)
+    assert manifest is not None and [f.path for f in manifest.files] == ["a.bin", "d/b.bin"] and manifest.size == 3
+    assert s.lookup(KEY) == path and s.verify(KEY, manifest) == []
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+def test_content_that_differs_from_the_listing_is_refused(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    with pytest.raises(UnsafeArtifact, match=r"differs from its listing \(missing \['c.bin'\], extra \[\], size \['a.bin'\]"):
+        s.pull(KEY, writer({"a.bin": b"a"}), lambda: listing(("a.bin", 2), ("c.bin", 1)))
+    assert s.lookup(KEY) is None and not s.entry_path(KEY).exists()
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+def test_links_out_of_the_tree_are_refused_and_links_inside_are_kept(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    outside = tmp_path / "secret"
+    outside.write_text("x")
+    with pytest.raises(UnsafeArtifact, match="link evil points outside the artifact"):
+        s.pull(KEY, writer({"a.bin": b"a"}, {"evil": str(outside)}), lambda: listing(("a.bin", 1)))
+    with pytest.raises(UnsafeArtifact, match="points outside"):
+        s.pull(KEY, writer({"a.bin": b"a"}, {"up": "../../.."}), lambda: listing(("a.bin", 1)))
+    assert s.lookup(KEY) is None and list((tmp_path / "cache" / "tmp").iterdir()) == []
+    path = s.pull(KEY, writer({"a.bin": b"a"}, {"alias.bin": "a.bin"}), lambda: listing(("a.bin", 1), ("alias.bin", 1)))
+    assert (path / "alias.bin").is_symlink() and (path / "alias.bin").read_bytes() == b"a"
+
+
+def test_a_leftover_without_manifest_is_replaced_but_a_complete_entry_is_kept(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    leftover = s.entry_path(KEY)
+    leftover.mkdir(parents=True)
+    (leftover / "a.bin").write_bytes(b"partial")
+    assert s.lookup(KEY) is None
+    s.pull(KEY, writer({"a.bin": b"first"}), lambda: listing(("a.bin", 5)))
+    assert (leftover / "a.bin").read_bytes() == b"first"
+    s.pull(KEY, writer({"a.bin": b"other"}), lambda: listing(("a.bin", 5)))
+    assert (leftover / "a.bin").read_bytes() == b"first"
+    s.pull(KEY, writer({"a.bin": b"newer"}), lambda: listing(("a.bin", 5)), replace=True)
+    assert (leftover / "a.bin").read_bytes() == b"newer"
+
+
+def test_a_single_file_entry(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    key = EntryKey("runs", ("run1", "dir/w.bin"))
+    path = s.pull(key, writer({"w.bin": b"123"}), lambda: listing(("w.bin", 3), is_dir=False))
+    assert path.is_file() and path.read_bytes() == b"123" and path.name == "w.bin"
+    assert s.covering(EntryKey("runs", ("run1", "dir/w.bin"))) == (key, path)
+
+
+def test_covering_serves_a_path_inside_a_complete_entry(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.pull(KEY, writer({"d/b.bin": b"b"}), lambda: listing(("d/b.bin", 1)))
+    found = s.covering(EntryKey("runs", ("run1", "model/d/b.bin")))
+    assert found is not None and found[0] == KEY and found[1].read_bytes() == b"b"
+    assert s.covering(EntryKey("runs", ("run1", "model/missing"))) is None
+    assert s.covering(EntryKey("runs", ("run1", "modelx"))) is None
+
+
+def test_remove_and_tampering_is_reported_by_verify(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    path = s.pull(KEY, writer({"a.bin": b"aa"}), lambda: listing(("a.bin", 2)))
+    manifest = s.read_manifest(KEY)
+    (path / "a.bin").chmod(0o644)
+    (path / "a.bin").write_bytes(b"ab")
+    assert s.verify(KEY, manifest) == [f"{path / 'a.bin'}: sha256 differs"]
+    assert s.remove(KEY) is True and s.lookup(KEY) is None and not path.exists()
+    assert s.remove(KEY) is False
