@@ -47,7 +47,9 @@ def test_a_verified_pull_is_installed_with_its_manifest(tmp_path: Path) -> None:
 
 def test_content_that_differs_from_the_listing_is_refused(tmp_path: Path) -> None:
     s = store(tmp_path)
-    with pytest.raises(UnsafeArtifact, match=r"differs from its listing \(missing \['c.bin'\], extra \[\], size \['a.bin'\]"):
+    with pytest.raises(
+        UnsafeArtifact, match=r"differs from its listing \(missing \['c.bin'\], extra \[\], size \['a.bin'\]"
+    ):
         s.pull(KEY, writer({"a.bin": b"a"}), lambda: listing(("a.bin", 2), ("c.bin", 1)))
     assert s.lookup(KEY) is None and not s.entry_path(KEY).exists()
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []

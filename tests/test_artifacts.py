@@ -377,7 +377,8 @@ def test_complete_entries_are_served_with_server_and_store_stopped(
         assert files_of(fresh.get_model_artifact(("stopped-model", "@prod"))) == expected
 
 
-def test_progress_bar_option_pulls_the_same_files(s3_mlflow: MlflowServer, s3_env: dict, logged: dict,
-                                                  tmp_path: Path) -> None:
+def test_progress_bar_option_pulls_the_same_files(
+    s3_mlflow: MlflowServer, s3_env: dict, logged: dict, tmp_path: Path
+) -> None:
     api = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "c", show_progress=True)
     assert files_of(api.get_run_artifact(logged["run"], "model"))["weights.bin"] == b"w" * 5000
