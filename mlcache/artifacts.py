@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .artifact_store import ArtifactStore, EntryKey, remove_tree
-from .errors import CacheMiss, MlcacheError, ServerUnreachable
+from .errors import CacheFallbackWarning, CacheMiss, MlcacheError, ServerUnreachable
 from .handles import ModelVersionApi
 from .identifiers import ModelVersionRef, model_version_ref, run_ref
 from .paths import safe_relative_path
@@ -149,8 +149,6 @@ class ArtifactsMixin:
         except (ServerUnreachable, TransferError) as exc:
             if found is None:
                 raise
-            from .base import CacheFallbackWarning
-
             warnings.warn(f"{exc}; serving the cached {key.label}", CacheFallbackWarning, stacklevel=3)
             return found[1]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -18,12 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from .artifact_store import ArtifactStore
 from .artifacts import ArtifactsMixin
 from .entities import Run
-from .errors import CacheMiss, CorruptMetadata, EntityNotFound, MlcacheError, OfflineModeError, ServerUnreachable
+from .errors import (
+    CacheFallbackWarning,
+    CacheMiss,
+    CorruptMetadata,
+    EntityNotFound,
+    MlcacheError,
+    OfflineModeError,
+    ServerUnreachable,
+)
+from .finders import FindersMixin
 from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi, bind
 from .identifiers import ExpRef, ModelVersionRef, exp_ref, model_name, model_version_ref, run_id_of
 from .layout import CacheLayout
 from .metadata_store import MetadataStore, Record
-from .query import matches
 from .records import exp_from_record, model_from_record, mv_from_record, run_from_record
 from .timeutil import utcnow
 from .tracking import TrackingMixin
@@ -32,10 +40,6 @@ from .transfer import RcloneTransfer, Transfer
 Freshness = Literal["normal", "force", "nested"]
 """How a lookup treats the cache: `normal` honours `metadata_max_age`, `force` always fetches
 online, `nested` (an entity composed into another) uses any cached copy before fetching."""
-
-
-class CacheFallbackWarning(UserWarning):
-    """The server could not be reached, so the answer comes from the cache."""
 
 
 def env_flag(name: str) -> bool:
@@ -48,7 +52,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MLCACHE_CACHE_DIR") or platformdirs.user_cache_dir("mlcache"))
 
 
-class BaseMlflowApi(TrackingMixin, ArtifactsMixin, BaseModel, ABC):
+class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, BaseModel, ABC):
     """Cache-or-fetch access to experiments, runs, models and model versions.
 
     Offline (`offline_mode=True` or `MLCACHE_OFFLINE=1`) nothing touches the network: reads come
@@ -112,10 +116,6 @@ class BaseMlflowApi(TrackingMixin, ArtifactsMixin, BaseModel, ABC):
 
     @abstractmethod
     def _impl_fetch_model_version_by_alias(self, name: str, alias: str) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def _impl_find_runs(self, exp_ids: list[str], query: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Run documents of these experiments; at least all that match `query` (a superset is fine)."""
 
     # ----------------------------------------------------------------- cache-or-fetch core
     def _require_online(self, action: str) -> None:
@@ -372,21 +372,3 @@ class BaseMlflowApi(TrackingMixin, ArtifactsMixin, BaseModel, ABC):
         for alias in found.aliases:
             store.put("alias", (found.model.name, alias), {"version": found.version})
         return found
-
-    # ----------------------------------------------------------------- find
-    def _find_runs(self, exp_ids: list[str], query: dict[str, Any]) -> Iterator[RunApi]:
-        if self.offline_mode:
-            records: Iterator[Record] = (
-                r for r in self._meta.scan("run", on_error=self._warn_bad) if r.data.get("exp_id") in exp_ids
-            )
-        else:
-            records = (self._meta.put("run", (data["id"],), data) for data in self._impl_find_runs(exp_ids, query))
-        for record in records:
-            run = self._compose_run(record)
-            if matches(query, run.to_doc()):
-                yield run
-
-    def find_child_runs(self, parent: Any) -> Iterator[RunApi]:
-        """Runs whose parent is `parent` (lazy)."""
-        found = self.get_run(parent)
-        return self._find_runs([found.exp.id], {"parent_run_id": found.id})

@@ -66,3 +66,7 @@ class LockTimeout(MlcacheError, TimeoutError):
 
 class PluginNotFound(MlcacheError, LookupError):
     """No plugin of that name is installed in the `mlcache.plugins` entry point group."""
+
+
+class CacheFallbackWarning(UserWarning):
+    """The server could not be reached (or a cache file was bad), so the answer comes from the cache."""

@@ -8,13 +8,15 @@ write nothing, so read-only caches and bundles work.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptMetadata
+from .errors import CacheFallbackWarning, CorruptMetadata
+from .index import MetadataIndex
 from .layout import CacheLayout, decode_part, encode_part, write_atomic
 from .locks import entry_lock
 from .timeutil import utcnow
@@ -40,6 +42,14 @@ class MetadataStore:
     def __init__(self, layout: CacheLayout, lock_timeout: float = 60.0) -> None:
         self.layout = layout
         self.lock_timeout = lock_timeout
+        self.index = MetadataIndex(layout, self._scan_for_index)
+
+    def _scan_for_index(self, kind: str) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+        def report(exc: CorruptMetadata) -> None:
+            warnings.warn(f"{exc}; skipped", CacheFallbackWarning, stacklevel=2)
+
+        for record in self.scan(kind, on_error=report):
+            yield record.key, record.data
 
     def path(self, kind: str, key: tuple[str, ...]) -> Path:
         """File of one entity: `metadata/<kind>/<part>/.../<last>.json`, parts percent-encoded."""
@@ -66,6 +76,7 @@ class MetadataStore:
         encoded = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode()
         with entry_lock(self.layout, "metadata", kind, *key, timeout=self.lock_timeout):
             write_atomic(path, encoded, self.layout.tmp)
+            self.index.upsert(kind, key, data)
         return record
 
     def mark_stale(self, kind: str, key: tuple[str, ...]) -> None:
@@ -84,6 +95,7 @@ class MetadataStore:
         if path.exists():
             with entry_lock(self.layout, "metadata", kind, *key, timeout=self.lock_timeout):
                 path.unlink(missing_ok=True)
+                self.index.delete(kind, key)
 
     def scan(
         self,
@@ -96,6 +108,8 @@ class MetadataStore:
         if not base.is_dir():
             return
         for path in sorted(base.rglob("*.json")):
+            if path.name.startswith("index."):
+                continue
             rel = path.relative_to(self.layout.metadata / kind)
             key = tuple(decode_part(p) for p in (*rel.parts[:-1], rel.name[: -len(".json")]))
             try:

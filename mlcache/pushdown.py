@@ -83,12 +83,11 @@ class MlflowFilter:
 
 
 def _value_clause(prefix: str, key: str, op: str, arg: Any, numeric: bool) -> str | None:
-    """tags/params (JSON-encoded strings) or metrics (numbers) of runs, experiments, models."""
+    """tags/params (JSON-encoded strings) or metrics (numbers) of runs, experiments, models.
+    (`$exists` is not pushed: `params.a` exists for MongoDB when only `params.a.b` was logged.)"""
     qkey = quote_key(key)
     if qkey is None:
         return None
-    if op == "$exists" and prefix != "metrics":
-        return f"{prefix}.{qkey} IS {'NOT ' if arg else ''}NULL"
     if numeric:
         sql_op = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}.get(op)
         return f"{prefix}.{qkey} {sql_op} {arg!r}" if sql_op and is_number(arg) else None
@@ -162,9 +161,8 @@ def exps_filter(query: Mapping[str, Any]) -> MlflowFilter:
         head, _, rest = path.partition(".")
         if path == "name" and op == "$eq" and isinstance(arg, str) and (literal := quote_string(arg)):
             out.clauses.append(f"name = {literal}")
-        elif head == "tags" and rest and (clause := _value_clause("tags", rest, op, arg, numeric=False)):
-            if "IS" not in clause:
-                out.clauses.append(clause)
+        elif head == "tags" and rest and (clause := _value_clause("tags", rest, op, arg, False)):
+            out.clauses.append(clause)
     return out
 
 
@@ -175,9 +173,8 @@ def models_filter(query: Mapping[str, Any]) -> MlflowFilter:
         head, _, rest = path.partition(".")
         if path == "name" and op == "$eq" and isinstance(arg, str) and (literal := quote_string(arg)):
             out.clauses.append(f"name = {literal}")
-        elif head == "tags" and rest and (clause := _value_clause("tags", rest, op, arg, numeric=False)):
-            if "IS" not in clause:
-                out.clauses.append(clause)
+        elif head == "tags" and rest and (clause := _value_clause("tags", rest, op, arg, False)):
+            out.clauses.append(clause)
     return out
 
 
@@ -192,7 +189,6 @@ def model_versions_filter(query: Mapping[str, Any]) -> MlflowFilter:
             out.clauses.append(f"run_id = {literal}")
         elif path == "run_id" and op == "$in" and (items := _string_list(arg)):
             out.clauses.append(f"run_id IN ({', '.join(items)})")
-        elif head == "tags" and rest and (clause := _value_clause("tags", rest, op, arg, numeric=False)):
-            if "IS" not in clause:
-                out.clauses.append(clause)
+        elif head == "tags" and rest and (clause := _value_clause("tags", rest, op, arg, False)):
+            out.clauses.append(clause)
     return out

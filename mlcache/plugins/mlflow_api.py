@@ -22,6 +22,7 @@ from ..base import BaseMlflowApi
 from ..encoding import decode_nested, unflatten
 from ..entities import RunStatus
 from ..errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
+from ..pushdown import exps_filter, model_versions_filter, models_filter, runs_filter
 from ..timeutil import from_ms, to_ms
 from ..transfer import Transfer
 from . import mlflow_http
@@ -222,25 +223,67 @@ class MlflowApi(BaseMlflowApi):
             self._call("model version", key, lambda: self.client.get_model_version_by_alias(name, alias))
         )
 
-    def _impl_find_runs(self, exp_ids: list[str], query: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        filter_string = ""
-        parent = query.get("parent_run_id")
-        if isinstance(parent, str) and parent.replace("-", "").isalnum():
-            filter_string = f"tags.`mlflow.parentRunId` = '{parent}'"
+    def _pages(self, what: str, search: Callable[[str | None], Any]) -> Iterator[Any]:
+        """Items of a paged MLflow search, one request per page, fetched only as they are consumed."""
         token: str | None = None
         while True:
-            page = self._call(
-                "runs of experiments",
-                ",".join(exp_ids),
-                lambda page_token=token: self.client.search_runs(
-                    exp_ids, filter_string, max_results=1000, page_token=page_token
-                ),
-            )
-            for run in page:
-                yield self._run_doc(run)
+            page = self._call("search", what, lambda page_token=token: search(page_token))
+            yield from page
             token = page.token
             if not token:
                 return
+
+    def _impl_find_exps(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        from mlflow.entities import ViewType
+
+        pushed = exps_filter(query)
+        for exp in self._pages(
+            "experiments",
+            lambda token: self.client.search_experiments(
+                ViewType.ALL, max_results=1000, filter_string=pushed.filter_string or None, page_token=token
+            ),
+        ):
+            yield self._exp_doc(exp)
+
+    def _impl_find_runs(self, exp_ids: list[str] | None, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        from mlflow.entities import ViewType
+
+        pushed = runs_filter(query)
+        if exp_ids is not None:
+            pushed.narrow_exp_ids(set(exp_ids))
+        if pushed.exp_ids is None:
+            ids = sorted(doc["id"] for doc in self._impl_find_exps({}))
+        else:
+            ids = sorted(pushed.exp_ids)
+        if not ids:
+            return
+        for run in self._pages(
+            "runs",
+            lambda token: self.client.search_runs(
+                ids, pushed.filter_string, ViewType.ALL, max_results=1000, page_token=token
+            ),
+        ):
+            yield self._run_doc(run)
+
+    def _impl_find_models(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        pushed = models_filter(query)
+        for model in self._pages(
+            "models",
+            lambda token: self.client.search_registered_models(
+                pushed.filter_string or None, max_results=1000, page_token=token
+            ),
+        ):
+            yield self._model_doc(model)
+
+    def _impl_find_model_versions(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        pushed = model_versions_filter(query)
+        for mv in self._pages(
+            "model versions",
+            lambda token: self.client.search_model_versions(
+                pushed.filter_string or None, max_results=1000, page_token=token
+            ),
+        ):
+            yield self._mv_doc(mv)
 
     # ----------------------------------------------------------------- writes
     def _impl_create_exp(self, name: str, tags: dict[str, str], artifact_location: str | None) -> str:
