@@ -141,7 +141,7 @@ def runs_filter(query: Mapping[str, Any]) -> MlflowFilter:
             column = {"id": "attributes.run_id", "name": "attributes.run_name", "status": "attributes.status"}[path]
             if op == "$eq" and isinstance(arg, str) and (literal := quote_string(arg)):
                 out.clauses.append(f"{column} = {literal}")
-            elif op == "$in" and path in ("id", "status") and (items := _string_list(arg)):
+            elif op == "$in" and path == "id" and (items := _string_list(arg)):
                 out.clauses.append(f"{column} IN ({', '.join(items)})")
         elif path == "parent_run_id" and op == "$eq" and isinstance(arg, str) and (literal := quote_string(arg)):
             out.clauses.append(f"tags.`mlflow.parentRunId` = {literal}")

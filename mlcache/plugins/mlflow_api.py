@@ -276,14 +276,22 @@ class MlflowApi(BaseMlflowApi):
             yield self._model_doc(model)
 
     def _impl_find_model_versions(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """MLflow's version search leaves out aliases; they are taken from each model (one request per
+        model met), so write-through never erases what `get_model_version` stored."""
         pushed = model_versions_filter(query)
+        aliases: dict[str, dict[str, str]] = {}
         for mv in self._pages(
             "model versions",
             lambda token: self.client.search_model_versions(
                 pushed.filter_string or None, max_results=1000, page_token=token
             ),
         ):
-            yield self._mv_doc(mv)
+            doc = self._mv_doc(mv)
+            name = doc["model_name"]
+            if name not in aliases:
+                aliases[name] = self._impl_fetch_model(name)["aliases"]
+            doc["aliases"] = sorted(a for a, version in aliases[name].items() if version == doc["version"])
+            yield doc
 
     # ----------------------------------------------------------------- writes
     def _impl_create_exp(self, name: str, tags: dict[str, str], artifact_location: str | None) -> str:

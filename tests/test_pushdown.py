@@ -1,0 +1,76 @@
+"""What reaches MLflow's filter syntax: a superset of the query, quoted safely."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from mlcache.index import sql_filter
+from mlcache.pushdown import exps_filter, model_versions_filter, models_filter, runs_filter
+
+
+def test_runs_filter_pushes_what_mlflow_can_express() -> None:
+    pushed = runs_filter(
+        {
+            "exp.id": {"$in": ["1", "2"]},
+            "id": {"$in": ["a", "b"]},
+            "name": "it's",
+            "status": "FINISHED",
+            "metrics.acc": {"$gt": 0.5, "$lte": 1},
+            "params.opt": "adam",
+            "params.lr": 3,
+            "tags.mlflow.user": "bob",
+            "start_time": {"$gt": datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=timezone.utc)},
+            "$or": [{"tags.team": "a"}, {"tags.team": "b"}],
+            "$and": [{"metrics.loss": {"$lt": 2}}],
+        }
+    )
+    assert pushed.exp_ids == {"1", "2"}
+    assert pushed.clauses == [
+        "attributes.run_id IN ('a', 'b')",
+        'attributes.run_name = "it\'s"',
+        "attributes.status = 'FINISHED'",
+        "metrics.`acc` > 0.5",
+        "metrics.`acc` <= 1",
+        "params.`opt` LIKE '%adam%'",
+        "params.`lr` LIKE '%3%'",
+        "tags.`mlflow.user` = 'bob'",
+        "attributes.start_time >= 1767225600123",
+        "metrics.`loss` < 2",
+    ]
+
+
+def test_what_cannot_be_expressed_exactly_is_widened_or_left_local() -> None:
+    assert runs_filter({"params.opt": 'a"b'}).clauses == []
+    assert runs_filter({"params.opt": "a'b\"c"}).clauses == []
+    assert runs_filter({"params.opt": "back\\slash"}).clauses == []
+    assert runs_filter({"params.`odd": "x"}).clauses == []
+    assert runs_filter({"params.lr": 0.5}).clauses == []
+    assert runs_filter({"params.ok": True}).clauses == []
+    assert runs_filter({"params.a": {"$exists": True}}).clauses == []
+    assert runs_filter({"metrics.acc": {"$ne": 1}}).clauses == []
+    assert runs_filter({"status": {"$in": ["FAILED"]}}).clauses == []
+    assert runs_filter({"start_time": {"$lt": datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc)}}).clauses == [
+        "attributes.start_time <= 1767225600001"
+    ]
+    assert runs_filter({"exp.id": "1", "$and": [{"exp.id": "2"}]}).exp_ids == set()
+
+
+def test_other_entities() -> None:
+    assert exps_filter({"name": "e", "tags.team": "a"}).clauses == ["name = 'e'", "tags.`team` LIKE '%a%'"]
+    assert models_filter({"name": "m"}).filter_string == "name = 'm'"
+    assert model_versions_filter({"model.name": "m", "run_id": {"$in": ["r1"]}}).clauses == [
+        "name = 'm'",
+        "run_id IN ('r1')",
+    ]
+
+
+def test_sql_filter_on_cached_records() -> None:
+    clauses, params = sql_filter(
+        {"exp.id": "1", "params.lr": {"$gt": 0.1}, "name": {"$in": ["a"]}}, {"exp.id": "exp_id"}
+    )
+    assert clauses == [
+        "exp_id IN (?)",
+        '(json_extract(doc, \'$."params"."lr"\') > ? OR json_type(doc, \'$."params"."lr"\') = \'array\')',
+        "name IN (?)",
+    ]
+    assert params == ["1", 0.1, "a"]
