@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import BaseMlflowApi, CacheFallbackWarning
-from .entities import Experiment, Model, ModelVersion, Run, RunStatus
+from .entities import Experiment, LoggedModel, Model, ModelVersion, Run, RunStatus
 from .errors import (
     BackendError,
     CacheMiss,
@@ -17,7 +17,7 @@ from .errors import (
     PluginNotFound,
     ServerUnreachable,
 )
-from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi
+from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .paths import UnsafePath
 from .plugins import get_api
 from .query import InvalidQuery
@@ -37,6 +37,8 @@ __all__ = [
     "InvalidIdentifier",
     "InvalidQuery",
     "LockTimeout",
+    "LoggedModel",
+    "LoggedModelApi",
     "MlcacheError",
     "Model",
     "ModelApi",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .artifact_store import ArtifactStore, EntryKey, remove_tree
 from .errors import CacheFallbackWarning, CacheMiss, MlcacheError, ServerUnreachable
 from .handles import ModelVersionApi
-from .identifiers import ModelVersionRef, model_version_ref, run_ref
+from .identifiers import ModelVersionRef, logged_model_id, model_version_ref, run_ref
 from .paths import safe_relative_path
 from .remotes import join_url
 from .transfer import Listing, RemoteFile, Transfer, TransferError
@@ -61,6 +61,8 @@ class ArtifactsMixin:
         def _require_online(self, action: str) -> None: ...
         def _run_record(self, run_id: str, freshness: Freshness) -> Record: ...
         def _mv_record(self, ref: ModelVersionRef, freshness: Freshness) -> Record: ...
+        def _logged_record(self, model_id: str, freshness: Freshness) -> Record: ...
+        def export_logged_model_meta(self, logged_model: Any, target: Path | str) -> Any: ...
         def _compose_mv(self, record: Record, freshness: Freshness = "nested") -> ModelVersionApi: ...
         def export_run_meta(self, run: Any, target: Path | str) -> Any: ...
         def export_model_version_meta(self, model_version: Any, target: Path | str) -> Any: ...
@@ -94,11 +96,25 @@ class ArtifactsMixin:
 
         return EntryKey("runs", (run_id, path)), url
 
+    def _logged_target(self, model_id: str) -> tuple[EntryKey, Callable[[], str], str]:
+        def url() -> str:
+            return str(self._logged_record(model_id, "nested").data["artifact_location"])
+
+        return EntryKey("models", (model_id,)), url, f"models:/{model_id}"
+
     def _mv_target(self, model_version: Any) -> tuple[EntryKey, Callable[[], str], str]:
+        """Where a version's files are: a logged model, a path in its run, or any other URL.
+        Logged models are also accepted directly (`m-<id>`, `models:/m-<id>`, the entity)."""
+        model_id = logged_model_id(model_version)
+        if model_id is not None:
+            return self._logged_target(model_id)
         ref = model_version_ref(model_version)
         freshness: Freshness = "nested" if ref.version is not None else "normal"
         mv = self._compose_mv(self._mv_record(ref, freshness))
         label = f"models:/{mv.model.name}/{mv.version}"
+        if mv.logged_model_id:
+            key, url, _ = self._logged_target(mv.logged_model_id)
+            return key, url, label
         if mv.path_in_run and mv.run_id:
             key, url = self._run_target(mv.run_id, mv.path_in_run)
             return key, url, label
@@ -340,7 +356,10 @@ class ArtifactsMixin:
         store = self._check_export_target(target)
         key, _, _ = self._mv_target(model_version)
         self.cache_model_artifact(model_version)
-        self.export_model_version_meta(model_version, target)
+        if logged_model_id(model_version) is not None:
+            self.export_logged_model_meta(model_version, target)
+        else:
+            self.export_model_version_meta(model_version, target)
         return self._artifacts.export_entry(key, store)
 
     def clean_cached_model_artifact(self, model_version: Any) -> bool:

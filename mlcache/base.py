@@ -4,6 +4,7 @@ plugins implement the `_impl_*` hooks that speak one backend's protocol.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from abc import ABC, abstractmethod
@@ -31,6 +32,7 @@ from .finders import FindersMixin
 from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi, bind
 from .identifiers import ExpRef, ModelVersionRef, exp_ref, model_name, model_version_ref, run_id_of
 from .layout import CacheLayout
+from .logged_models import LoggedModelsMixin
 from .metadata_store import MetadataStore, Record
 from .records import exp_from_record, model_from_record, mv_from_record, run_from_record
 from .timeutil import utcnow
@@ -52,7 +54,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MLCACHE_CACHE_DIR") or platformdirs.user_cache_dir("mlcache"))
 
 
-class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, BaseModel, ABC):
+class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, LoggedModelsMixin, BaseModel, ABC):
     """Cache-or-fetch access to experiments, runs, models and model versions.
 
     Offline (`offline_mode=True` or `MLCACHE_OFFLINE=1`) nothing touches the network: reads come
@@ -286,7 +288,11 @@ class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, BaseModel, ABC)
                 run = self._compose_run(self._run_record(run_id, freshness), freshness)
             except (EntityNotFound, CacheMiss):
                 run = None
-        return bind(ModelVersionApi, mv_from_record(record.data, model, run, record.path), self)
+        mv = bind(ModelVersionApi, mv_from_record(record.data, model, run, record.path), self)
+        if mv.logged_model_id and not self.offline_mode:
+            with contextlib.suppress(EntityNotFound):
+                self._logged_record(mv.logged_model_id, freshness)
+        return mv
 
     # ----------------------------------------------------------------- get
     def get_exp(self, exp: Any, force_refresh: bool = False) -> ExpApi:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -95,6 +96,12 @@ class ModelVersion(Entity):
         return str(value) if isinstance(value, int) else value
 
     @property
+    def logged_model_id(self) -> str | None:
+        """The logged model holding the files when the source is one (`models:/m-<id>`, MLflow 3)."""
+        match = re.fullmatch(r"models:/(m-[0-9a-f]{32})/?", self.source)
+        return match.group(1) if match else None
+
+    @property
     def path_in_run(self) -> str | None:
         """The artifact path inside the run when the source is one (the MLflow 2 way)."""
         if self.run_id and self.source.startswith(f"runs:/{self.run_id}/"):
@@ -103,3 +110,20 @@ class ModelVersion(Entity):
         if repo and self.source.startswith(repo.rstrip("/") + "/"):
             return self.source[len(repo.rstrip("/")) + 1 :].strip("/") or None
         return None
+
+
+class LoggedModel(Entity):
+    """An MLflow 3 logged model (`m-<32 hex>`): its files live under its own artifact location."""
+
+    id: str
+    name: str
+    exp: Experiment
+    source_run_id: str | None = None
+    artifact_location: str
+    status: str = "READY"
+    model_type: str | None = None
+    creation_time: datetime | None = None
+    last_update_time: datetime | None = None
+    tags: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)

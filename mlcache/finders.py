@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import CacheMiss, CorruptMetadata, EntityNotFound
-from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi
+from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .identifiers import exp_ref, run_ref
 from .index import sql_filter
 from .query import MongoQuery, check_sort, compile_query, sort_docs
@@ -57,6 +57,7 @@ class FindersMixin:
         def _compose_run(self, record: Record, freshness: Freshness = "nested") -> RunApi: ...
         def _compose_model(self, record: Record) -> ModelApi: ...
         def _compose_mv(self, record: Record, freshness: Freshness = "nested") -> ModelVersionApi: ...
+        def _compose_logged(self, record: Record, freshness: Freshness = "nested") -> LoggedModelApi: ...
         def _warn_bad(self, exc: CorruptMetadata) -> None: ...
         def get_run(self, run: Any, force_refresh: bool = False) -> RunApi: ...
 
@@ -68,6 +69,10 @@ class FindersMixin:
     @abstractmethod
     def _impl_find_runs(self, exp_ids: list[str] | None, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Run documents of these experiments (None: all), at least all that match `query`."""
+
+    @abstractmethod
+    def _impl_find_logged_models(self, exp_ids: list[str] | None, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Logged model documents of these experiments (None: all), at least all that match `query`."""
 
     @abstractmethod
     def _impl_find_models(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -194,6 +199,23 @@ class FindersMixin:
             lambda data: self._meta.put("run", (data["id"],), data),
             self._run_match_doc,
             self._compose_run,
+            {"exp.id": "exp_id"},
+            lambda d: (d["id"],),
+            exp_ids,
+        )
+
+    def find_logged_models(self, query: Query = None, sort: Sort = None, exp: Any = None) -> Iterator[LoggedModelApi]:
+        """Logged models (MLflow 3) matching a MongoDB query, in `exp` or everywhere (lazy)."""
+        compiled, checked = compile_query(query), check_sort(sort)
+        exp_ids = None if exp is None else [self._exp_record(exp_ref(exp), "nested").data["id"]]
+        return self._find(
+            "lm",
+            compiled,
+            checked,
+            lambda q: self._impl_find_logged_models(exp_ids, q),
+            lambda data: self._meta.put("lm", (data["id"],), data),
+            self._run_match_doc,
+            self._compose_logged,
             {"exp.id": "exp_id"},
             lambda d: (d["id"],),
             exp_ids,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, PrivateAttr
 
-from .entities import Entity, Experiment, Model, ModelVersion, Run, RunStatus
+from .entities import Entity, Experiment, LoggedModel, Model, ModelVersion, Run, RunStatus
 
 if TYPE_CHECKING:
     from .base import BaseMlflowApi
@@ -182,3 +182,20 @@ class ModelVersionApi(Handle, ModelVersion):
 
     def set_alias(self, alias: str) -> None:
         self.api.set_model_alias(self, alias)
+
+
+class LoggedModelApi(Handle, LoggedModel):
+    """A logged model (MLflow 3) bound to its api."""
+
+    def reload(self) -> LoggedModelApi:
+        return self.api.get_logged_model(self, force_refresh=True)
+
+    def cache_meta(self) -> LoggedModelApi:
+        return self.api.cache_logged_model_meta(self)
+
+    def export_meta(self, target: Path | str) -> LoggedModelApi:
+        return self.api.export_logged_model_meta(self, target)
+
+    def get_artifact(self) -> Path:
+        """Local path of the logged model's files, pulled on a miss."""
+        return self.api.get_model_artifact(self)

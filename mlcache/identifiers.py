@@ -10,12 +10,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .entities import Experiment, Model, ModelVersion, Run
+from .entities import Experiment, LoggedModel, Model, ModelVersion, Run
 from .errors import InvalidIdentifier
 
 _VERSION = re.compile(r"^[1-9][0-9]*$")
 _ALIAS = re.compile(r"^[A-Za-z0-9_\-]+$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9_\-]+$")
+_LOGGED_ID = re.compile(r"^(?:models:/)?(m-[0-9a-f]{32})/?$")
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,22 @@ def model_version_ref(value: Any) -> ModelVersionRef:
         )
     name, version, alias = match.groups()
     return _version_or_alias(name, version if version is not None else f"@{alias}", text)
+
+
+def logged_model_id(value: Any) -> str | None:
+    """The id of a logged model given as entity, `models:/m-<id>` or bare `m-<id>`; None otherwise."""
+    if isinstance(value, LoggedModel):
+        return value.id
+    if isinstance(value, str):
+        match = _LOGGED_ID.fullmatch(value)
+        return match.group(1) if match else None
+    return None
+
+
+def require_logged_model_id(value: Any) -> str:
+    found = logged_model_id(value)
+    if found is None:
+        raise InvalidIdentifier(
+            f"not a logged model: {value!r}; expected m-<32 hex>, models:/m-<32 hex> or a LoggedModel"
+        )
+    return found

@@ -21,7 +21,7 @@ from .layout import CacheLayout, decode_part, encode_part, write_atomic
 from .locks import entry_lock
 from .timeutil import utcnow
 
-KINDS = ("exp", "run", "model", "mv", "alias")
+KINDS = ("exp", "run", "model", "mv", "alias", "lm")
 
 
 @dataclass(frozen=True)

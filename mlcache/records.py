@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .entities import Experiment, Model, ModelVersion, Run
+from .entities import Experiment, LoggedModel, Model, ModelVersion, Run
 from .errors import CorruptMetadata
 
 
@@ -33,13 +33,6 @@ def run_from_record(data: dict[str, Any], exp: Experiment, source: Path | None =
     return _validated(Run, {**fields, "exp": exp}, source)
 
 
-def run_to_record(run: Run) -> dict[str, Any]:
-    doc = run.to_doc()
-    doc.pop("exp")
-    doc["exp_id"] = run.exp.id
-    return doc
-
-
 def model_from_record(data: dict[str, Any], source: Path | None = None) -> Model:
     return _validated(Model, data, source)
 
@@ -49,9 +42,6 @@ def mv_from_record(data: dict[str, Any], model: Model, run: Run | None, source: 
     return _validated(ModelVersion, {**fields, "model": model, "run": run}, source)
 
 
-def mv_to_record(mv: ModelVersion) -> dict[str, Any]:
-    doc = mv.to_doc()
-    doc.pop("model")
-    doc.pop("run")
-    doc["model_name"] = mv.model.name
-    return doc
+def logged_from_record(data: dict[str, Any], exp: Experiment, source: Path | None = None) -> LoggedModel:
+    fields = {k: v for k, v in data.items() if k != "exp_id"}
+    return _validated(LoggedModel, {**fields, "exp": exp}, source)

@@ -216,3 +216,49 @@ def start_s3_server(workdir: Path, key_id: str = "mlcache-test", secret: str = "
     )
     server.start()
     return server
+
+
+@dataclass
+class Proxy:
+    """A counting (and optionally fault-injecting) HTTP proxy process in front of `target`."""
+
+    url: str
+    stats_file: Path
+    process: ServerProcess
+
+    def stats(self) -> dict:
+        import json
+
+        return json.loads(self.stats_file.read_text())
+
+    @property
+    def requests(self) -> int:
+        return int(self.stats()["requests"]) - 1
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_proxy(workdir: Path, target: str, fail_rate: float = 0.0, fail_status: int = 503) -> Proxy:
+    """Start tests/proxy.py on a free port in front of `target`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    stats = workdir / f"proxy-{port}.json"
+    args = [
+        sys.executable,
+        str(Path(__file__).with_name("proxy.py")),
+        "--port",
+        str(port),
+        "--target",
+        target,
+        "--stats",
+        str(stats),
+        "--fail-rate",
+        str(fail_rate),
+        "--fail-status",
+        str(fail_status),
+    ]
+    proxy = Proxy(f"http://127.0.0.1:{port}", stats, ServerProcess("proxy", args, workdir / f"proxy-{port}.log"))
+    proxy.process.start()
+    wait_until(lambda: _port_open(port) and stats.exists(), 20, "proxy", proxy.process.proc)
+    return proxy

@@ -22,7 +22,7 @@ from ..base import BaseMlflowApi
 from ..encoding import decode_nested, unflatten
 from ..entities import RunStatus
 from ..errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
-from ..pushdown import exps_filter, model_versions_filter, models_filter, runs_filter
+from ..pushdown import exps_filter, model_versions_filter, models_filter, quote_string, runs_filter
 from ..timeutil import from_ms, to_ms
 from ..transfer import Transfer
 from . import mlflow_http
@@ -232,6 +232,44 @@ class MlflowApi(BaseMlflowApi):
             token = page.token
             if not token:
                 return
+
+    @staticmethod
+    def _logged_doc(lm: Any) -> dict[str, Any]:
+        latest: dict[str, Any] = {}
+        for metric in sorted(lm.metrics or [], key=lambda m: (m.step, m.timestamp)):
+            latest[metric.key] = metric.value
+        return {
+            "id": lm.model_id,
+            "name": lm.name,
+            "exp_id": lm.experiment_id,
+            "source_run_id": lm.source_run_id or None,
+            "artifact_location": lm.artifact_location,
+            "status": str(getattr(lm.status, "value", lm.status)),
+            "model_type": lm.model_type or None,
+            "creation_time": _iso(lm.creation_timestamp),
+            "last_update_time": _iso(lm.last_updated_timestamp),
+            "tags": decode_nested(lm.tags or {}),
+            "params": decode_nested(lm.params or {}),
+            "metrics": unflatten(latest),
+        }
+
+    def _impl_fetch_logged_model(self, model_id: str) -> dict[str, Any]:
+        return self._logged_doc(self._call("logged model", model_id, lambda: self.client.get_logged_model(model_id)))
+
+    def _impl_find_logged_models(self, exp_ids: list[str] | None, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        ids = sorted(exp_ids) if exp_ids is not None else sorted(doc["id"] for doc in self._impl_find_exps({}))
+        if not ids:
+            return
+        name = query.get("name")
+        literal = quote_string(name) if isinstance(name, str) else None
+        filter_string = f"name = {literal}" if literal else None
+        for lm in self._pages(
+            "logged models",
+            lambda token: self.client.search_logged_models(
+                ids, filter_string=filter_string, max_results=100, page_token=token
+            ),
+        ):
+            yield self._logged_doc(lm)
 
     def _impl_find_exps(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from mlflow.entities import ViewType
