@@ -211,7 +211,7 @@ def measure(root: Path, n: int, get_run_seconds: float) -> SizeResult:
         q.warm, again = best_of(lambda c=case: [r.id for r in api.find_runs(c.query, c.sort)], 5)
         q.naive, expected = best_of(lambda c=case: naive_scan(root, c), 3)
         clauses, params = sql_filter(compile_query(case.query)._definition, {"exp.id": "exp_id"})
-        q.sql, _ = best_of(lambda: list(index.candidates("run", clauses, params)), 5)
+        q.sql, _ = best_of(lambda c=clauses, p=params: list(index.candidates("run", c, p)), 5)
         q.matches = len(found)
         if case.sort:
             q.ok = found == again == expected
@@ -264,7 +264,7 @@ def profile_finds(root: Path, repeats: int = 5) -> None:
             if ct:
                 print(f"    {label:<46} {ct * 1000 / repeats:9.2f} ms  {100 * ct / total:5.1f} %")
         # json.loads split by caller
-        for (f, _l, fn), (_cc, _nc, _tt, ct, callers) in raw.items():
+        for (f, _l, fn), (_cc, _nc, _tt, _ct, callers) in raw.items():
             if fn == "loads" and f.endswith(os.path.join("json", "__init__.py")):
                 for (cf, _cl, cfn), cv in callers.items():
                     where = f"{Path(cf).name}:{cfn}"
@@ -282,7 +282,8 @@ def report(results: list[SizeResult]) -> bool:
     ok = True
     print("\nBuild and point reads")
     print(
-        f"{'N runs':>8} {'build s':>9} {'us/put':>8} {'index build (1st find) s':>25} {'fresh check ms':>15} {'get_run/s':>10}"
+        f"{'N runs':>8} {'build s':>9} {'us/put':>8} {'index build (1st find) s':>25} "
+        f"{'fresh check ms':>15} {'get_run/s':>10}"
     )
     for r in results:
         print(

@@ -20,7 +20,7 @@ def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     result = mlcache_cli("demo", home=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "offline: models:/mlcache-demo-model@champion -> version 1" in result.stdout
-    assert "loaded model predicts 1.85" in result.stdout
+    assert "predicts [2.5, 4.5, 6.5]" in result.stdout
     assert "pulled it into a fresh cache" in result.stdout
     assert (tmp_path / "data" / "mlcache" / "mlflow.db").is_file()
     assert (tmp_path / "cache" / "mlcache" / "metadata" / "mv" / "mlcache-demo-model" / "1.json").is_file()
