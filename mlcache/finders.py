@@ -16,14 +16,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import CacheMiss, CorruptMetadata, EntityNotFound
-from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
-from .identifiers import exp_ref, run_ref
+from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi, bind
+from .identifiers import ExpRef, exp_ref, run_ref
 from .index import sql_filter
 from .query import MongoQuery, check_sort, compile_query, sort_docs
+from .records import run_from_record
 
 if TYPE_CHECKING:
     from .base import Freshness
-    from .identifiers import ExpRef
     from .metadata_store import MetadataStore, Record
 
 Query = Mapping[str, Any] | None
@@ -139,10 +139,13 @@ class FindersMixin:
         query: dict[str, Any] = compiled._definition  # normalized by compile_query
         memo: dict = {}
 
-        def records() -> Iterator[Record]:
+        def matched() -> Iterator[tuple[Any, dict[str, Any]]]:
             if not self.offline_mode:
                 for data in online(query):
-                    yield store(data)
+                    record = store(data)
+                    doc = to_doc(record.data, memo)
+                    if doc is not None and compiled.match(doc):
+                        yield compose(record), doc
                 return
             clauses, params = sql_filter(query, field_map)
             if exp_ids is not None:
@@ -157,20 +160,31 @@ class FindersMixin:
                 except CorruptMetadata as exc:
                     self._warn_bad(exc)
                     continue
-                if record is not None:
-                    yield record
-
-        def matched() -> Iterator[tuple[Any, dict[str, Any]]]:
-            for record in records():
-                doc = to_doc(record.data, memo)
-                if doc is not None and compiled.match(doc):
-                    yield compose(record), doc
+                if record is None:
+                    continue
+                if record.data != data:
+                    doc = to_doc(record.data, memo)
+                    if doc is None or not compiled.match(doc):
+                        continue
+                yield compose(record), doc
 
         if not sort:
             return (entity for entity, _ in matched())
         pairs = list(matched())
         ordered = sort_docs(pairs, sort, lambda pair: pair[1], lambda pair: key_of(pair[1]))
         return (entity for entity, _ in ordered)
+
+    def _composer(self, handle: type, from_record: Callable[..., Any]) -> Callable[[Record], Any]:
+        """Composition of runs or logged models that reads and binds each experiment once per find."""
+        exps: dict[str, ExpApi] = {}
+
+        def compose(record: Record) -> Any:
+            exp_id = str(record.data.get("exp_id"))
+            if exp_id not in exps:
+                exps[exp_id] = self._compose_exp(self._exp_record(ExpRef(id=exp_id), "nested"))
+            return bind(handle, from_record(record.data, exps[exp_id], record.path), self)  # type: ignore[arg-type]
+
+        return compose
 
     # ----------------------------------------------------------------- public finders
     def find_exps(self, query: Query = None, sort: Sort = None) -> Iterator[ExpApi]:
@@ -198,7 +212,7 @@ class FindersMixin:
             lambda q: self._impl_find_runs(exp_ids, q),
             lambda data: self._meta.put("run", (data["id"],), data),
             self._run_match_doc,
-            self._compose_run,
+            self._composer(RunApi, run_from_record),
             {"exp.id": "exp_id"},
             lambda d: (d["id"],),
             exp_ids,

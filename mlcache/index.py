@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS signatures (kind TEXT PRIMARY KEY, signature TEXT NOT
 """
 
 _COLUMNS = {"exp_id": "exp_id", "name": "name", "model_name": "name"}
+NESTED_KINDS = ("mv", "alias")
 
 
 def _key_text(key: tuple[str, ...]) -> str:
@@ -113,15 +114,16 @@ class MetadataIndex:
             self._local.conn = None
 
     def _signature(self, kind: str) -> str:
-        """Modification times of the kind's folders: they change with every file renamed in or out."""
+        """Modification times of the kind's folders: they change with every file renamed in or out.
+        Flat kinds need one `stat`; nested ones (`mv`, `alias`) one per model folder."""
         base = self.layout.metadata / kind
-        stamps = []
         try:
-            stamps.append(f"{base.stat().st_mtime_ns}")
-            with os.scandir(base) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stamps.append(f"{entry.name}:{entry.stat(follow_symlinks=False).st_mtime_ns}")
+            stamps = [f"{base.stat().st_mtime_ns}"]
+            if kind in NESTED_KINDS:
+                with os.scandir(base) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False):
+                            stamps.append(f"{entry.name}:{entry.stat(follow_symlinks=False).st_mtime_ns}")
         except FileNotFoundError:
             return "absent"
         return "|".join(sorted(stamps))
