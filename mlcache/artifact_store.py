@@ -155,6 +155,13 @@ class ArtifactStore:
         self._touch(key)
         return path
 
+    def lookup_quiet(self, key: EntryKey) -> Path | None:
+        """Like `lookup`, without touching the last-used stamp (for reports)."""
+        path = self.entry_path(key)
+        if self.manifest_path(key).exists() and (path.exists() or path.is_symlink()):
+            return path
+        return None
+
     def covering(self, key: EntryKey) -> tuple[EntryKey, Path] | None:
         """The complete entry holding `key`'s files (itself or, for runs, a parent path's entry) and
         the path of those files inside it."""

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from .artifact_store import ArtifactStore
 from .artifacts import ArtifactsMixin
+from .cache_admin import CacheAdminMixin
 from .entities import Run
 from .errors import (
     CacheFallbackWarning,
@@ -54,7 +55,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MLCACHE_CACHE_DIR") or platformdirs.user_cache_dir("mlcache"))
 
 
-class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, LoggedModelsMixin, BaseModel, ABC):
+class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, LoggedModelsMixin, CacheAdminMixin, BaseModel, ABC):
     """Cache-or-fetch access to experiments, runs, models and model versions.
 
     Offline (`offline_mode=True` or `MLCACHE_OFFLINE=1`) nothing touches the network: reads come

@@ -20,6 +20,23 @@ from .errors import MlcacheError
 
 MODEL = "mlcache-demo-model"
 
+_AIR_GAPPED = (
+    "import json, socket, sys\n"
+    "class _NoMlflow:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'mlflow':\n"
+    "            raise ImportError('mlflow is not available in this air-gapped job')\n"
+    "sys.meta_path.insert(0, _NoMlflow())\n"
+    "def _no_network(*args, **kwargs):\n"
+    "    raise OSError('no network in this air-gapped job')\n"
+    "socket.socket.connect = _no_network\n"
+    "import mlcache\n"
+    "api = mlcache.get_api('offline', cache_dir=sys.argv[1])\n"
+    "path = api.get_model_artifact(sys.argv[2])\n"
+    "w = json.loads((path / 'artifacts' / 'weights.json').read_text())\n"
+    "print([w['w'] * x + w['b'] for x in (1.0, 2.0, 3.0)])\n"
+)
+
 _LOAD_OFFLINE = (
     "import mlflow, pandas, sys\n"
     "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
@@ -58,6 +75,12 @@ def _log_model_the_mlflow3_way(api: BaseMlflowApi, run_id: str, scratch: Path) -
     return str(info.registered_model_version)
 
 
+def _verify(path: Path) -> list[str]:
+    from .bundle import verify
+
+    return verify(path)
+
+
 def run_demo(api: BaseMlflowApi, say: Callable[[str], None] = print) -> dict[str, str]:
     """The whole loop; returns the ids it created."""
     exp = api.get_or_create_exp("mlcache-demo", tags={"purpose": "demo"})
@@ -93,4 +116,25 @@ def run_demo(api: BaseMlflowApi, say: Callable[[str], None] = print) -> dict[str
             f"{back.run.exp.name!r}, params {back.run.params}"
         )
         say(f"offline, another process: mlflow.pyfunc.load_model({uri!r}) predicts {result.stdout.strip()}")
+
+        bundle = fresh.export_bundle(scratch / "release.tar.gz", model_versions=[(MODEL, "@champion")])
+        problems = fresh.verify_cache() + _verify(bundle)
+        if problems:
+            raise MlcacheError(f"verification failed: {problems[:3]}")
+        say(f"exported a bundle {bundle.name} ({bundle.stat().st_size} bytes) and verified it")
+        target = scratch / "air-gapped-cache"
+        report = fresh.with_cache_dir(target).import_bundle(bundle)
+        say(
+            f"imported it into {target}: {len(report.entries_added)} artifact entry, "
+            f"{report.metadata_written} metadata documents"
+        )
+        gapped = subprocess.run(
+            [sys.executable, "-c", _AIR_GAPPED, str(target), f"models:/{MODEL}@champion"],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        )
+        if gapped.returncode != 0:
+            raise MlcacheError(f"air-gapped load failed: {gapped.stderr.strip().splitlines()[-1:]}")
+        say(f"air-gapped process (no mlflow, no network) loaded it from the bundle: predicts {gapped.stdout.strip()}")
     return {"exp_id": exp.id, "run_id": run.id, "model": MODEL, "version": version}

@@ -22,6 +22,10 @@ def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert "offline: models:/mlcache-demo-model@champion -> version 1" in result.stdout
     assert "predicts [2.5, 4.5, 6.5]" in result.stdout
     assert "pulled it into a fresh cache" in result.stdout
+    assert "exported a bundle release.tar.gz" in result.stdout
+    assert "air-gapped process (no mlflow, no network) loaded it from the bundle: predicts [2.5, 4.5, 6.5]" in (
+        " ".join(result.stdout.split())
+    )
     assert (tmp_path / "data" / "mlcache" / "mlflow.db").is_file()
     assert (tmp_path / "cache" / "mlcache" / "metadata" / "mv" / "mlcache-demo-model" / "1.json").is_file()
     again = mlcache_cli("demo", home=tmp_path)
