@@ -15,6 +15,8 @@ S3-compatible store, `mlflow server` with artifact root `s3://bucket/mlartifacts
      - mlcache warm /1               `mlcache://models/bench-model/1`;
      - mlcache offline @champion /1  both URIs with MLCACHE_OFFLINE=1;
      - mlflow models:/@champion      plain MLflow against the live server (downloads every time);
+     - mlflow local dir              diagnostic: `load_model(<a plain copy of the model folder>)`, i.e.
+                                     MLflow's own cost of loading this model with nothing to fetch;
    repetitions are interleaved across cases; best and median are reported;
 3. every load runs with TMPDIR set to a fresh empty folder, whose size is measured after the
    process exits: that is what a load leaves on disk outside the cache (MLflow downloads
@@ -110,20 +112,29 @@ IMPORT_ONLY = textwrap.dedent(
 PROFILE = textwrap.dedent(
     """
     import cProfile, io, pstats, sys, time
+    import mlflow
     profile = cProfile.Profile()
     t0 = time.perf_counter()
     profile.enable()
-    import mlflow
-    t1 = time.perf_counter()
     model = mlflow.pyfunc.load_model(sys.argv[1])
     profile.disable()
-    t2 = time.perf_counter()
-    print(f"import mlflow {t1 - t0:.3f}s, load_model {t2 - t1:.3f}s (under cProfile)")
-    for sort in ("cumulative", "tottime"):
+    print(f"load_model {time.perf_counter() - t0:.3f}s (under cProfile)")
+    top = int(sys.argv[2])
+    for title, restrict in (("top by cumulative time", (top,)), ("mlcache's functions", ("/mlcache/", top))):
         out = io.StringIO()
-        stats = pstats.Stats(profile, stream=out)
-        stats.sort_stats(sort).print_stats(int(sys.argv[2]))
-        print(out.getvalue())
+        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(*restrict)
+        body = out.getvalue()
+        print(f"-- {title}:" + body[body.find("   ncalls") - 1 :].rstrip())
+    """
+)
+
+PROFILE_IMPORTS = textwrap.dedent(
+    """
+    import sys
+    import mlflow
+    sys.stderr.write("==LOAD==\\n")
+    sys.stderr.flush()
+    mlflow.pyfunc.load_model(sys.argv[1])
     """
 )
 
@@ -202,6 +213,7 @@ class Bench:
         self.cold: Case | None = None
         self.cases: list[Case] = []
         self.n_loads = 0
+        self.local = self.scratch / "local-model"
 
     # ------------------------------------------------------------------ setup
     def base_env(self) -> dict[str, str]:
@@ -253,6 +265,7 @@ class Bench:
         self.cold = Case("cold", "mlcache cold @champion (empty cache)", LOAD, alias, cached, True)
         self.cases = [
             Case("floor", "python -c 'import mlflow' (floor)", IMPORT_ONLY, "", plain, False),
+            Case("local", "mlflow load_model(<local dir>) (diag.)", LOAD, str(self.local), plain, False),
             Case("alias", "mlcache warm @champion", LOAD, alias, cached, True),
             Case("version", "mlcache warm /1", LOAD, version, cached, True),
             Case("off-alias", "mlcache warm @champion OFFLINE", LOAD, alias, offline, True),
@@ -261,7 +274,7 @@ class Bench:
         ]
 
     # ------------------------------------------------------------------ one load
-    def load(self, case: Case) -> None:
+    def load(self, case: Case) -> dict:
         """One fresh process; TMPDIR is a new empty folder, measured after the process exits."""
         self.n_loads += 1
         tmp = self.scratch / "tmp-loads" / f"{case.key}-{self.n_loads}"
@@ -290,11 +303,15 @@ class Bench:
         case.tmp_files.append(files)
         case.cache_growth.append((tree_stats(self.cache)[1] if self.cache.exists() else 0) - cache_before)
         rmtree(tmp)
+        return info
 
     def run(self) -> None:
         assert self.cold is not None
-        self.load(self.cold)
+        entry = Path(self.load(self.cold)["path"])
         print(f"  cold load: {self.cold.times[0]:.2f}s")
+        while not (entry / "MLmodel").exists():  # the cached model folder holding the weights
+            entry = entry.parent
+        shutil.copytree(entry, self.local)  # the diagnostic "local dir" case loads a plain copy of it
         for case in self.cases:  # one untimed warm-up per case (page cache, .pyc files)
             self.load(case)
             for series in (case.times, case.inner_import, case.inner_load, case.tmp_bytes, case.tmp_files):
@@ -308,25 +325,34 @@ class Bench:
 
     # ------------------------------------------------------------------ profile
     def profile(self, top: int = 25) -> None:
-        case = next(c for c in self.cases if c.key == "alias")
-        env = {**case.env, "TMPDIR": str(self.scratch / "tmp")}
-        print(f"\n== python -X importtime, warm {case.uri} (top {top} cumulative imports) ==")
-        result = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", LOAD, case.uri], capture_output=True, text=True, env=env
-        )
-        rows = []
-        for line in result.stderr.splitlines():
-            if not line.startswith("import time:") or "cumulative" in line:
-                continue
-            self_us, cum_us, name = line[len("import time:") :].split("|", 2)
-            rows.append((int(cum_us), int(self_us), name.rstrip()))
-        for cum, own, name in sorted(rows, reverse=True)[:top]:
-            print(f"  {cum / 1000:9.1f} ms cum {own / 1000:8.1f} ms self  {name}")
-        ours = [r for r in rows if r[2].strip().split(".")[0] == "mlcache"]
-        print(f"  mlcache modules: {len(ours)}, self time {sum(r[1] for r in ours) / 1000:.1f} ms")
-        print(f"\n== cProfile of import mlflow + load_model, warm {case.uri} ==")
-        result = subprocess.run([sys.executable, "-c", PROFILE, case.uri, str(top)], capture_output=True, text=True, env=env)
-        print(result.stdout if result.returncode == 0 else result.stderr[-3000:])
+        for key in ("alias", "version"):
+            case = next(c for c in self.cases if c.key == key)
+            env = {**case.env, "TMPDIR": str(self.scratch / "tmp")}
+            print(f"\n== python -X importtime: modules imported DURING load_model({case.uri}), warm ==")
+            result = subprocess.run(
+                [sys.executable, "-X", "importtime", "-c", PROFILE_IMPORTS, case.uri],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            lines = result.stderr.split("==LOAD==\n", 1)[-1].splitlines()
+            rows = []
+            for line in lines:
+                if line.startswith("import time:") and "cumulative" not in line:
+                    self_us, cum_us, name = line[len("import time:") :].split("|", 2)
+                    rows.append((int(cum_us), int(self_us), name.rstrip()))
+            outer = min((len(n) - len(n.lstrip()) for _, _, n in rows), default=0)
+            total = sum(cum for cum, _, n in rows if len(n) - len(n.lstrip()) == outer)
+            print(f"  {len(rows)} modules, {total / 1000:.1f} ms in total (top-level cumulative)")
+            for cum, own, name in sorted(rows, reverse=True)[:top]:
+                print(f"  {cum / 1000:9.1f} ms cum {own / 1000:8.1f} ms self  {name}")
+            ours = [r for r in rows if r[2].strip().split(".")[0] == "mlcache"]
+            print(f"  mlcache modules among them: {len(ours)}, self time {sum(r[1] for r in ours) / 1000:.1f} ms")
+            print(f"\n== cProfile of load_model({case.uri}) alone (after import mlflow), warm ==")
+            result = subprocess.run(
+                [sys.executable, "-c", PROFILE, case.uri, str(top)], capture_output=True, text=True, env=env
+            )
+            print(result.stdout if result.returncode == 0 else result.stderr[-3000:])
 
     # ------------------------------------------------------------------ report
     def versions(self) -> str:
@@ -393,10 +419,35 @@ class Bench:
         for key in ("alias", "version", "off-alias", "off-version"):
             above = med[key] - floor
             if above <= 0.010:  # within noise of the floor: the ratio is meaningless
-                print(f"  {by[key].label + '  (median - floor)':58s} {'n/a':>9s}  mlcache {above * 1000:+.0f} ms over floor")
+                label = f"{by[key].label}  (median - floor)"
+                print(f"  {label:58s} {'n/a':>9s}  mlcache {above * 1000:+.0f} ms over floor")
                 continue
             line(f"{by[key].label}  (median - floor)", (med["mlflow"] - floor) / above, "", None)
-            print(f"  {'':58s} mlcache {above * 1000:.0f} ms vs mlflow {(med['mlflow'] - floor) * 1000:.0f} ms over floor")
+            print(
+                f"  {'':58s} mlcache {above * 1000:.0f} ms vs mlflow {(med['mlflow'] - floor) * 1000:.0f} ms over floor"
+            )
+        load = {k: statistics.median(c.inner_load) for k, c in by.items()}
+        print("")
+        print("In-process `load_model` time only (median; no interpreter start, no import; diagnostic)")
+        for key in ("alias", "version", "off-alias", "off-version"):
+            line(
+                f"{by[key].label}  (mlflow {load['mlflow']:.3f}s / {load[key]:.3f}s)",
+                load["mlflow"] / load[key],
+                "",
+                None,
+            )
+        line(f"{by['local'].label}  (mlflow / local dir)", load["mlflow"] / load["local"], "", None)
+        local = load["local"]
+        print("")
+        print(
+            f"mlcache's own cost: in-process load_model median minus `load_model(<local dir>)` ({local:.3f}s; "
+            "diagnostic)"
+        )
+        for key in ("alias", "version", "off-alias", "off-version"):
+            print(f"  {by[key].label:58s} {(load[key] - local) * 1000:+7.0f} ms")
+        print(
+            f"  {by['mlflow'].label:58s} {(load['mlflow'] - local) * 1000:+7.0f} ms  (MLflow's download, for reference)"
+        )
         print("")
         print("Disk per load outside the cache (fresh TMPDIR per load; max over loads)      value   target  met")
         for key in ("alias", "version", "off-alias", "off-version"):
@@ -404,14 +455,18 @@ class Bench:
             grew = max(by[key].cache_growth)
             met = worst == 0 and grew <= 0
             ok &= met
-            print(f"  {by[key].label:58s} {human(worst):>9s}  {'0 B':>7s}  {'yes' if met else 'NO'}"
-                  f"   (cache dir growth {human(grew)})")
+            print(
+                f"  {by[key].label:58s} {human(worst):>9s}  {'0 B':>7s}  {'yes' if met else 'NO'}"
+                f"   (cache dir growth {human(grew)})"
+            )
         mlflow_tmp = statistics.median(by["mlflow"].tmp_bytes)
         print(
             f"  {by['mlflow'].label:58s} {human(mlflow_tmp):>9s}  {'':>7s}  (reference: "
             f"{statistics.median(by['mlflow'].tmp_files):.0f} files left in TMPDIR per load, never removed)"
         )
-        print(f"  {self.cold.label:58s} {human(self.cold.tmp_bytes[0]):>9s}  {'':>7s}  (cold: staging is in <cache>/tmp)")
+        print(
+            f"  {self.cold.label:58s} {human(self.cold.tmp_bytes[0]):>9s}  {'':>7s}  (cold: staging is in <cache>/tmp)"
+        )
         print("")
         print(f"total benchmark time {elapsed:.0f}s")
         return ok

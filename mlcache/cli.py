@@ -91,7 +91,7 @@ def pull(
     show = sys.stderr.isatty() if progress is None else progress
     api = _settings(ctx).api(show_progress=show)
     path = api.get_run_artifact(uri) if _is_run_uri(uri) else api.get_model_artifact(uri)
-    out.print(str(path), highlight=False, soft_wrap=True)
+    typer.echo(str(path))
 
 
 @app.command("ls")
@@ -164,7 +164,7 @@ def find(
     items = list(itertools.islice(found, limit))
     if as_json:
         for item in items:
-            out.print(json.dumps(item.to_doc(), ensure_ascii=False), highlight=False, soft_wrap=True)
+            typer.echo(json.dumps(item.to_doc(), ensure_ascii=False))
         return
     table = Table(*_HEADERS[kind], show_lines=False)
     for item in items:
@@ -193,7 +193,7 @@ def export(
         path = api.export_bundle(
             to, selection.model_versions, selection.runs, selection.experiments, json.loads(query) if query else None
         )
-    out.print(str(path), highlight=False, soft_wrap=True)
+    typer.echo(str(path))
 
 
 @app.command("import")
@@ -244,18 +244,14 @@ def du(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = Fa
     rows = _settings(ctx).api().usage()
     if as_json:
         for row in rows:
-            out.print(
-                json.dumps(
-                    {
-                        "entry": row.label,
-                        "size": row.size,
-                        "files": row.files,
-                        "last_used": row.last_used.isoformat(),
-                        "source": row.source,
-                    }
-                ),
-                highlight=False,
-            )
+            record = {
+                "entry": row.label,
+                "size": row.size,
+                "files": row.files,
+                "last_used": row.last_used.isoformat(),
+                "source": row.source,
+            }
+            typer.echo(json.dumps(record))
         return
     table = Table("entry", "size", "files", "last used", "source")
     for row in rows:
