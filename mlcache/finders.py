@@ -147,7 +147,7 @@ class FindersMixin:
                     if doc is not None and compiled.match(doc):
                         yield compose(record), doc
                 return
-            clauses, params = sql_filter(query, field_map)
+            clauses, params = sql_filter(query, field_map, kind)
             if exp_ids is not None:
                 clauses.append(f"exp_id IN ({', '.join('?' * len(exp_ids))})")
                 params.extend(exp_ids)

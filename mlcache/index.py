@@ -28,8 +28,14 @@ CREATE TABLE IF NOT EXISTS entities (
 );
 CREATE INDEX IF NOT EXISTS entities_exp ON entities (kind, exp_id);
 CREATE INDEX IF NOT EXISTS entities_name ON entities (kind, name);
+CREATE TABLE IF NOT EXISTS leaves (kind TEXT NOT NULL, key TEXT NOT NULL, path TEXT NOT NULL, value);
+CREATE INDEX IF NOT EXISTS leaves_value ON leaves (kind, path, value);
+CREATE INDEX IF NOT EXISTS leaves_key ON leaves (kind, key);
 CREATE TABLE IF NOT EXISTS signatures (kind TEXT PRIMARY KEY, signature TEXT NOT NULL);
 """
+
+INDEX_VERSION = 2
+"""Bumped whenever the schema or what it holds changes; an index of another version is rebuilt."""
 
 _COLUMNS = {"exp_id": "exp_id", "name": "name", "model_name": "name"}
 NESTED_KINDS = ("mv", "alias")
@@ -39,14 +45,20 @@ def _key_text(key: tuple[str, ...]) -> str:
     return json.dumps(list(key), ensure_ascii=False)
 
 
-def _json_path(path: str) -> str | None:
-    parts = path.split(".")
-    if any('"' in p or not p for p in parts):
-        return None
-    return "$." + ".".join(f'"{p}"' for p in parts)
+def leaves(doc: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, scalar) for every string or number of a document; array elements are listed
+    under the array's path, as MongoDB matches them."""
+    if isinstance(doc, Mapping):
+        for key, value in doc.items():
+            yield from leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(doc, list | tuple):
+        for item in doc:
+            yield from leaves(item, prefix)
+    elif prefix and (isinstance(doc, str) or is_number(doc)):
+        yield prefix, doc
 
 
-def sql_filter(query: Mapping[str, Any], field_map: Mapping[str, str]) -> tuple[list[str], list[Any]]:
+def sql_filter(query: Mapping[str, Any], field_map: Mapping[str, str], kind: str) -> tuple[list[str], list[Any]]:
     """A superset SQL filter on stored records for the conditions every match must meet.
     `field_map` renames query fields to record fields (`exp.id` -> `exp_id`)."""
     clauses: list[str] = []
@@ -56,7 +68,6 @@ def sql_filter(query: Mapping[str, Any], field_map: Mapping[str, str]) -> tuple[
         field = field_map.get(field, field)
         if field.endswith("_time") or field.startswith("exp.") or field.startswith("model."):
             continue
-        scalar_ok = isinstance(arg, str) or is_number(arg)
         if field in _COLUMNS and op in ("$eq", "$in"):
             column = _COLUMNS[field]
             values = [arg] if op == "$eq" else arg
@@ -64,21 +75,15 @@ def sql_filter(query: Mapping[str, Any], field_map: Mapping[str, str]) -> tuple[
                 clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
                 params.extend(values)
             continue
-        path = _json_path(field)
-        if path is None:
+        values = [arg] if op in ops else arg if op == "$in" else None
+        if not values or not isinstance(values, list | tuple):
             continue
-        either_array = f"json_type(doc, '{path}') = 'array'"
-        if op in ops and scalar_ok:
-            clauses.append(f"(json_extract(doc, '{path}') {ops[op]} ? OR {either_array})")
-            params.append(arg)
-        elif (
-            op == "$in"
-            and isinstance(arg, list | tuple)
-            and arg
-            and all(isinstance(v, str) or is_number(v) for v in arg)
-        ):
-            clauses.append(f"(json_extract(doc, '{path}') IN ({', '.join('?' * len(arg))}) OR {either_array})")
-            params.extend(arg)
+        if not all(isinstance(v, str) or is_number(v) for v in values):
+            continue
+        sql_op = ops.get(op, "IN")
+        placeholder = "?" if op in ops else f"({', '.join('?' * len(values))})"
+        clauses.append(f"key IN (SELECT key FROM leaves WHERE kind = ? AND path = ? AND value {sql_op} {placeholder})")
+        params.extend([kind, field, *values])
     return clauses, params
 
 
@@ -100,6 +105,11 @@ class MetadataIndex:
             self.layout.metadata.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA synchronous=OFF")
+            if conn.execute("PRAGMA user_version").fetchone()[0] != INDEX_VERSION:
+                conn.executescript(
+                    "DROP TABLE IF EXISTS entities; DROP TABLE IF EXISTS leaves; DROP TABLE IF EXISTS signatures;"
+                )
+                conn.execute(f"PRAGMA user_version = {INDEX_VERSION}")
             conn.executescript(_SCHEMA)
         except (sqlite3.DatabaseError, OSError):
             conn = sqlite3.connect(":memory:", isolation_level=None)
@@ -134,6 +144,11 @@ class MetadataIndex:
         try:
             conn = self._connect()
             fresh_before = self._stored(conn, kind) is not None
+            key_text = _key_text(key)
+            conn.execute("DELETE FROM leaves WHERE kind = ? AND key = ?", (kind, key_text))
+            conn.executemany(
+                "INSERT INTO leaves VALUES (?, ?, ?, ?)", [(kind, key_text, p, v) for p, v in leaves(data)]
+            )
             conn.execute(
                 "INSERT OR REPLACE INTO entities (kind, key, exp_id, name, doc) VALUES (?, ?, ?, ?, ?)",
                 (
@@ -151,7 +166,9 @@ class MetadataIndex:
 
     def delete(self, kind: str, key: tuple[str, ...]) -> None:
         try:
-            self._connect().execute("DELETE FROM entities WHERE kind = ? AND key = ?", (kind, _key_text(key)))
+            conn = self._connect()
+            conn.execute("DELETE FROM entities WHERE kind = ? AND key = ?", (kind, _key_text(key)))
+            conn.execute("DELETE FROM leaves WHERE kind = ? AND key = ?", (kind, _key_text(key)))
         except sqlite3.DatabaseError:
             self._drop()
 
@@ -193,7 +210,12 @@ class MetadataIndex:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("DELETE FROM entities WHERE kind = ?", (kind,))
+            conn.execute("DELETE FROM leaves WHERE kind = ?", (kind,))
             conn.executemany("INSERT OR REPLACE INTO entities VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO leaves VALUES (?, ?, ?, ?)",
+                [(kind, row[1], path, value) for row in rows for path, value in leaves(json.loads(row[4]))],
+            )
             conn.execute("INSERT OR REPLACE INTO signatures VALUES (?, ?)", (kind, signature))
             conn.execute("COMMIT")
         except BaseException:

@@ -14,7 +14,8 @@ import pytest
 
 from mlcache.bundle import BundleError
 from mlcache.plugins.mlflow_api import MlflowApi
-from servers import MlflowServer, S3Server
+
+from servers import MlflowServer
 
 CLI = [sys.executable, "-c", "from mlcache.cli import run; run()"]
 
@@ -60,8 +61,18 @@ def test_pull_ls_find_and_errors(registered: dict, tmp_path: Path) -> None:
     found = cli("find", "runs", '{"tags.team": "a", "params.lr": {"$gt": 0.01}}', "--json", env=env, check=True)
     docs = [json.loads(line) for line in found.stdout.splitlines()]
     assert [d["id"] for d in docs] == [run.id] and docs[0]["params"] == {"lr": 0.1}
-    versions = cli("find", "versions", json.dumps({"model.name": name}), "--sort", "version:-1", "--json",
-                   "--limit", "1", env=env, check=True)
+    versions = cli(
+        "find",
+        "versions",
+        json.dumps({"model.name": name}),
+        "--sort",
+        "version:-1",
+        "--json",
+        "--limit",
+        "1",
+        env=env,
+        check=True,
+    )
     assert [json.loads(line)["version"] for line in versions.stdout.splitlines()] == ["2"]
     table = cli("find", "models", json.dumps({"name": name}), env=env, check=True)
     assert name in table.stdout and "1 models" in table.stderr
@@ -81,8 +92,15 @@ def test_pull_ls_find_and_errors(registered: dict, tmp_path: Path) -> None:
 def test_bundle_round_trip_tamper_and_air_gapped_load(registered: dict, tmp_path: Path) -> None:
     env, name = registered["env"], registered["name"]
     folder = tmp_path / "release"
-    exported = cli("export", f"models:/{name}@prod", f"runs:/{registered['run'].id}/model2", "--to", str(folder),
-                   env=env, check=True)
+    exported = cli(
+        "export",
+        f"models:/{name}@prod",
+        f"runs:/{registered['run'].id}/model2",
+        "--to",
+        str(folder),
+        env=env,
+        check=True,
+    )
     assert Path(exported.stdout.strip()) == folder
     manifest = json.loads((folder / "bundle.json").read_text())
     assert manifest["format"] == "mlcache-bundle" and manifest["contents"]["model_versions"] == [f"models:/{name}/1"]
@@ -163,7 +181,10 @@ def test_du_prune_lru_and_a_locked_entry_survives(registered: dict, tmp_path: Pa
     for stamp in stamps:
         os.utime(stamp, (now - 3600, now - 3600) if stamp.name == "model.used" else (now, now))
     usage = json.loads("[" + ",".join(cli("du", "--json", env=env, check=True).stdout.splitlines()) + "]")
-    assert [(u["entry"], u["size"]) for u in usage] == [(f"runs:/{run.id}/model", 4108), (f"runs:/{run.id}/model2", 112)]
+    assert [(u["entry"], u["size"]) for u in usage] == [
+        (f"runs:/{run.id}/model", 4108),
+        (f"runs:/{run.id}/model2", 112),
+    ]
 
     pruned = cli("prune", "--max-size", "200", env=env, check=True)
     assert pruned.stdout.strip() == f"removed runs:/{run.id}/model (4.0 KiB)"
@@ -171,18 +192,23 @@ def test_du_prune_lru_and_a_locked_entry_survives(registered: dict, tmp_path: Pa
 
     api.get_run_artifact(run, "model")
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(
-            f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
             import sys, time
             from mlcache.layout import CacheLayout
             from mlcache.locks import entry_lock
-            with entry_lock(CacheLayout({str(tmp_path / 'cache')!r}), "artifacts", "runs", {run.id!r}, "model2",
+            with entry_lock(CacheLayout({str(tmp_path / "cache")!r}), "artifacts", "runs", {run.id!r}, "model2",
                             timeout=10):
                 print("locked", flush=True)
                 time.sleep(60)
             """
-        )],
-        stdout=subprocess.PIPE, text=True,
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -197,7 +223,9 @@ def test_du_prune_lru_and_a_locked_entry_survives(registered: dict, tmp_path: Pa
     (tmp_path / "cache" / "tmp" / "leftover").mkdir(parents=True)
     assert "removed 1 temporary item(s)" in cli("clean", env=env, check=True).stdout
     api.get_model_artifact((name, 1))
-    assert cli("clean", "--entry", f"models:/{name}/1", env=env, check=True).stdout.strip() == f"removed models:/{name}/1"
+    assert (
+        cli("clean", "--entry", f"models:/{name}/1", env=env, check=True).stdout.strip() == f"removed models:/{name}/1"
+    )
     assert cli("clean", "--all", env=env, check=True).returncode == 0
     assert not (tmp_path / "cache" / "metadata").exists()
     assert cli("verify", env=env, check=True).stdout.startswith("OK")

@@ -133,3 +133,33 @@ def test_readers_never_see_a_half_written_file_while_another_process_rewrites_it
     assert store.get("run", ("r",)).data["n"] == 300
     assert len(seen) > 1
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_index_of_another_version_is_rebuilt_and_stale_index_is_refreshed(tmp_path: Path) -> None:
+    import sqlite3
+
+    from mlcache.query import compile_query
+
+    store = MetadataStore(CacheLayout(tmp_path))
+    store.put("run", ("a",), {"id": "a", "exp_id": "1", "params": {"lr": 1}})
+
+    def found(query: dict) -> list:
+        from mlcache.index import sql_filter
+
+        clauses, params = sql_filter(compile_query(query)._definition, {}, "run")
+        return [key for key, _ in store.index.candidates("run", clauses, params)]
+
+    assert found({"params.lr": 1}) == [("a",)]
+    store.index.close()
+    with sqlite3.connect(tmp_path / "metadata" / "index.sqlite") as conn:
+        conn.execute("DELETE FROM leaves")
+        conn.execute("PRAGMA user_version = 1")
+    fresh = MetadataStore(CacheLayout(tmp_path))
+    store = fresh
+    assert found({"params.lr": 1}) == [("a",)]
+    path = store.path("run", ("b",))
+    path.write_text(
+        '{"kind": "run", "key": ["b"], "cached_at": "2026-01-01T00:00:00+00:00", "data": '
+        '{"id": "b", "exp_id": "1", "params": {"lr": 1}}}'
+    )
+    assert sorted(found({"params.lr": 1})) == [("a",), ("b",)]

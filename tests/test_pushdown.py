@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from mlcache.index import sql_filter
+from mlcache.index import leaves, sql_filter
 from mlcache.pushdown import exps_filter, model_versions_filter, models_filter, runs_filter
 
 
@@ -66,11 +66,32 @@ def test_other_entities() -> None:
 
 def test_sql_filter_on_cached_records() -> None:
     clauses, params = sql_filter(
-        {"exp.id": "1", "params.lr": {"$gt": 0.1}, "name": {"$in": ["a"]}}, {"exp.id": "exp_id"}
+        {
+            "exp.id": "1",
+            "params.lr": {"$gt": 0.1},
+            "name": {"$in": ["a"]},
+            "tags.t": {"$in": ["x", 2]},
+            "params.ok": True,
+            "start_time": {"$gt": "2026"},
+        },
+        {"exp.id": "exp_id"},
+        "run",
     )
     assert clauses == [
         "exp_id IN (?)",
-        '(json_extract(doc, \'$."params"."lr"\') > ? OR json_type(doc, \'$."params"."lr"\') = \'array\')',
+        "key IN (SELECT key FROM leaves WHERE kind = ? AND path = ? AND value > ?)",
         "name IN (?)",
+        "key IN (SELECT key FROM leaves WHERE kind = ? AND path = ? AND value IN (?, ?))",
     ]
-    assert params == ["1", 0.1, "a"]
+    assert params == ["1", "run", "params.lr", 0.1, "a", "run", "tags.t", "x", 2]
+
+
+def test_leaves_follow_mongodb_array_matching() -> None:
+    doc = {"params": {"layers": [64, 32], "opt": "adam", "ok": True, "nested": [{"a": 1}]}, "metrics": {"acc": 0.5}}
+    assert sorted(leaves(doc)) == [
+        ("metrics.acc", 0.5),
+        ("params.layers", 32),
+        ("params.layers", 64),
+        ("params.nested.a", 1),
+        ("params.opt", "adam"),
+    ]
