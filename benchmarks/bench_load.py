@@ -381,16 +381,19 @@ class Bench:
             f"{self.repeats}, interleaved"
         )
         print("in-process: median seconds of `import mlflow` and of `load_model` inside the child")
-        print("tmp/load: what the load left in its (fresh) TMPDIR; cache +/load: growth of the cache dir")
+        print(
+            "tmp/load: what one load left in its (fresh) TMPDIR, max; cache growth: of the cache dir, summed over "
+            "the case's timed loads"
+        )
         print("")
         head = (
             f"{'case':38s} {'best s':>7s} {'median s':>9s} {'import s':>9s} {'load s':>7s} "
-            f"{'tmp/load':>10s} {'cache +/load':>13s}"
+            f"{'tmp/load':>10s} {'cache growth':>13s}"
         )
         print(head)
         print("-" * len(head))
         for case in [self.cold, *self.cases]:
-            cache = human(max(case.cache_growth)) if case.in_cache else "-"
+            cache = human(sum(case.cache_growth)) if case.in_cache else "-"
             print(
                 f"{case.label:38s} {min(case.times):7.3f} {statistics.median(case.times):9.3f} "
                 f"{statistics.median(case.inner_import):9.3f} {statistics.median(case.inner_load):7.3f} "
@@ -452,12 +455,12 @@ class Bench:
         print("Disk per load outside the cache (fresh TMPDIR per load; max over loads)      value   target  met")
         for key in ("alias", "version", "off-alias", "off-version"):
             worst = max(by[key].tmp_bytes)
-            grew = max(by[key].cache_growth)
-            met = worst == 0 and grew <= 0
+            grew = sum(by[key].cache_growth)
+            met = worst == 0 and grew < MiB  # the cache may not grow by model bytes either
             ok &= met
             print(
                 f"  {by[key].label:58s} {human(worst):>9s}  {'0 B':>7s}  {'yes' if met else 'NO'}"
-                f"   (cache dir growth {human(grew)})"
+                f"   (cache dir: {human(grew)} over {len(by[key].cache_growth)} loads)"
             )
         mlflow_tmp = statistics.median(by["mlflow"].tmp_bytes)
         print(

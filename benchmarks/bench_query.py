@@ -210,7 +210,7 @@ def measure(root: Path, n: int, get_run_seconds: float) -> SizeResult:
             res.index_build = q.first
         q.warm, again = best_of(lambda c=case: [r.id for r in api.find_runs(c.query, c.sort)], 5)
         q.naive, expected = best_of(lambda c=case: naive_scan(root, c), 3)
-        clauses, params = sql_filter(compile_query(case.query)._definition, {"exp.id": "exp_id"})
+        clauses, params = sql_filter(compile_query(case.query)._definition, {"exp.id": "exp_id"}, "run")
         q.sql, _ = best_of(lambda c=clauses, p=params: list(index.candidates("run", c, p)), 5)
         q.matches = len(found)
         if case.sort:

@@ -21,6 +21,7 @@ from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .paths import UnsafePath
 from .plugins import get_api
 from .query import InvalidQuery
+from .retry import RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "ModelVersionApi",
     "OfflineModeError",
     "PluginNotFound",
+    "RetryPolicy",
     "Run",
     "RunApi",
     "RunStatus",

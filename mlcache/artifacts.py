@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .base import Freshness
     from .layout import CacheLayout
     from .metadata_store import Record
+    from .retry import RetryPolicy
 
 log = logging.getLogger("mlcache.artifacts")
 T = TypeVar("T")
@@ -55,6 +56,7 @@ class ArtifactsMixin:
         pull_artifacts_in_offline_mode: bool
         cache_local_artifacts: bool
         show_progress: bool
+        retry: RetryPolicy
         _layout: CacheLayout
         _artifacts: ArtifactStore
 
@@ -141,7 +143,7 @@ class ArtifactsMixin:
                 if found is not None and not self.always_pull_artifacts:
                     return found[1]
                 if found is not None:
-                    listing = transfer.list(source)
+                    listing = self.retry.call("list", lambda: transfer.list(source), source)
                     manifest = self._artifacts.read_manifest(entry)
                     if manifest is not None and manifest.source_version == listing.version():
                         return found[1]
@@ -151,14 +153,18 @@ class ArtifactsMixin:
                 else:
 
                     def list_source() -> Listing:
-                        return transfer.list(source)
+                        return self.retry.call("list", lambda: transfer.list(source), source)
 
                 log.info("pulling %s from %s", entry.label, source)
-                path = self._artifacts.pull(
-                    entry,
-                    lambda stage, on_file: transfer.pull(source, stage, self.show_progress, on_file),
-                    list_source,
-                    replace=found is not None,
+                path = self.retry.call(
+                    "pull",
+                    lambda: self._artifacts.pull(
+                        entry,
+                        lambda stage, on_file: transfer.pull(source, stage, self.show_progress, on_file),
+                        list_source,
+                        replace=found is not None,
+                    ),
+                    entry.label,
                 )
                 log.info("pulled %s into %s", entry.label, path)
                 return path if entry == key else self._artifacts.entry_path(key)
@@ -175,7 +181,8 @@ class ArtifactsMixin:
 
     def _list(self, key: EntryKey, url: Callable[[], str], subpath: str, hint: str) -> list[RemoteFile]:
         if not self.offline_mode:
-            listing = self._transfer_for(url()).list(url())
+            source = url()
+            listing = self.retry.call("list", lambda: self._transfer_for(source).list(source), source)
             return sorted(listing.files, key=lambda f: f.path)
         found = self._artifacts.covering(key)
         if found is None:
@@ -237,7 +244,8 @@ class ArtifactsMixin:
             if self.offline_mode:
                 raise CacheMiss("artifact", f"runs:/{run_id}/", self.cache_dir, "list a path inside the run")
             repo = self._run_record(run_id, "nested").data.get("repo") or ""
-            return sorted(self._transfer_for(repo).list(repo).files, key=lambda f: f.path)
+            listing = self.retry.call("list", lambda: self._transfer_for(repo).list(repo), repo)
+            return sorted(listing.files, key=lambda f: f.path)
         key, url = self._run_target(run_id, sub)
         return self._list(key, url, sub, f"call api.cache_run_artifact({run_id!r}, {key.parts[1]!r})")
 
@@ -310,7 +318,7 @@ class ArtifactsMixin:
             stage = None
         transfer = self._transfer_for(url)
         try:
-            transfer.push(local, url, progress=self.show_progress)
+            self.retry.call("push", lambda: transfer.push(local, url, progress=self.show_progress), url)
         except Exception as exc:
             raise ArtifactUploadError(
                 f"upload of {local} to {url} failed: {exc}" + (f"; the artifact is kept at {local}" if owned else ""),
@@ -319,7 +327,7 @@ class ArtifactsMixin:
         try:
             if not self.cache_local_artifacts:
                 return None
-            listing = transfer.list(url)
+            listing = self.retry.call("list", lambda: transfer.list(url), url)
             with self._artifacts.lock(key):
                 return self._artifacts.adopt(key, local, url, listing.version(), move=owned)
         finally:

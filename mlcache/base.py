@@ -36,6 +36,7 @@ from .layout import CacheLayout
 from .logged_models import LoggedModelsMixin
 from .metadata_store import MetadataStore, Record
 from .records import exp_from_record, model_from_record, mv_from_record, run_from_record
+from .retry import RetryPolicy
 from .timeutil import utcnow
 from .tracking import TrackingMixin
 from .transfer import RcloneTransfer, Transfer
@@ -76,6 +77,7 @@ class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, LoggedModelsMix
     pull_artifacts_in_offline_mode: bool = False
     cache_local_artifacts: bool = True
     show_progress: bool = False
+    retry: RetryPolicy = Field(default_factory=RetryPolicy.from_env)
 
     _layout: CacheLayout = PrivateAttr()
     _meta: MetadataStore = PrivateAttr()

@@ -28,7 +28,12 @@ class EntityExists(MlcacheError):
 
 
 class BackendError(MlcacheError):
-    """The backend refused a request for a reason other than a missing entity."""
+    """The backend refused a request for a reason other than a missing entity; `status` is the
+    HTTP status when there was one (5xx/429 are transient)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class CacheMiss(MlcacheError, LookupError):

@@ -57,7 +57,8 @@ def main() -> None:
                 fail = rng.random() < args.fail_rate
             if fail:
                 record(self.command, True)
-                payload = b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected fault"}'
+                code = "RESOURCE_DOES_NOT_EXIST" if args.fail_status == 404 else "TEMPORARILY_UNAVAILABLE"
+                payload = json.dumps({"error_code": code, "message": "injected fault"}).encode()
                 self.send_response(args.fail_status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

@@ -15,6 +15,7 @@ import mlcache
 from mlcache import CacheFallbackWarning, CacheMiss, OfflineModeError, PluginNotFound, ServerUnreachable
 from mlcache.plugins.mlflow_api import MlflowApi
 from mlcache.plugins.offline_api import OfflineApi
+from mlcache.retry import RetryPolicy
 
 from servers import MlflowServer, free_port
 
@@ -63,7 +64,12 @@ def test_server_stopped_reads_come_from_the_cache(own_server: MlflowServer, tmp_
     assert offline.get_model_version(("offline-model", "@prod")).run.id == ids["run"]
     assert [r.id for r in offline.find_child_runs(ids["run"])] == [ids["child"]]
 
-    online = MlflowApi(tracking_uri=own_server.url, cache_dir=tmp_path / "cache", connect_timeout=2)
+    online = MlflowApi(
+        tracking_uri=own_server.url,
+        cache_dir=tmp_path / "cache",
+        connect_timeout=2,
+        retry=RetryPolicy(attempts=2, initial_wait=0.2),
+    )
     started = time.monotonic()
     with pytest.warns(CacheFallbackWarning, match=r"did not answer within 2s.*answering run"):
         assert online.get_run(ids["run"]).params == {"lr": 0.1}
@@ -80,7 +86,12 @@ def test_server_stopped_reads_come_from_the_cache(own_server: MlflowServer, tmp_
 
 
 def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
-    api = MlflowApi(tracking_uri=f"http://127.0.0.1:{free_port()}", cache_dir=tmp_path, connect_timeout=1)
+    api = MlflowApi(
+        tracking_uri=f"http://127.0.0.1:{free_port()}",
+        cache_dir=tmp_path,
+        connect_timeout=1,
+        retry=RetryPolicy(attempts=2, initial_wait=0.2),
+    )
     started = time.monotonic()
     with pytest.raises(ServerUnreachable) as info:
         api.get_exp("1")

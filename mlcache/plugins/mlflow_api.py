@@ -59,6 +59,21 @@ def _is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+def _http_status(exc: Any) -> int | None:
+    """The HTTP status behind an MlflowException: a retried-out 5xx/429, or the error code's."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.RetryError):
+            return 503
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return int(exc.get_http_status_code())
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def _root_cause(exc: BaseException) -> str:
     seen = exc
     while (seen.__cause__ or seen.__context__) is not None:
@@ -74,8 +89,8 @@ class MlflowApi(BaseMlflowApi):
     registry_uri: str | None = None
     connect_timeout: float = 5.0
     request_timeout: float = 120.0
-    http_max_retries: int = 2
-    http_backoff_factor: float = 0.5
+    http_max_retries: int = 0
+    http_backoff_factor: float = 0.0
     embedded_dir: Path = Field(default_factory=default_embedded_dir)
 
     _client: MlflowClient | None = PrivateAttr(None)
@@ -105,8 +120,11 @@ class MlflowApi(BaseMlflowApi):
         return self._client
 
     # ----------------------------------------------------------------- calls
-    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
-        """Run one client call, translating MLflow's errors into mlcache's."""
+    def _call(self, what: str, key: str, fn: Callable[[], T], op: str = "get") -> T:
+        """Run one client call under the retry policy of `op`, translating MLflow's errors."""
+        return self.retry.call(op, lambda: self._call_once(what, key, fn), f"{what} {key}")
+
+    def _call_once(self, what: str, key: str, fn: Callable[[], T]) -> T:
         from mlflow.exceptions import MlflowException
 
         self.client  # noqa: B018 - builds the client (and bounds MLflow's HTTP) before the first call
@@ -120,21 +138,20 @@ class MlflowApi(BaseMlflowApi):
             if _is_connection_error(exc):
                 raise ServerUnreachable(
                     f"MLflow server at {self.resolved_tracking_uri} did not answer within {self.connect_timeout:g}s "
-                    f"({self.http_max_retries} retries; {_root_cause(exc)}); use offline_mode=True or "
-                    "MLCACHE_OFFLINE=1 to read the cache only"
+                    f"({_root_cause(exc)}); use offline_mode=True or MLCACHE_OFFLINE=1 to read the cache only"
                 ) from exc
             if exc.error_code in _NOT_FOUND:
                 raise EntityNotFound(what, key, exc.message) from exc
             if exc.error_code in _EXISTS:
                 raise EntityExists(f"{what} {key!r} already exists: {exc.message}") from exc
-            raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}") from exc
+            raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}", _http_status(exc)) from exc
 
     def _impl_transfer_for(self, url: str) -> Transfer | None:
         """Artifacts behind MLflow's artifact proxy go through the MLflow client."""
         if url.startswith(("mlflow-artifacts:", "http://", "https://")):
             from .mlflow_transfer import MlflowArtifactsTransfer
 
-            return MlflowArtifactsTransfer(self.resolved_tracking_uri, self._call)
+            return MlflowArtifactsTransfer(self.resolved_tracking_uri, self._call_once)
         return None
 
     # ----------------------------------------------------------------- documents
@@ -227,7 +244,7 @@ class MlflowApi(BaseMlflowApi):
         """Items of a paged MLflow search, one request per page, fetched only as they are consumed."""
         token: str | None = None
         while True:
-            page = self._call("search", what, lambda page_token=token: search(page_token))
+            page = self._call("search", what, lambda page_token=token: search(page_token), op="search")
             yield from page
             token = page.token
             if not token:
@@ -337,23 +354,30 @@ class MlflowApi(BaseMlflowApi):
             folder = self.embedded_dir / "artifacts" / uuid.uuid4().hex
             artifact_location = folder.as_uri()
         return self._call(
-            "experiment", name, lambda: self.client.create_experiment(name, artifact_location, tags or None)
+            "experiment",
+            name,
+            lambda: self.client.create_experiment(name, artifact_location, tags or None),
+            op="create",
         )
 
     def _impl_set_exp_tags(self, exp_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self._call("experiment", exp_id, lambda k=key, v=value: self.client.set_experiment_tag(exp_id, k, v))
+            self._call(
+                "experiment", exp_id, lambda k=key, v=value: self.client.set_experiment_tag(exp_id, k, v), op="update"
+            )
 
     def _impl_create_run(self, exp_id: str, name: str | None, tags: dict[str, str]) -> dict[str, Any]:
-        run = self._call("run in experiment", exp_id, lambda: self.client.create_run(exp_id, tags=tags, run_name=name))
+        run = self._call(
+            "run in experiment", exp_id, lambda: self.client.create_run(exp_id, tags=tags, run_name=name), op="create"
+        )
         return self._run_doc(run)
 
     def _impl_update_run(self, run_id: str, status: RunStatus, end_time: datetime | None) -> None:
         if status.is_terminal:
             end_ms = to_ms(end_time) if end_time else None
-            self._call("run", run_id, lambda: self.client.set_terminated(run_id, status.value, end_ms))
+            self._call("run", run_id, lambda: self.client.set_terminated(run_id, status.value, end_ms), op="update")
         else:
-            self._call("run", run_id, lambda: self.client.update_run(run_id, status=status.value))
+            self._call("run", run_id, lambda: self.client.update_run(run_id, status=status.value), op="update")
 
     def _impl_log_batch(
         self, run_id: str, params: dict[str, str], metrics: list[tuple[str, float, int, int]], tags: dict[str, str]
@@ -369,15 +393,20 @@ class MlflowApi(BaseMlflowApi):
                 params=[Param(key, value) for key, value in params.items()],
                 tags=[RunTag(key, value) for key, value in tags.items()],
             ),
+            op="log",
         )
 
     def _impl_create_model(self, name: str, tags: dict[str, str], description: str | None) -> dict[str, Any]:
-        model = self._call("model", name, lambda: self.client.create_registered_model(name, tags or None, description))
+        model = self._call(
+            "model", name, lambda: self.client.create_registered_model(name, tags or None, description), op="create"
+        )
         return self._model_doc(model)
 
     def _impl_set_model_tags(self, name: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self._call("model", name, lambda k=key, v=value: self.client.set_registered_model_tag(name, k, v))
+            self._call(
+                "model", name, lambda k=key, v=value: self.client.set_registered_model_tag(name, k, v), op="update"
+            )
 
     def _impl_create_model_version(
         self, name: str, source: str, run_id: str | None, tags: dict[str, str], description: str | None
@@ -393,9 +422,14 @@ class MlflowApi(BaseMlflowApi):
         key = f"models:/{name}/{version}"
         for tag, value in tags.items():
             self._call(
-                "model version", key, lambda k=tag, v=value: self.client.set_model_version_tag(name, version, k, v)
+                "model version",
+                key,
+                lambda k=tag, v=value: self.client.set_model_version_tag(name, version, k, v),
+                op="update",
             )
 
     def _impl_set_model_alias(self, name: str, alias: str, version: str) -> None:
         key = f"models:/{name}/{version}"
-        self._call("model version", key, lambda: self.client.set_registered_model_alias(name, alias, version))
+        self._call(
+            "model version", key, lambda: self.client.set_registered_model_alias(name, alias, version), op="register"
+        )
