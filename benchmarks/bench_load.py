@@ -439,7 +439,12 @@ class Bench:
                 "",
                 None,
             )
-        line(f"{by['local'].label}  (mlflow / local dir)", load["mlflow"] / load["local"], "", None)
+        line(
+            f"load_model(<local dir>)  (mlflow {load['mlflow']:.3f}s / {load['local']:.3f}s)",
+            load["mlflow"] / load["local"],
+            "",
+            None,
+        )
         local = load["local"]
         print("")
         print(
