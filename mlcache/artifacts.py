@@ -19,6 +19,7 @@ from .artifact_store import ArtifactStore, EntryKey, remove_tree
 from .errors import CacheFallbackWarning, CacheMiss, MlcacheError, ServerUnreachable
 from .handles import ModelVersionApi
 from .identifiers import ModelVersionRef, logged_model_id, model_version_ref, run_ref
+from .locks import shared_entry_lock
 from .paths import safe_relative_path
 from .remotes import join_url
 from .transfer import Listing, RemoteFile, Transfer, TransferError
@@ -57,6 +58,7 @@ class ArtifactsMixin:
         cache_local_artifacts: bool
         show_progress: bool
         retry: RetryPolicy
+        lock_timeout: float
         _layout: CacheLayout
         _artifacts: ArtifactStore
 
@@ -265,8 +267,19 @@ class ArtifactsMixin:
         return self._place(self.get_run_artifact(run, path_in_run), target, link, overwrite)
 
     def load_run_artifact(self, run: Any, path_in_run: str | None, loader: Callable[[Path], T]) -> T:
-        """`loader(local_path)` on the cached artifact."""
-        return loader(self.get_run_artifact(run, path_in_run))
+        """`loader(local_path)` on the cached artifact; prune and clean leave it alone meanwhile."""
+        key, url = self._run_target(run, path_in_run)
+        return self._load(key, url, f"call api.cache_run_artifact({key.parts[0]!r}, {key.parts[1]!r})", loader)
+
+    def _load(self, key: EntryKey, url: Callable[[], str], hint: str, loader: Callable[[Path], T]) -> T:
+        for _ in range(3):
+            path = self._ensure(key, url, hint)
+            found = self._artifacts.covering(key)
+            entry = found[0] if found is not None else key
+            with shared_entry_lock(self._layout, "artifacts", entry.kind, *entry.parts, timeout=self.lock_timeout):
+                if path.exists():
+                    return loader(path)
+        raise MlcacheError(f"{key.label} kept disappearing from the cache while loading it")
 
     def export_run_artifact(self, run: Any, path_in_run: str | None, target: Path | str) -> Path:
         """Copy the artifact (and the run's metadata) into the cache dir or bundle at `target`."""
@@ -356,8 +369,9 @@ class ArtifactsMixin:
         return self._place(self.get_model_artifact(model_version), target, link, overwrite)
 
     def load_model_artifact(self, model_version: Any, loader: Callable[[Path], T]) -> T:
-        """`loader(local_path)` on the version's cached files."""
-        return loader(self.get_model_artifact(model_version))
+        """`loader(local_path)` on the version's cached files; prune and clean leave them alone meanwhile."""
+        key, url, label = self._mv_target(model_version)
+        return self._load(key, url, f"call api.cache_model_artifact({label!r})", loader)
 
     def export_model_artifact(self, model_version: Any, target: Path | str) -> Path:
         """Copy the version's files and metadata (model, run, experiment) into `target`."""

@@ -33,6 +33,7 @@ from .finders import FindersMixin
 from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi, bind
 from .identifiers import ExpRef, ModelVersionRef, exp_ref, model_name, model_version_ref, run_id_of
 from .layout import CacheLayout
+from .lifecycle import LifecycleMixin
 from .logged_models import LoggedModelsMixin
 from .metadata_store import MetadataStore, Record
 from .records import exp_from_record, model_from_record, mv_from_record, run_from_record
@@ -56,7 +57,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MLCACHE_CACHE_DIR") or platformdirs.user_cache_dir("mlcache"))
 
 
-class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, LoggedModelsMixin, CacheAdminMixin, BaseModel, ABC):
+class BaseMlflowApi(
+    TrackingMixin, ArtifactsMixin, FindersMixin, LoggedModelsMixin, CacheAdminMixin, LifecycleMixin, BaseModel, ABC
+):
     """Cache-or-fetch access to experiments, runs, models and model versions.
 
     Offline (`offline_mode=True` or `MLCACHE_OFFLINE=1`) nothing touches the network: reads come
@@ -71,6 +74,8 @@ class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, LoggedModelsMix
     offline_mode: bool = Field(default_factory=lambda: env_flag("MLCACHE_OFFLINE"))
     metadata_max_age: timedelta = timedelta(0)
     lock_timeout: float = 60.0
+    lock_mode: Literal["os", "soft"] = Field(default_factory=lambda: os.environ.get("MLCACHE_LOCK_MODE", "os"))  # type: ignore[arg-type]
+    stale_lock_age: float = 900.0
     pull_lock_timeout: float = 3600.0
     transfer: Transfer = Field(default_factory=RcloneTransfer)
     always_pull_artifacts: bool = False
@@ -84,7 +89,9 @@ class BaseMlflowApi(TrackingMixin, ArtifactsMixin, FindersMixin, LoggedModelsMix
     _artifacts: ArtifactStore = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
-        self._layout = CacheLayout(self.cache_dir)
+        self._layout = CacheLayout(
+            self.cache_dir, soft_locks=self.lock_mode == "soft", stale_lock_age=self.stale_lock_age
+        )
         self._meta = MetadataStore(self._layout, self.lock_timeout)
         self._artifacts = ArtifactStore(self._layout, self.pull_lock_timeout)
 

@@ -249,8 +249,14 @@ class FindersMixin:
             lambda d: (d["name"],),
         )
 
-    def find_model_versions(self, query: Query = None, sort: Sort = None) -> Iterator[ModelVersionApi]:
-        """Model versions matching a MongoDB query (`{"model.name": "fraud", "tags.stage": "prod"}`)."""
+    def find_model_versions(
+        self, query: Query = None, sort: Sort = None, include_deleted: bool = False
+    ) -> Iterator[ModelVersionApi]:
+        """Model versions matching a MongoDB query (`{"model.name": "fraud", "tags.stage": "prod"}`);
+        versions whose files were deleted (tag `mlcache.deleted`) only with `include_deleted`."""
+        if not include_deleted:
+            compile_query(query)
+            query = {"$and": [dict(query or {}), {"tags.mlcache.deleted": {"$exists": False}}]}
         return self._find(
             "mv",
             compile_query(query),

@@ -48,8 +48,10 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
 class CacheLayout:
     """Paths of one cache dir (or bundle); creates its skeleton only when first written to."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, soft_locks: bool = False, stale_lock_age: float = 900.0) -> None:
         self.root = Path(root).expanduser().absolute()
+        self.soft_locks = soft_locks
+        self.stale_lock_age = stale_lock_age
         self.metadata = self.root / "metadata"
         self.artifacts = self.root / "artifacts"
         self.manifests = self.root / "manifests"

@@ -1,19 +1,38 @@
 """Per-entry locks under `locks/`: real mutual exclusion between writers (filelock).
 
 Locks only prevent doing the same work twice; correctness comes from the on-disk protocol
-(stage, rename into place). OS locks die with their process, so a crash never blocks others.
+(stage, rename into place). Two modes:
+- `os` (default): OS file locks (`fcntl`); they die with their process, so a crash never blocks
+  others. Right for local disks and for network filesystems whose locking works (NFSv4, most SMB).
+- `soft` (`lock_mode="soft"` or `MLCACHE_LOCK_MODE=soft`): the existence of the lock file is the
+  lock, for filesystems where OS locks silently do nothing. A lock file left by a crashed process
+  is broken once it is older than the layout's `stale_lock_age`.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import filelock
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from .errors import LockTimeout
 from .layout import CacheLayout, encode_part
+
+
+def _is_stale(path: Path, max_age: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > max_age
+    except FileNotFoundError:
+        return True
 
 
 def lock_path(layout: CacheLayout, *parts: str) -> Path:
@@ -23,16 +42,52 @@ def lock_path(layout: CacheLayout, *parts: str) -> Path:
 
 
 @contextmanager
-def entry_lock(layout: CacheLayout, *parts: str, timeout: float, soft: bool = False) -> Iterator[None]:
+def entry_lock(layout: CacheLayout, *parts: str, timeout: float) -> Iterator[None]:
     """Hold the exclusive lock of one entry; `LockTimeout` names it if it stays busy."""
     path = lock_path(layout, *parts)
     path.parent.mkdir(parents=True, exist_ok=True)
+    soft = layout.soft_locks
     lock = (filelock.SoftFileLock if soft else filelock.FileLock)(str(path), timeout=timeout)
     try:
         lock.acquire()
     except filelock.Timeout as exc:
-        raise LockTimeout(f"lock {path} still held by another process after {timeout:g}s") from exc
+        if not (soft and _is_stale(path, layout.stale_lock_age)):
+            raise LockTimeout(f"lock {path} still held by another process after {timeout:g}s") from exc
+        path.unlink(missing_ok=True)
+        try:
+            lock.acquire(timeout=timeout)
+        except filelock.Timeout as again:
+            raise LockTimeout(f"lock {path} still held by another process after {timeout:g}s") from again
     try:
         yield
     finally:
         lock.release()
+
+
+@contextmanager
+def shared_entry_lock(layout: CacheLayout, *parts: str, timeout: float) -> Iterator[None]:
+    """Hold the entry's lock shared (many readers; no writer, pruner or cleaner meanwhile), where
+    OS locks are in use and the cache is writable; elsewhere this does nothing."""
+    if layout.soft_locks or fcntl is None:
+        yield
+        return
+    path = lock_path(layout, *parts)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"lock {path} still held exclusively after {timeout:g}s") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,10 +83,20 @@ class Transfer(ABC):
     def push(self, src: Path, url: str, progress: bool = False) -> None:
         """Upload a file or folder `src` so that it is found at `url`."""
 
+    @abstractmethod
+    def delete(self, url: str) -> None:
+        """Remove what `url` holds (a file or a whole tree) from the store; `EntityNotFound` if nothing."""
+
 
 # rclone exit codes: https://rclone.org/docs/#exit-code
 _RETRYABLE_EXIT_CODES = {5, 6, 8, 10}
 _NOT_FOUND_EXIT_CODES = {3, 4}
+# Exit 1 is rclone's "any other error": transient unless the store refused us for good.
+_PERMANENT = re.compile(
+    r"\b(401|403|404)\b|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|NoSuchBucket|AuthenticationFailed|"
+    r"AuthorizationFailure|ContainerNotFound|directory not found|object not found",
+    re.IGNORECASE,
+)
 
 
 def find_rclone() -> str:
@@ -145,9 +156,8 @@ class RcloneTransfer(Transfer):
     def _error(command: str, code: int, stderr: str) -> TransferError:
         lines = [line for line in stderr.splitlines() if "ERROR" in line or "Failed" in line or "error" in line]
         detail = (lines[-1] if lines else stderr.strip().splitlines()[-1] if stderr.strip() else "no output").strip()
-        return TransferError(
-            f"rclone {command} failed (exit {code}): {detail}", retryable=code in _RETRYABLE_EXIT_CODES, exit_code=code
-        )
+        retryable = code in _RETRYABLE_EXIT_CODES or (code == 1 and not _PERMANENT.search(stderr))
+        return TransferError(f"rclone {command} failed (exit {code}): {detail}", retryable=retryable, exit_code=code)
 
     def list(self, url: str) -> Listing:
         target = self.resolve(url)
@@ -204,6 +214,12 @@ class RcloneTransfer(Transfer):
             target.path,
         ]
         self._transfer(args, target.env, progress, f"push {url}")
+
+    def delete(self, url: str) -> None:
+        listing = self.list(url)
+        target = self.resolve(url)
+        command = "purge" if listing.is_dir else "deletefile"
+        self._run([command, "--", target.path], target.env)
 
     def _transfer(
         self,

@@ -78,7 +78,8 @@ def main() -> None:
             for key, value in response.getheaders():
                 if key.lower() not in HOP_HEADERS and key.lower() != "content-length":
                     self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
+            length = response.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", length if length is not None else str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)

@@ -360,6 +360,15 @@ class MlflowApi(BaseMlflowApi):
             op="create",
         )
 
+    def _impl_rename_exp(self, exp_id: str, name: str) -> None:
+        self._call("experiment", exp_id, lambda: self.client.rename_experiment(exp_id, name), op="update")
+
+    def _impl_delete_exp(self, exp_id: str) -> None:
+        self._call("experiment", exp_id, lambda: self.client.delete_experiment(exp_id), op="delete")
+
+    def _impl_restore_exp(self, exp_id: str) -> None:
+        self._call("experiment", exp_id, lambda: self.client.restore_experiment(exp_id), op="update")
+
     def _impl_set_exp_tags(self, exp_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self._call(

@@ -70,3 +70,11 @@ class MlflowArtifactsTransfer(Transfer):
             renamed = Path(tmp) / name
             shutil.copy2(src, renamed)
             self._call("artifact", url, lambda: self._repo(parent).log_artifact(str(renamed)))
+
+    def delete(self, url: str) -> None:
+        listing = self.list(url)
+        if listing.is_dir:
+            self._call("artifact", url, lambda: self._repo(url).delete_artifacts(None))
+        else:
+            parent, _, name = url.rstrip("/").rpartition("/")
+            self._call("artifact", url, lambda: self._repo(parent).delete_artifacts(name))

@@ -29,6 +29,7 @@ class OfflineApi(BaseMlflowApi):
     _impl_fetch_model_version = _impl_fetch_model_version_by_alias = _no_backend
     _impl_find_exps = _impl_find_runs = _impl_find_models = _impl_find_model_versions = _no_backend
     _impl_fetch_logged_model = _impl_find_logged_models = _no_backend
+    _impl_rename_exp = _impl_delete_exp = _impl_restore_exp = _no_backend
     _impl_create_exp = _impl_set_exp_tags = _impl_create_run = _impl_update_run = _no_backend
     _impl_log_batch = _impl_create_model = _impl_set_model_tags = _no_backend
     _impl_create_model_version = _impl_set_model_version_tags = _impl_set_model_alias = _no_backend
