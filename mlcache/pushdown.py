@@ -154,41 +154,36 @@ def runs_filter(query: Mapping[str, Any]) -> MlflowFilter:
     return out
 
 
-def exps_filter(query: Mapping[str, Any]) -> MlflowFilter:
-    """MLflow `search_experiments` filter (superset)."""
-    out = MlflowFilter()
+def _name_and_tags(query: Mapping[str, Any], name_path: str) -> Iterator[tuple[str, str, Any, str]]:
+    """Clauses on the entity's name and tags, and every condition (for more clauses) with its clause."""
     for path, op, arg in required_conditions(query):
         head, _, rest = path.partition(".")
-        if path == "name" and op == "$eq" and isinstance(arg, str) and (literal := quote_string(arg)):
-            out.clauses.append(f"name = {literal}")
-        elif head == "tags" and rest and (clause := _value_clause("tags", rest, op, arg, False)):
-            out.clauses.append(clause)
-    return out
+        clause = ""
+        if path == name_path and op == "$eq" and isinstance(arg, str) and (literal := quote_string(arg)):
+            clause = f"name = {literal}"
+        elif head == "tags" and rest:
+            clause = _value_clause("tags", rest, op, arg, False) or ""
+        yield path, op, arg, clause
+
+
+def exps_filter(query: Mapping[str, Any]) -> MlflowFilter:
+    """MLflow `search_experiments` filter (superset)."""
+    return MlflowFilter([clause for *_, clause in _name_and_tags(query, "name") if clause])
 
 
 def models_filter(query: Mapping[str, Any]) -> MlflowFilter:
     """MLflow `search_registered_models` filter (superset)."""
-    out = MlflowFilter()
-    for path, op, arg in required_conditions(query):
-        head, _, rest = path.partition(".")
-        if path == "name" and op == "$eq" and isinstance(arg, str) and (literal := quote_string(arg)):
-            out.clauses.append(f"name = {literal}")
-        elif head == "tags" and rest and (clause := _value_clause("tags", rest, op, arg, False)):
-            out.clauses.append(clause)
-    return out
+    return MlflowFilter([clause for *_, clause in _name_and_tags(query, "name") if clause])
 
 
 def model_versions_filter(query: Mapping[str, Any]) -> MlflowFilter:
     """MLflow `search_model_versions` filter (superset)."""
     out = MlflowFilter()
-    for path, op, arg in required_conditions(query):
-        head, _, rest = path.partition(".")
-        if path == "model.name" and op == "$eq" and isinstance(arg, str) and (literal := quote_string(arg)):
-            out.clauses.append(f"name = {literal}")
+    for path, op, arg, clause in _name_and_tags(query, "model.name"):
+        if clause:
+            out.clauses.append(clause)
         elif path == "run_id" and op == "$eq" and isinstance(arg, str) and (literal := quote_string(arg)):
             out.clauses.append(f"run_id = {literal}")
         elif path == "run_id" and op == "$in" and (items := _string_list(arg)):
             out.clauses.append(f"run_id IN ({', '.join(items)})")
-        elif head == "tags" and rest and (clause := _value_clause("tags", rest, op, arg, False)):
-            out.clauses.append(clause)
     return out
