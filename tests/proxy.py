@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--fail-rate", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=503)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--require-token", default=None, help="answer 401 unless 'Authorization: Bearer <it>'")
     args = parser.parse_args()
     target = urlparse(args.target)
     stats = {"requests": 0, "failed": 0, "by_method": {}}
@@ -55,6 +56,15 @@ def main() -> None:
             body = self.rfile.read(length) if length else None
             with lock:
                 fail = rng.random() < args.fail_rate
+            if args.require_token and self.headers.get("Authorization") != f"Bearer {args.require_token}":
+                record(self.command, True)
+                payload = json.dumps({"error_code": "UNAUTHENTICATED", "message": "token required"}).encode()
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
             if fail:
                 record(self.command, True)
                 code = "RESOURCE_DOES_NOT_EXIST" if args.fail_status == 404 else "TEMPORARILY_UNAVAILABLE"

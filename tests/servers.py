@@ -239,7 +239,9 @@ class Proxy:
         self.process.stop()
 
 
-def start_proxy(workdir: Path, target: str, fail_rate: float = 0.0, fail_status: int = 503) -> Proxy:
+def start_proxy(
+    workdir: Path, target: str, fail_rate: float = 0.0, fail_status: int = 503, require_token: str | None = None
+) -> Proxy:
     """Start tests/proxy.py on a free port in front of `target`."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -257,6 +259,7 @@ def start_proxy(workdir: Path, target: str, fail_rate: float = 0.0, fail_status:
         str(fail_rate),
         "--fail-status",
         str(fail_status),
+        *(["--require-token", require_token] if require_token else []),
     ]
     proxy = Proxy(f"http://127.0.0.1:{port}", stats, ServerProcess("proxy", args, workdir / f"proxy-{port}.log"))
     proxy.process.start()

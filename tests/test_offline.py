@@ -175,3 +175,23 @@ def test_embedded_default_needs_nothing_started(tmp_path: Path) -> None:
     run = exp.start_run("r")
     mv = run.register_model_version("embedded-model", "model", aliases=["prod"])
     assert api.in_offline_mode.get_model_version(("embedded-model", "@prod")).version == mv.version
+
+
+def test_auth_through_mlflows_own_environment(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlcache import BackendError
+
+    from servers import start_proxy
+
+    proxy = start_proxy(tmp_path / "auth", mlflow_server.url, require_token="s3cret")
+    try:
+        api = MlflowApi(tracking_uri=proxy.url, cache_dir=tmp_path / "c", retry=RetryPolicy(attempts=3))
+        with pytest.raises(BackendError) as info:
+            api.get_or_create_exp("needs-auth")
+        assert info.value.status == 401 and proxy.requests == 1
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cret")
+        authed = MlflowApi(tracking_uri=proxy.url, cache_dir=tmp_path / "c")
+        assert authed.get_or_create_exp("needs-auth").name == "needs-auth"
+    finally:
+        proxy.stop()

@@ -18,6 +18,7 @@ from mlcache import CacheMiss, EntityNotFound, RetryPolicy
 from mlcache.layout import CacheLayout
 from mlcache.locks import entry_lock, lock_path
 from mlcache.plugins.mlflow_api import MlflowApi
+
 from servers import MlflowServer, S3Server, ServerProcess, free_port, start_proxy, wait_until
 
 FAST_RETRY = RetryPolicy(attempts=12, initial_wait=0.05, max_wait=0.5)
@@ -92,7 +93,9 @@ def test_delete_artifacts_from_s3_and_the_cache(s3_api: MlflowApi, s3_server: S3
     assert not (stored / "model").exists()
     assert "deleted" in s3_api.get_model_version(mv).tags["mlcache"]
     assert list(s3_api.find_model_versions({"model.name": f"life-{unique}"})) == []
-    assert [v.version for v in s3_api.find_model_versions({"model.name": f"life-{unique}"}, include_deleted=True)] == ["1"]
+    assert [v.version for v in s3_api.find_model_versions({"model.name": f"life-{unique}"}, include_deleted=True)] == [
+        "1"
+    ]
 
     archived = s3_api.archive_exp(exp, "-old")
     assert archived.name == f"lifecycle-{unique}-old"
@@ -108,20 +111,40 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     if not binary.exists():
         npm = shutil.which("npm")
         assert npm, "npm is needed to install Azurite"
-        subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(AZURITE_DIR), "azurite@3"],
-                       check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(AZURITE_DIR), "azurite@3"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
     workdir = tmp_path_factory.mktemp("azurite")
     port = free_port()
-    process = ServerProcess("azurite", [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
-                                        str(workdir), "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
-                            workdir / "azurite.log")
+    process = ServerProcess(
+        "azurite",
+        [
+            str(binary),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(workdir),
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+        ],
+        workdir / "azurite.log",
+    )
     process.start()
     try:
-        wait_until(lambda: "successfully listens" in process.log.read_text(errors="replace"), 60, "azurite",
-                   process.proc)
+        wait_until(
+            lambda: "successfully listens" in process.log.read_text(errors="replace"), 60, "azurite", process.proc
+        )
         endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
-        conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-                f"BlobEndpoint={endpoint};")
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={endpoint};"
+        )
         from mlcache.remotes import to_rclone
         from mlcache.transfer import RcloneTransfer
 
@@ -137,14 +160,16 @@ def test_azure_blob_upload_pull_and_delete(
 ) -> None:
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite["AZURE_STORAGE_CONNECTION_STRING"])
     api = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "c")
-    exp = api.create_exp(f"azure-{unique}",
-                         artifact_location="wasbs://models@devstoreaccount1.blob.core.windows.net/mlartifacts")
+    exp = api.create_exp(
+        f"azure-{unique}", artifact_location="wasbs://models@devstoreaccount1.blob.core.windows.net/mlartifacts"
+    )
     run = exp.start_run("r")
     assert run.repo.startswith("wasbs://models@devstoreaccount1.blob.core.windows.net/mlartifacts/")
     mv = api.log_model_version(f"azure-model-{unique}", run, write_model, "model", aliases=["prod"])
     fresh = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "fresh")
     assert files_of(fresh.get_model_artifact(("azure-model-" + unique, "@prod"))) == {
-        "conf.json": b"{}", "weights.bin": b"w" * 3000
+        "conf.json": b"{}",
+        "weights.bin": b"w" * 3000,
     }
     assert [f.path for f in fresh.list_model_artifacts(mv)] == ["conf.json", "weights.bin"]
     api.delete_model_version_artifact(mv)
@@ -204,21 +229,27 @@ STRESS_WORKER = textwrap.dedent(
 )
 
 
-def test_stress_many_processes(s3_mlflow: MlflowServer, s3_server: S3Server, s3_env: dict, tmp_path: Path,
-                               unique: str) -> None:
+def test_stress_many_processes(
+    s3_mlflow: MlflowServer, s3_server: S3Server, s3_env: dict, tmp_path: Path, unique: str
+) -> None:
     writer = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "writer", cache_local_artifacts=False)
     exp = writer.create_exp(f"stress-{unique}")
     run_ids = []
     for i in range(4):
         run = exp.start_run(f"r{i}", tags={"worker": i})
-        writer.log_run_artifact(run, lambda p: (p.mkdir(), (p / "w.bin").write_bytes(b"x" * 3000),
-                                                (p / "c.json").write_text("{}")), "model")
+        writer.log_run_artifact(
+            run, lambda p: (p.mkdir(), (p / "w.bin").write_bytes(b"x" * 3000), (p / "c.json").write_text("{}")), "model"
+        )
         run_ids.append(run.id)
     cache = tmp_path / "shared-cache"
     procs = [
-        subprocess.Popen([sys.executable, "-c", STRESS_WORKER, s3_mlflow.url, str(cache), str(seed), ",".join(run_ids),
-                          "15"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, **s3_server.env})
+        subprocess.Popen(
+            [sys.executable, "-c", STRESS_WORKER, s3_mlflow.url, str(cache), str(seed), ",".join(run_ids), "15"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **s3_server.env},
+        )
         for seed in range(8)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
