@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcache import CacheMiss, EntityNotFound, RetryPolicy
+from mlcache import CacheMiss, EntityNotFound, LockTimeout, RetryPolicy
 from mlcache.layout import CacheLayout
 from mlcache.locks import entry_lock, lock_path
 from mlcache.plugins.mlflow_api import MlflowApi
@@ -182,9 +182,10 @@ def test_soft_locks_exclude_and_a_stale_one_is_broken(tmp_path: Path) -> None:
     layout = CacheLayout(tmp_path, soft_locks=True, stale_lock_age=2)
     with entry_lock(layout, "artifacts", "runs", "r", "model", timeout=1):
         assert lock_path(layout, "artifacts", "runs", "r", "model").exists()
-        with pytest.raises(Exception, match="still held by another process"):
-            with entry_lock(layout, "artifacts", "runs", "r", "model", timeout=0.2):
-                pass
+        with pytest.raises(LockTimeout, match="still held by another process"), entry_lock(
+            layout, "artifacts", "runs", "r", "model", timeout=0.2
+        ):
+            pass
     left = lock_path(layout, "artifacts", "runs", "r", "model")
     left.write_text("crashed holder")
     old = time.time() - 10
@@ -213,7 +214,9 @@ STRESS_WORKER = textwrap.dedent(
         choice = rng.random()
         run_id = run_ids[0] if rng.random() < 0.5 else rng.choice(run_ids)
         if choice < 0.45:
-            size = api.load_run_artifact(run_id, "model", lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()))
+            size = api.load_run_artifact(
+                run_id, "model", lambda p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            )
             assert size == 3002, size
         elif choice < 0.65:
             api.cache_run_meta(run_id)
