@@ -148,11 +148,9 @@ class ArtifactStore:
     # ----------------------------------------------------------------- reads
     def lookup(self, key: EntryKey) -> Path | None:
         """The entry's path when complete (manifest present), touching its last-used stamp."""
-        manifest = self.manifest_path(key)
-        path = self.entry_path(key)
-        if not (manifest.exists() and (path.exists() or path.is_symlink())):
-            return None
-        self._touch(key)
+        path = self.lookup_quiet(key)
+        if path is not None:
+            self._touch(key)
         return path
 
     def lookup_quiet(self, key: EntryKey) -> Path | None:
