@@ -35,20 +35,20 @@ import json
 import os
 import platform
 import shutil
-import stat
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+
+from common import rmtree, tree_stats  # noqa: E402
 
 from servers import start_mlflow_server, start_s3_server  # noqa: E402
 
@@ -140,30 +140,6 @@ PROFILE_IMPORTS = textwrap.dedent(
 
 
 # ----------------------------------------------------------------------------- helpers
-def rmtree(path: Path) -> None:
-    """Remove a tree that may hold read-only files (cache entries are read-only)."""
-
-    def onerror(func: Callable[..., Any], p: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), stat.S_IRWXU)
-            os.chmod(p, stat.S_IRWXU)
-        with contextlib.suppress(OSError):
-            func(p)
-
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, onerror=onerror)
-
-
-def tree_stats(path: Path) -> tuple[int, int]:
-    """(number of files, total bytes) under a folder (symlinks not followed)."""
-    count = size = 0
-    for folder, _dirs, names in os.walk(path):
-        for name in names:
-            count += 1
-            size += os.lstat(os.path.join(folder, name)).st_size
-    return count, size
 
 
 def make_weights(path: Path, size: int) -> None:

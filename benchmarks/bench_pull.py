@@ -36,9 +36,7 @@ import logging
 import os
 import platform
 import pstats
-import shutil
 import socket
-import stat
 import statistics
 import subprocess
 import sys
@@ -54,6 +52,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from common import calls_per_second, rmtree, tree_stats  # noqa: E402
+
 import mlcache  # noqa: E402
 from mlcache import artifact_store, transfer  # noqa: E402
 from mlcache.layout import encode_part  # noqa: E402
@@ -66,32 +66,6 @@ SMALL_FILE_SIZE = 4096
 
 
 # ----------------------------------------------------------------------------- helpers
-def rmtree(path: Path) -> None:
-    """Remove a tree that may hold read-only files (cache entries are read-only)."""
-
-    def onerror(func: Callable[..., Any], p: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), stat.S_IRWXU)
-            os.chmod(p, stat.S_IRWXU)
-        with contextlib.suppress(OSError):
-            func(p)
-
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, onerror=onerror)
-
-
-def tree_stats(path: Path) -> tuple[int, int]:
-    """(number of files, total bytes) of a file or folder."""
-    if path.is_file():
-        return 1, path.stat().st_size
-    count = size = 0
-    for folder, _dirs, names in os.walk(path):
-        for name in names:
-            count += 1
-            size += os.stat(os.path.join(folder, name)).st_size
-    return count, size
 
 
 def make_big(path: Path, size: int) -> None:
@@ -107,19 +81,6 @@ def make_small(folder: Path, count: int) -> None:
     folder.mkdir(parents=True)
     for i in range(count):
         (folder / f"part-{i:05d}.bin").write_bytes(os.urandom(SMALL_FILE_SIZE))
-
-
-def calls_per_second(fn: Callable[[], Any], seconds: float) -> tuple[float, int]:
-    fn()  # warm-up
-    n = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        fn()
-        n += 1
-        if (n & 15) == 0 and time.perf_counter() >= deadline:
-            break
-    return n / (time.perf_counter() - start), n
 
 
 @contextlib.contextmanager

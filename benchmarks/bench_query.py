@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import calls_per_second
+
 import mlcache
 from mlcache.index import sql_filter
 from mlcache.layout import CacheLayout
@@ -145,19 +147,6 @@ def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return best, result
 
 
-def calls_per_second(fn: Callable[[], Any], seconds: float) -> float:
-    fn()  # warm-up
-    n = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        fn()
-        n += 1
-        if (n & 15) == 0 and time.perf_counter() >= deadline:
-            break
-    return n / (time.perf_counter() - start)
-
-
 def naive_scan(root: Path, case: Case) -> list[str]:
     """Ids of matching runs from reading every run file; no index, no entities."""
     compiled = compile_query(case.query)
@@ -220,7 +209,7 @@ def measure(root: Path, n: int, get_run_seconds: float) -> SizeResult:
         res.queries[case.label] = q
     res.fresh_check, _ = best_of(lambda: index.ensure_fresh("run"), 5)
     rng = random.Random(SEED + n)
-    res.get_run_rate = calls_per_second(lambda: api.get_run(rng.choice(run_ids)), get_run_seconds)
+    res.get_run_rate = calls_per_second(lambda: api.get_run(rng.choice(run_ids)), get_run_seconds)[0]
     index.close()
     return res
 
