@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -21,6 +20,7 @@ from .handles import ModelVersionApi
 from .identifiers import ModelVersionRef, logged_model_id, model_version_ref, run_ref
 from .locks import shared_entry_lock
 from .paths import safe_relative_path
+from .placement import export_store, place_tree
 from .remotes import join_url
 from .transfer import Listing, RemoteFile, Transfer, TransferError
 
@@ -40,10 +40,6 @@ class ArtifactUploadError(MlcacheError):
     def __init__(self, message: str, kept_path: Path | None) -> None:
         super().__init__(message)
         self.kept_path = kept_path
-
-
-def _is_inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
 
 
 class ArtifactsMixin:
@@ -197,46 +193,6 @@ class ArtifactsMixin:
             key=lambda f: f.path,
         )
 
-    def _place(self, src: Path, target: Path | str, link: bool, overwrite: bool) -> Path:
-        dest = Path(target).expanduser().absolute()
-        if _is_inside(dest, self._layout.root):
-            raise MlcacheError(f"cannot place an artifact inside the cache at {self._layout.root}: {dest}")
-        if dest.exists() or dest.is_symlink():
-            if not overwrite:
-                raise MlcacheError(f"{dest} already exists; pass overwrite=True to replace it")
-            remove_tree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_file():
-            if link:
-                dest.symlink_to(src.resolve())
-            else:
-                shutil.copy2(src, dest)
-            return dest
-        for item in sorted(src.rglob("*")):
-            out = dest / item.relative_to(src)
-            if item.is_dir():
-                out.mkdir(parents=True, exist_ok=True)
-            else:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                if link:
-                    out.symlink_to(item.resolve())
-                else:
-                    shutil.copy2(item, out)
-        dest.mkdir(exist_ok=True)
-        return dest
-
-    def _check_export_target(self, target: Path | str) -> ArtifactStore:
-        from .layout import CacheLayout
-
-        layout = CacheLayout(target)
-        root = self._layout.root.resolve()
-        dest = layout.root.resolve() if layout.root.exists() else layout.root
-        if _is_inside(dest, root) or _is_inside(root, dest):
-            raise MlcacheError(
-                f"cannot export into {layout.root}: it is the cache at {root}, inside it or a parent of it"
-            )
-        return ArtifactStore(layout, self._artifacts.lock_timeout)
-
     # ----------------------------------------------------------------- run artifacts
     def list_run_artifacts(self, run: Any, path_in_run: str = "") -> list[RemoteFile]:
         """Files under `path_in_run` of the run (relative paths, sizes); offline, from the cache."""
@@ -264,7 +220,7 @@ class ArtifactsMixin:
         self, run: Any, path_in_run: str | None, target: Path | str, link: bool = True, overwrite: bool = False
     ) -> Path:
         """Put the artifact at `target`: symlinks per file into the cache, or a copy (`link=False`)."""
-        return self._place(self.get_run_artifact(run, path_in_run), target, link, overwrite)
+        return place_tree(self._layout.root, self.get_run_artifact(run, path_in_run), target, link, overwrite)
 
     def load_run_artifact(self, run: Any, path_in_run: str | None, loader: Callable[[Path], T]) -> T:
         """`loader(local_path)` on the cached artifact; prune and clean leave it alone meanwhile."""
@@ -283,7 +239,7 @@ class ArtifactsMixin:
 
     def export_run_artifact(self, run: Any, path_in_run: str | None, target: Path | str) -> Path:
         """Copy the artifact (and the run's metadata) into the cache dir or bundle at `target`."""
-        store = self._check_export_target(target)
+        store = export_store(self._layout.root, target, self._artifacts.lock_timeout)
         key, _ = self._run_target(run, path_in_run)
         self.cache_run_artifact(run, path_in_run)
         self.export_run_meta(key.parts[0], target)
@@ -366,7 +322,7 @@ class ArtifactsMixin:
         self, model_version: Any, target: Path | str, link: bool = True, overwrite: bool = False
     ) -> Path:
         """Put the version's files at `target`: symlinks per file, or a copy (`link=False`)."""
-        return self._place(self.get_model_artifact(model_version), target, link, overwrite)
+        return place_tree(self._layout.root, self.get_model_artifact(model_version), target, link, overwrite)
 
     def load_model_artifact(self, model_version: Any, loader: Callable[[Path], T]) -> T:
         """`loader(local_path)` on the version's cached files; prune and clean leave them alone meanwhile."""
@@ -375,7 +331,7 @@ class ArtifactsMixin:
 
     def export_model_artifact(self, model_version: Any, target: Path | str) -> Path:
         """Copy the version's files and metadata (model, run, experiment) into `target`."""
-        store = self._check_export_target(target)
+        store = export_store(self._layout.root, target, self._artifacts.lock_timeout)
         key, _, _ = self._mv_target(model_version)
         self.cache_model_artifact(model_version)
         if logged_model_id(model_version) is not None:

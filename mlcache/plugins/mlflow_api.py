@@ -19,13 +19,13 @@ import platformdirs
 from pydantic import Field, PrivateAttr
 
 from ..base import BaseMlflowApi
-from ..encoding import decode_nested, unflatten
 from ..entities import RunStatus
 from ..errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
 from ..pushdown import exps_filter, model_versions_filter, models_filter, quote_string, runs_filter
-from ..timeutil import from_ms, to_ms
+from ..timeutil import to_ms
 from ..transfer import Transfer
 from . import mlflow_http
+from .mlflow_docs import exp_doc, logged_doc, model_doc, mv_doc, run_doc
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -39,11 +39,6 @@ _EXISTS = {"RESOURCE_ALREADY_EXISTS"}
 def default_embedded_dir() -> Path:
     """Where the embedded default keeps its sqlite store and artifacts."""
     return Path(platformdirs.user_data_dir("mlcache"))
-
-
-def _iso(ms: int | None) -> str | None:
-    when = from_ms(ms)
-    return when.isoformat() if when else None
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -155,90 +150,31 @@ class MlflowApi(BaseMlflowApi):
         return None
 
     # ----------------------------------------------------------------- documents
-    @staticmethod
-    def _exp_doc(exp: Any) -> dict[str, Any]:
-        return {
-            "id": exp.experiment_id,
-            "name": exp.name,
-            "tags": decode_nested(exp.tags or {}),
-            "artifact_location": exp.artifact_location,
-            "lifecycle_stage": exp.lifecycle_stage,
-            "creation_time": _iso(exp.creation_time),
-            "last_update_time": _iso(exp.last_update_time),
-        }
-
-    @staticmethod
-    def _run_doc(run: Any) -> dict[str, Any]:
-        info, data = run.info, run.data
-        return {
-            "id": info.run_id,
-            "name": info.run_name,
-            "exp_id": info.experiment_id,
-            "status": info.status,
-            "start_time": _iso(info.start_time),
-            "end_time": _iso(info.end_time),
-            "tags": decode_nested(data.tags),
-            "params": decode_nested(data.params),
-            "metrics": unflatten(data.metrics),
-            "repo": info.artifact_uri,
-            "parent_run_id": data.tags.get("mlflow.parentRunId"),
-            "lifecycle_stage": info.lifecycle_stage,
-        }
-
-    @staticmethod
-    def _model_doc(model: Any) -> dict[str, Any]:
-        return {
-            "name": model.name,
-            "tags": decode_nested(model.tags or {}),
-            "aliases": {alias: str(version) for alias, version in (model.aliases or {}).items()},
-            "description": model.description or None,
-            "creation_time": _iso(model.creation_timestamp),
-            "last_update_time": _iso(model.last_updated_timestamp),
-        }
-
-    @staticmethod
-    def _mv_doc(mv: Any) -> dict[str, Any]:
-        return {
-            "model_name": mv.name,
-            "version": str(mv.version),
-            "run_id": mv.run_id or None,
-            "source": mv.source,
-            "tags": decode_nested(mv.tags or {}),
-            "aliases": list(mv.aliases or []),
-            "status": mv.status,
-            "description": mv.description or None,
-            "creation_time": _iso(mv.creation_timestamp),
-            "last_update_time": _iso(mv.last_updated_timestamp),
-            "model_id": getattr(mv, "model_id", None) or None,
-        }
-
     # ----------------------------------------------------------------- reads
     def _impl_fetch_exp(self, exp_id: str) -> dict[str, Any]:
         if not exp_id.isdigit():
             raise EntityNotFound("experiment", exp_id, "MLflow experiment ids are numbers")
-        return self._exp_doc(self._call("experiment", exp_id, lambda: self.client.get_experiment(exp_id)))
+        return exp_doc(self._call("experiment", exp_id, lambda: self.client.get_experiment(exp_id)))
 
     def _impl_fetch_exp_by_name(self, name: str) -> dict[str, Any]:
         exp = self._call("experiment", name, lambda: self.client.get_experiment_by_name(name))
         if exp is None:
             raise EntityNotFound("experiment", name)
-        return self._exp_doc(exp)
+        return exp_doc(exp)
 
     def _impl_fetch_run(self, run_id: str) -> dict[str, Any]:
-        return self._run_doc(self._call("run", run_id, lambda: self.client.get_run(run_id)))
+        return run_doc(self._call("run", run_id, lambda: self.client.get_run(run_id)))
 
     def _impl_fetch_model(self, name: str) -> dict[str, Any]:
-        return self._model_doc(self._call("model", name, lambda: self.client.get_registered_model(name)))
+        return model_doc(self._call("model", name, lambda: self.client.get_registered_model(name)))
 
     def _impl_fetch_model_version(self, name: str, version: str) -> dict[str, Any]:
         key = f"models:/{name}/{version}"
-        return self._mv_doc(self._call("model version", key, lambda: self.client.get_model_version(name, version)))
+        return mv_doc(self._call("model version", key, lambda: self.client.get_model_version(name, version)))
 
     def _impl_fetch_model_version_by_alias(self, name: str, alias: str) -> dict[str, Any]:
         key = f"models:/{name}@{alias}"
-        return self._mv_doc(
-            self._call("model version", key, lambda: self.client.get_model_version_by_alias(name, alias))
-        )
+        return mv_doc(self._call("model version", key, lambda: self.client.get_model_version_by_alias(name, alias)))
 
     def _pages(self, what: str, search: Callable[[str | None], Any]) -> Iterator[Any]:
         """Items of a paged MLflow search, one request per page, fetched only as they are consumed."""
@@ -250,28 +186,8 @@ class MlflowApi(BaseMlflowApi):
             if not token:
                 return
 
-    @staticmethod
-    def _logged_doc(lm: Any) -> dict[str, Any]:
-        latest: dict[str, Any] = {}
-        for metric in sorted(lm.metrics or [], key=lambda m: (m.step, m.timestamp)):
-            latest[metric.key] = metric.value
-        return {
-            "id": lm.model_id,
-            "name": lm.name,
-            "exp_id": lm.experiment_id,
-            "source_run_id": lm.source_run_id or None,
-            "artifact_location": lm.artifact_location,
-            "status": str(getattr(lm.status, "value", lm.status)),
-            "model_type": lm.model_type or None,
-            "creation_time": _iso(lm.creation_timestamp),
-            "last_update_time": _iso(lm.last_updated_timestamp),
-            "tags": decode_nested(lm.tags or {}),
-            "params": decode_nested(lm.params or {}),
-            "metrics": unflatten(latest),
-        }
-
     def _impl_fetch_logged_model(self, model_id: str) -> dict[str, Any]:
-        return self._logged_doc(self._call("logged model", model_id, lambda: self.client.get_logged_model(model_id)))
+        return logged_doc(self._call("logged model", model_id, lambda: self.client.get_logged_model(model_id)))
 
     def _impl_find_logged_models(self, exp_ids: list[str] | None, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         ids = sorted(exp_ids) if exp_ids is not None else sorted(doc["id"] for doc in self._impl_find_exps({}))
@@ -286,7 +202,7 @@ class MlflowApi(BaseMlflowApi):
                 ids, filter_string=filter_string, max_results=100, page_token=token
             ),
         ):
-            yield self._logged_doc(lm)
+            yield logged_doc(lm)
 
     def _impl_find_exps(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from mlflow.entities import ViewType
@@ -298,7 +214,7 @@ class MlflowApi(BaseMlflowApi):
                 ViewType.ALL, max_results=1000, filter_string=pushed.filter_string or None, page_token=token
             ),
         ):
-            yield self._exp_doc(exp)
+            yield exp_doc(exp)
 
     def _impl_find_runs(self, exp_ids: list[str] | None, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from mlflow.entities import ViewType
@@ -318,7 +234,7 @@ class MlflowApi(BaseMlflowApi):
                 ids, pushed.filter_string, ViewType.ALL, max_results=1000, page_token=token
             ),
         ):
-            yield self._run_doc(run)
+            yield run_doc(run)
 
     def _impl_find_models(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         pushed = models_filter(query)
@@ -328,7 +244,7 @@ class MlflowApi(BaseMlflowApi):
                 pushed.filter_string or None, max_results=1000, page_token=token
             ),
         ):
-            yield self._model_doc(model)
+            yield model_doc(model)
 
     def _impl_find_model_versions(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """MLflow's version search leaves out aliases; they are taken from each model (one request per
@@ -341,7 +257,7 @@ class MlflowApi(BaseMlflowApi):
                 pushed.filter_string or None, max_results=1000, page_token=token
             ),
         ):
-            doc = self._mv_doc(mv)
+            doc = mv_doc(mv)
             name = doc["model_name"]
             if name not in aliases:
                 aliases[name] = self._impl_fetch_model(name)["aliases"]
@@ -379,7 +295,7 @@ class MlflowApi(BaseMlflowApi):
         run = self._call(
             "run in experiment", exp_id, lambda: self.client.create_run(exp_id, tags=tags, run_name=name), op="create"
         )
-        return self._run_doc(run)
+        return run_doc(run)
 
     def _impl_update_run(self, run_id: str, status: RunStatus, end_time: datetime | None) -> None:
         if status.is_terminal:
@@ -409,7 +325,7 @@ class MlflowApi(BaseMlflowApi):
         model = self._call(
             "model", name, lambda: self.client.create_registered_model(name, tags or None, description), op="create"
         )
-        return self._model_doc(model)
+        return model_doc(model)
 
     def _impl_set_model_tags(self, name: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -425,7 +341,7 @@ class MlflowApi(BaseMlflowApi):
             name,
             lambda: self.client.create_model_version(name, source, run_id, tags=tags or None, description=description),
         )
-        return self._mv_doc(mv)
+        return mv_doc(mv)
 
     def _impl_set_model_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         key = f"models:/{name}/{version}"

@@ -1,0 +1,56 @@
+"""Putting cached files elsewhere: placing an entry in a user's folder (symlinks per file or a
+copy) and opening another cache dir or bundle as an export target (never the cache itself)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .artifact_store import ArtifactStore, remove_tree
+from .errors import MlcacheError
+from .layout import CacheLayout
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def place_tree(cache_root: Path, src: Path, target: Path | str, link: bool, overwrite: bool) -> Path:
+    """Put `src` at `target`: symlinks per file into the cache (`link`) or a copy; folders are
+    real, writable folders; copied files keep the cache's read-only mode."""
+    dest = Path(target).expanduser().absolute()
+    if _is_inside(dest, cache_root):
+        raise MlcacheError(f"cannot place an artifact inside the cache at {cache_root}: {dest}")
+    if dest.exists() or dest.is_symlink():
+        if not overwrite:
+            raise MlcacheError(f"{dest} already exists; pass overwrite=True to replace it")
+        remove_tree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_file():
+        if link:
+            dest.symlink_to(src.resolve())
+        else:
+            shutil.copy2(src, dest)
+        return dest
+    for item in sorted(src.rglob("*")):
+        out = dest / item.relative_to(src)
+        if item.is_dir():
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if link:
+                out.symlink_to(item.resolve())
+            else:
+                shutil.copy2(item, out)
+    dest.mkdir(exist_ok=True)
+    return dest
+
+
+def export_store(cache_root: Path, target: Path | str, lock_timeout: float) -> ArtifactStore:
+    """The artifact store of an export target; refused when it is the cache, inside it or a parent."""
+    layout = CacheLayout(target)
+    root = cache_root.resolve()
+    dest = layout.root.resolve() if layout.root.exists() else layout.root
+    if _is_inside(dest, root) or _is_inside(root, dest):
+        raise MlcacheError(f"cannot export into {layout.root}: it is the cache at {root}, inside it or a parent of it")
+    return ArtifactStore(layout, lock_timeout)
