@@ -110,6 +110,8 @@ def export_bundle(api: BaseMlflowApi, selection: Selection, target: Path | str) 
         if not any(contents.values()):
             raise BundleError("nothing selected: name model versions, runs or experiments (or a query)")
         CacheLayout(folder).ensure()
+        for derived in (folder / "metadata").glob("index.sqlite*"):
+            derived.unlink(missing_ok=True)
         manifest = {
             "format": BUNDLE_FORMAT,
             "version": 1,

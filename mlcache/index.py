@@ -111,11 +111,10 @@ class MetadataIndex:
                 )
                 conn.execute(f"PRAGMA user_version = {INDEX_VERSION}")
             conn.executescript(_SCHEMA)
+            self._local.conn = conn
         except (sqlite3.DatabaseError, OSError):
-            conn = sqlite3.connect(":memory:", isolation_level=None)
-            conn.executescript(_SCHEMA)
-        self._local.conn = conn
-        return conn
+            self._use_memory()
+        return self._local.conn  # type: ignore[no-any-return]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -190,7 +189,18 @@ class MetadataIndex:
             return self._refresh(kind)
         except sqlite3.DatabaseError:
             self._drop()
+        try:
             return self._refresh(kind)
+        except sqlite3.DatabaseError:
+            self._use_memory()
+            return self._refresh(kind)
+
+    def _use_memory(self) -> None:
+        """An index of this process alone, for caches whose index file cannot be written."""
+        self.close()
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.executescript(_SCHEMA)
+        self._local.conn = conn
 
     def _refresh(self, kind: str) -> sqlite3.Connection:
         conn = self._connect()

@@ -163,3 +163,18 @@ def test_index_of_another_version_is_rebuilt_and_stale_index_is_refreshed(tmp_pa
         '{"id": "b", "exp_id": "1", "params": {"lr": 1}}}'
     )
     assert sorted(found({"params.lr": 1})) == [("a",), ("b",)]
+
+
+def test_an_index_that_cannot_be_written_falls_back_to_memory(tmp_path: Path) -> None:
+    from mlcache.index import sql_filter
+    from mlcache.query import compile_query
+
+    store = MetadataStore(CacheLayout(tmp_path))
+    store.put("run", ("a",), {"id": "a", "exp_id": "1", "params": {"lr": 1}})
+    store.index.close()
+    (tmp_path / "metadata" / "index.sqlite").unlink()
+    (tmp_path / "metadata" / "index.sqlite").mkdir()
+    reader = MetadataStore(CacheLayout(tmp_path))
+    clauses, params = sql_filter(compile_query({"params.lr": 1})._definition, {}, "run")
+    assert [key for key, _ in reader.index.candidates("run", clauses, params)] == [("a",)]
+    assert (tmp_path / "metadata" / "index.sqlite").is_dir()

@@ -182,8 +182,9 @@ def test_soft_locks_exclude_and_a_stale_one_is_broken(tmp_path: Path) -> None:
     layout = CacheLayout(tmp_path, soft_locks=True, stale_lock_age=2)
     with entry_lock(layout, "artifacts", "runs", "r", "model", timeout=1):
         assert lock_path(layout, "artifacts", "runs", "r", "model").exists()
-        with pytest.raises(LockTimeout, match="still held by another process"), entry_lock(
-            layout, "artifacts", "runs", "r", "model", timeout=0.2
+        with (
+            pytest.raises(LockTimeout, match="still held by another process"),
+            entry_lock(layout, "artifacts", "runs", "r", "model", timeout=0.2),
         ):
             pass
     left = lock_path(layout, "artifacts", "runs", "r", "model")
