@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from .artifact_store import UnsafeArtifact
+from .artifacts import ArtifactUploadError
 from .base import BaseMlflowApi, CacheFallbackWarning
+from .bundle import BundleError
 from .entities import Experiment, LoggedModel, Model, ModelVersion, Run, RunStatus
 from .errors import (
     BackendError,
@@ -22,12 +25,15 @@ from .paths import UnsafePath
 from .plugins import get_api
 from .query import InvalidQuery
 from .retry import RetryPolicy
+from .transfer import RcloneTransfer, Transfer, TransferError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArtifactUploadError",
     "BackendError",
     "BaseMlflowApi",
+    "BundleError",
     "CacheFallbackWarning",
     "CacheMiss",
     "CorruptMetadata",
@@ -47,11 +53,15 @@ __all__ = [
     "ModelVersionApi",
     "OfflineModeError",
     "PluginNotFound",
+    "RcloneTransfer",
     "RetryPolicy",
     "Run",
     "RunApi",
     "RunStatus",
     "ServerUnreachable",
+    "Transfer",
+    "TransferError",
+    "UnsafeArtifact",
     "UnsafePath",
     "__version__",
     "get_api",
