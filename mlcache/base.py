@@ -72,7 +72,9 @@ class BaseMlflowApi(
 
     cache_dir: Path = Field(default_factory=default_cache_dir)
     offline_mode: bool = Field(default_factory=lambda: env_flag("MLCACHE_OFFLINE"))
-    metadata_max_age: timedelta = timedelta(0)
+    metadata_max_age: timedelta = Field(
+        default_factory=lambda: timedelta(seconds=float(os.environ.get("MLCACHE_METADATA_MAX_AGE") or 0))
+    )
     lock_timeout: float = 60.0
     lock_mode: Literal["os", "soft"] = Field(default_factory=lambda: os.environ.get("MLCACHE_LOCK_MODE", "os"))  # type: ignore[arg-type]
     stale_lock_age: float = 900.0

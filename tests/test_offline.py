@@ -143,7 +143,9 @@ def test_environment_configures_the_api(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("MLCACHE_CACHE_DIR", str(tmp_path / "from-env"))
     monkeypatch.setenv("MLCACHE_OFFLINE", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLCACHE_METADATA_MAX_AGE", "90")
     api = mlcache.get_api()
+    assert api.metadata_max_age.total_seconds() == 90
     assert isinstance(api, MlflowApi)
     assert api.cache_dir == tmp_path / "from-env" and api.offline_mode
     assert api.resolved_tracking_uri == "http://127.0.0.1:9"
