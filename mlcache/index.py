@@ -63,6 +63,8 @@ def sql_filter(query: Mapping[str, Any], field_map: Mapping[str, str], kind: str
     `field_map` renames query fields to record fields (`exp.id` -> `exp_id`)."""
     clauses: list[str] = []
     params: list[Any] = []
+    leaf_selects: list[str] = []
+    leaf_params: list[Any] = []
     ops = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
     for field, op, arg in required_conditions(query):
         field = field_map.get(field, field)
@@ -82,8 +84,11 @@ def sql_filter(query: Mapping[str, Any], field_map: Mapping[str, str], kind: str
             continue
         sql_op = ops.get(op, "IN")
         placeholder = "?" if op in ops else f"({', '.join('?' * len(values))})"
-        clauses.append(f"key IN (SELECT key FROM leaves WHERE kind = ? AND path = ? AND value {sql_op} {placeholder})")
-        params.extend([kind, field, *values])
+        leaf_selects.append(f"SELECT key FROM leaves WHERE kind = ? AND path = ? AND value {sql_op} {placeholder}")
+        leaf_params.extend([kind, field, *values])
+    if leaf_selects:
+        clauses.append(f"key IN ({' INTERSECT '.join(leaf_selects)})")
+        params.extend(leaf_params)
     return clauses, params
 
 

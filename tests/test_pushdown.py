@@ -79,11 +79,11 @@ def test_sql_filter_on_cached_records() -> None:
     )
     assert clauses == [
         "exp_id IN (?)",
-        "key IN (SELECT key FROM leaves WHERE kind = ? AND path = ? AND value > ?)",
         "name IN (?)",
-        "key IN (SELECT key FROM leaves WHERE kind = ? AND path = ? AND value IN (?, ?))",
+        "key IN (SELECT key FROM leaves WHERE kind = ? AND path = ? AND value > ? INTERSECT "
+        "SELECT key FROM leaves WHERE kind = ? AND path = ? AND value IN (?, ?))",
     ]
-    assert params == ["1", "run", "params.lr", 0.1, "a", "run", "tags.t", "x", 2]
+    assert params == ["1", "a", "run", "params.lr", 0.1, "run", "tags.t", "x", 2]
 
 
 def test_leaves_follow_mongodb_array_matching() -> None:
