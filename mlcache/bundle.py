@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .artifact_store import ArtifactStore, EntryKey, remove_tree, sha256_file
+from .artifact_store import ArtifactStore, remove_tree, sha256_file
 from .errors import CorruptMetadata, MlcacheError
 from .layout import CacheLayout
 from .metadata_store import KINDS, MetadataStore
@@ -298,11 +298,3 @@ def _parse_version(item: str) -> Any:
     if sep and name and spec:
         return (name, spec)
     return item
-
-
-def entry_key_of(label: str) -> EntryKey:
-    kind, _, rest = label.partition(":/")
-    if kind == "runs":
-        run_id, _, path = rest.partition("/")
-        return EntryKey("runs", (run_id, path))
-    return EntryKey("models", (rest,))
