@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -73,17 +74,49 @@ class Manifest(BaseModel):
 
 
 def sha256_file(path: Path) -> str:
+    with open(path, "rb", buffering=0) as handle:
+        return _sha256_of(handle)
+
+
+def _sha256_if_file(path: str) -> str | None:
+    """sha256 of a regular file (not a link), or None when there is none at `path`."""
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode) or os.path.islink(path):
+                return None
+            return _sha256_of(handle)
+    except OSError:
+        return None
+
+
+def _sha256_of(handle: BinaryIO) -> str:
+    """sha256 of an open file from its current position, read in 1 MiB blocks into one buffer."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    while size := handle.readinto(buffer):  # type: ignore[attr-defined]
+        digest.update(view[:size])
     return digest.hexdigest()
 
 
-def _make_read_only(path: Path) -> None:
-    mode = path.lstat().st_mode
-    if stat.S_ISREG(mode):
-        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+@dataclass(frozen=True)
+class _EarlyHash:
+    """A file hashed under its staged name. Its handle stays open until the pull ends, so the inode
+    cannot be reused: the digest holds for the final file only if that is the same inode."""
+
+    handle: BinaryIO
+    inode: tuple[int, int]
+    digest: Future[str]
+
+    def matches(self, path: Path) -> bool:
+        info = path.lstat()
+        return (info.st_dev, info.st_ino) == self.inode
+
+
+def _make_read_only(path: Path, mode: int) -> None:
+    """Drop the write bits of a regular file whose mode (from its scan) is `mode`."""
+    if stat.S_ISREG(mode) and mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
 def _link_or_copy(src: str, dst: str) -> str:
@@ -103,24 +136,44 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def scan_tree(root: Path, is_dir: bool) -> dict[str, Path]:
-    """Relative POSIX path -> file of a staged tree; refuses links that leave the tree."""
+class StagedFile(NamedTuple):
+    """One file of a staged tree, stat'ed once by `scan_tree`."""
+
+    path: Path
+    size: int
+    mode: int
+    is_link: bool
+
+
+def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
+    """Relative POSIX path -> file of a staged tree; refuses links that leave the tree. Links to
+    folders are not followed (as `os.walk`), links to files are listed."""
     if not is_dir:
-        return {root.name: root}
-    files: dict[str, Path] = {}
+        info = root.lstat()
+        return {root.name: StagedFile(root, info.st_size, info.st_mode, stat.S_ISLNK(info.st_mode))}
+    files: dict[str, StagedFile] = {}
     top = root.resolve()
-    for folder, dirs, names in os.walk(root):
-        for name in [*dirs, *names]:
-            path = Path(folder) / name
-            if path.is_symlink():
-                target = path.resolve()
-                if target != top and top not in target.parents:
-                    raise UnsafeArtifact(
-                        f"link {path.relative_to(root)} points outside the artifact ({os.readlink(path)})"
-                    )
-        for name in names:
-            path = Path(folder) / name
-            files[path.relative_to(root).as_posix()] = path
+
+    def walk(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if entry.is_symlink():
+                    target = Path(entry.path).resolve()
+                    if target != top and top not in target.parents:
+                        raise UnsafeArtifact(f"link {rel} points outside the artifact ({os.readlink(entry.path)})")
+                    if not target.exists():
+                        raise UnsafeArtifact(f"link {rel} points to nothing ({os.readlink(entry.path)})")
+                    if not target.is_dir():
+                        info = entry.stat(follow_symlinks=False)
+                        files[rel] = StagedFile(Path(entry.path), target.stat().st_size, info.st_mode, True)
+                elif entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, f"{rel}/")
+                else:
+                    info = entry.stat(follow_symlinks=False)
+                    files[rel] = StagedFile(Path(entry.path), info.st_size, info.st_mode, False)
+
+    walk(str(root), "")
     return files
 
 
@@ -244,11 +297,20 @@ class ArtifactStore:
         stage = self.new_stage("pull")
         with ThreadPoolExecutor(max_workers=3) as pool:
             hashing: dict[str, Future[str]] = {}
+            early: dict[str, _EarlyHash] = {}
 
-            def on_file(rel: str) -> None:
-                path = stage / rel
-                if rel not in hashing and path.is_file():
-                    hashing[rel] = pool.submit(sha256_file, path)
+            def on_file(rel: str, staged: str | None = None) -> None:
+                if rel in hashing or rel in early:
+                    return
+                if staged is None:
+                    hashing[rel] = pool.submit(_sha256_if_file, os.path.join(stage, rel))
+                    return
+                try:
+                    handle = open(stage / staged, "rb", buffering=0)  # noqa: SIM115 (closed when the pull ends)
+                except OSError:
+                    return
+                info = os.fstat(handle.fileno())
+                early[rel] = _EarlyHash(handle, (info.st_dev, info.st_ino), pool.submit(_sha256_of, handle))
 
             try:
                 listed = pool.submit(list_source)
@@ -261,7 +323,7 @@ class ArtifactStore:
                     raise UnsafeArtifact(f"pulling {listing.url} produced nothing")
                 files = scan_tree(produced, listing.is_dir)
                 expected = {f.path: f.size for f in listing.files}
-                got = {rel: path.stat().st_size for rel, path in files.items()}
+                got = {rel: staged.size for rel, staged in files.items()}
                 if got != expected:
                     missing = sorted(set(expected) - set(got))[:3]
                     extra = sorted(set(got) - set(expected))[:3]
@@ -270,11 +332,20 @@ class ArtifactStore:
                         f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, "
                         f"size {wrong})"
                     )
-                known = {rel: future.result() for rel, future in hashing.items() if rel in files}
+                known = {rel: digest for rel, future in hashing.items() if rel in files and (digest := future.result())}
+                known.update(
+                    (rel, hashed.digest.result())
+                    for rel, hashed in early.items()
+                    if rel in files and rel not in known and hashed.matches(files[rel].path)
+                )
                 return self._commit(key, produced, files, listing.url, listing.version(), replace, known)
             finally:
                 for future in hashing.values():
                     future.cancel()
+                for hashed in early.values():
+                    if not hashed.digest.cancel():
+                        hashed.digest.exception()  # a running hash still reads the handle: let it end first
+                    hashed.handle.close()
                 remove_tree(stage)
 
     def adopt(self, key: EntryKey, src: Path, source_url: str, source_version: str, move: bool) -> Path:
@@ -297,7 +368,7 @@ class ArtifactStore:
         self,
         key: EntryKey,
         produced: Path,
-        files: dict[str, Path],
+        files: dict[str, StagedFile],
         source: str,
         version: str,
         replace: bool,
@@ -306,20 +377,18 @@ class ArtifactStore:
         digests = dict(known or {})
         todo = [rel for rel in files if rel not in digests]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            digests.update(zip(todo, pool.map(sha256_file, (files[rel] for rel in todo)), strict=True))
-        for path in files.values():
-            if not path.is_symlink():
-                _make_read_only(path)
+            digests.update(zip(todo, pool.map(sha256_file, (files[rel].path for rel in todo)), strict=True))
+        for staged in files.values():
+            if not staged.is_link:
+                _make_read_only(staged.path, staged.mode)
         now = utcnow()
         manifest = Manifest(
             kind=key.kind,
             key=list(key.parts),
             source=source,
             is_dir=produced.is_dir(),
-            files=[
-                ManifestFile(path=rel, size=p.stat().st_size, sha256=digests[rel]) for rel, p in sorted(files.items())
-            ],
-            size=sum(p.stat().st_size for p in files.values()),
+            files=[ManifestFile(path=rel, size=f.size, sha256=digests[rel]) for rel, f in sorted(files.items())],
+            size=sum(f.size for f in files.values()),
             source_version=version,
             pulled_at=now,
             last_used=now,

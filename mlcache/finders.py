@@ -147,22 +147,22 @@ class FindersMixin:
                     if doc is not None and compiled.match(doc):
                         yield compose(record), doc
                 return
-            clauses, params = sql_filter(query, field_map, kind)
+            flt = sql_filter(query, field_map)
             if exp_ids is not None:
-                clauses.append(f"exp_id IN ({', '.join('?' * len(exp_ids))})")
-                params.extend(exp_ids)
-            for key, data in self._meta.index.candidates(kind, clauses, params):
-                doc = to_doc(data, memo)
+                flt.clauses.append(f"exp_id IN ({', '.join('?' * len(exp_ids))})")
+                flt.params.extend(exp_ids)
+            for indexed in self._meta.index.candidates(kind, flt):
+                doc = to_doc(indexed.data, memo)
                 if doc is None or not compiled.match(doc):
                     continue
                 try:
-                    record = self._meta.get(kind, key)
+                    record = self._meta.get(kind, indexed.key, indexed)
                 except CorruptMetadata as exc:
                     self._warn_bad(exc)
                     continue
                 if record is None:
                     continue
-                if record.data != data:
+                if record.data is not indexed.data and record.data != indexed.data:
                     doc = to_doc(record.data, memo)
                     if doc is None or not compiled.match(doc):
                         continue

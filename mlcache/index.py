@@ -10,13 +10,15 @@ Queries select candidates with a superset SQL filter; the caller applies the ful
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .layout import CacheLayout
 from .pushdown import is_number, required_conditions
@@ -24,17 +26,20 @@ from .pushdown import is_number, required_conditions
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
     kind TEXT NOT NULL, key TEXT NOT NULL, exp_id TEXT, name TEXT, doc TEXT NOT NULL,
+    digest BLOB, cached_at TEXT, stale INTEGER,
     PRIMARY KEY (kind, key)
 );
 CREATE INDEX IF NOT EXISTS entities_exp ON entities (kind, exp_id);
 CREATE INDEX IF NOT EXISTS entities_name ON entities (kind, name);
-CREATE TABLE IF NOT EXISTS leaves (kind TEXT NOT NULL, key TEXT NOT NULL, path TEXT NOT NULL, value);
+CREATE TABLE IF NOT EXISTS leaves (
+    kind TEXT NOT NULL, key TEXT NOT NULL, path TEXT NOT NULL, value NOT NULL,
+    PRIMARY KEY (kind, key, path, value)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS leaves_value ON leaves (kind, path, value);
-CREATE INDEX IF NOT EXISTS leaves_key ON leaves (kind, key);
 CREATE TABLE IF NOT EXISTS signatures (kind TEXT PRIMARY KEY, signature TEXT NOT NULL);
 """
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 """Bumped whenever the schema or what it holds changes; an index of another version is rebuilt."""
 
 _COLUMNS = {"exp_id": "exp_id", "name": "name", "model_name": "name"}
@@ -58,44 +63,128 @@ def leaves(doc: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, doc
 
 
-def sql_filter(query: Mapping[str, Any], field_map: Mapping[str, str], kind: str) -> tuple[list[str], list[Any]]:
+_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_FIRST_CAP = 64
+"""Capped counts that order the conditions start here and grow 4x until one falls under the cap."""
+
+
+@dataclass(frozen=True)
+class LeafCondition:
+    """A condition every match meets: some leaf at `path` has `value <op> <values>` (op `IN`: any)."""
+
+    path: str
+    op: str
+    values: tuple[Any, ...]
+
+    def where(self, alias: str, kind: str) -> tuple[str, list[Any]]:
+        """The condition on rows of `leaves` named `alias`, with its parameters."""
+        placeholder = f"({', '.join('?' * len(self.values))})" if self.op == "IN" else "?"
+        sql = f"{alias}.kind = ? AND {alias}.path = ? AND {alias}.value {self.op} {placeholder}"
+        return sql, [kind, self.path, *self.values]
+
+
+@dataclass
+class SqlFilter:
+    """A superset filter: `clauses` on the entity columns and `conditions` on the leaf values."""
+
+    clauses: list[str] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+    conditions: list[LeafCondition] = field(default_factory=list)
+
+
+class IndexEntry(NamedTuple):
+    """One indexed entity: its key, its document and what identifies the file it was read from."""
+
+    key: tuple[str, ...]
+    data: dict[str, Any]
+    digest: bytes | None
+    cached_at: str | None
+    stale: bool
+
+
+def file_digest(raw: bytes) -> bytes:
+    """Digest of a metadata file's bytes, stored in the index to recognise an unchanged file."""
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def sql_filter(query: Mapping[str, Any], field_map: Mapping[str, str]) -> SqlFilter:
     """A superset SQL filter on stored records for the conditions every match must meet.
     `field_map` renames query fields to record fields (`exp.id` -> `exp_id`)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    leaf_selects: list[str] = []
-    leaf_params: list[Any] = []
-    ops = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
-    for field, op, arg in required_conditions(query):
-        field = field_map.get(field, field)
-        if field.endswith("_time") or field.startswith("exp.") or field.startswith("model."):
+    flt = SqlFilter()
+    for field_name, op, arg in required_conditions(query):
+        name = field_map.get(field_name, field_name)
+        if name.endswith("_time") or name.startswith("exp.") or name.startswith("model."):
             continue
-        if field in _COLUMNS and op in ("$eq", "$in"):
-            column = _COLUMNS[field]
+        if name in _COLUMNS and op in ("$eq", "$in"):
             values = [arg] if op == "$eq" else arg
             if isinstance(values, list | tuple) and values and all(isinstance(v, str) for v in values):
-                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
-                params.extend(values)
+                flt.clauses.append(f"{_COLUMNS[name]} IN ({', '.join('?' * len(values))})")
+                flt.params.extend(values)
             continue
-        values = [arg] if op in ops else arg if op == "$in" else None
+        values = [arg] if op in _OPS else arg if op == "$in" else None
         if not values or not isinstance(values, list | tuple):
             continue
-        if not all(isinstance(v, str) or is_number(v) for v in values):
-            continue
-        sql_op = ops.get(op, "IN")
-        placeholder = "?" if op in ops else f"({', '.join('?' * len(values))})"
-        leaf_selects.append(f"SELECT key FROM leaves WHERE kind = ? AND path = ? AND value {sql_op} {placeholder}")
-        leaf_params.extend([kind, field, *values])
-    if leaf_selects:
-        clauses.append(f"key IN ({' INTERSECT '.join(leaf_selects)})")
-        params.extend(leaf_params)
-    return clauses, params
+        if all(isinstance(v, str) or is_number(v) for v in values):
+            flt.conditions.append(LeafCondition(name, _OPS.get(op, "IN"), tuple(values)))
+    return flt
+
+
+def _ordered(conn: sqlite3.Connection, kind: str, conditions: list[LeafCondition]) -> list[LeafCondition]:
+    """The conditions, fewest matching leaves first. Counts are capped, and the cap grows until one
+    condition falls under it, so ordering costs about as much as reading the most selective one."""
+    if len(conditions) < 2:
+        return conditions
+    selects, params = [], []
+    for condition in conditions:
+        where, where_params = condition.where("c", kind)
+        selects.append(f"(SELECT count(*) FROM (SELECT 1 FROM leaves c WHERE {where} LIMIT ?))")
+        params.append(where_params)
+    sql = f"SELECT {', '.join(selects)}"
+    cap = _FIRST_CAP
+    while True:
+        counts = conn.execute(sql, [p for where_params in params for p in (*where_params, cap)]).fetchone()
+        if min(counts) < cap:
+            break
+        cap *= 4
+    return [condition for _, condition in sorted(zip(counts, conditions, strict=True), key=lambda pair: pair[0])]
+
+
+def _leaf_select(kind: str, conditions: list[LeafCondition]) -> tuple[str, list[Any]]:
+    """Keys meeting every condition: read the first condition's leaves, probe the others per key
+    through the (kind, key, path, value) primary key."""
+    driver, *probes = conditions
+    where, params = driver.where("d", kind)
+    parts = [f"SELECT d.key FROM leaves d WHERE {where}"]
+    for i, probe in enumerate(probes):
+        probe_where, probe_params = probe.where(f"p{i}", kind)
+        parts.append(f"AND EXISTS (SELECT 1 FROM leaves p{i} WHERE {probe_where} AND p{i}.key = d.key)")
+        params.extend(probe_params)
+    return " ".join(parts), params
+
+
+def _row(kind: str, entry: IndexEntry) -> tuple[Any, ...]:
+    """The `entities` row of an entry; the document is stored with sorted keys, as in its file."""
+    data = entry.data
+    return (
+        kind,
+        _key_text(entry.key),
+        data.get("exp_id"),
+        data.get("name") or data.get("model_name"),
+        json.dumps(data, ensure_ascii=False, sort_keys=True),
+        entry.digest,
+        entry.cached_at,
+        int(entry.stale),
+    )
+
+
+def _leaf_rows(kind: str, key_text: str, data: dict[str, Any]) -> list[tuple[str, str, str, Any]]:
+    return [(kind, key_text, path, value) for path, value in leaves(data)]
 
 
 class MetadataIndex:
     """The sqlite index of one cache dir's metadata."""
 
-    def __init__(self, layout: CacheLayout, scan: Callable[[str], Iterator[tuple[tuple[str, ...], dict]]]) -> None:
+    def __init__(self, layout: CacheLayout, scan: Callable[[str], Iterator[IndexEntry]]) -> None:
         self.layout = layout
         self.path = layout.metadata / "index.sqlite"
         self._scan = scan
@@ -143,26 +232,15 @@ class MetadataIndex:
         return "|".join(sorted(stamps))
 
     # ----------------------------------------------------------------- writes
-    def upsert(self, kind: str, key: tuple[str, ...], data: dict[str, Any]) -> None:
+    def upsert(self, kind: str, entry: IndexEntry) -> None:
         """Index one written document (best effort: a failure only makes the index stale)."""
         try:
             conn = self._connect()
             fresh_before = self._stored(conn, kind) is not None
-            key_text = _key_text(key)
-            conn.execute("DELETE FROM leaves WHERE kind = ? AND key = ?", (kind, key_text))
-            conn.executemany(
-                "INSERT INTO leaves VALUES (?, ?, ?, ?)", [(kind, key_text, p, v) for p, v in leaves(data)]
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO entities (kind, key, exp_id, name, doc) VALUES (?, ?, ?, ?, ?)",
-                (
-                    kind,
-                    _key_text(key),
-                    data.get("exp_id"),
-                    data.get("name") or data.get("model_name"),
-                    json.dumps(data, ensure_ascii=False),
-                ),
-            )
+            row = _row(kind, entry)
+            conn.execute("DELETE FROM leaves WHERE kind = ? AND key = ?", (kind, row[1]))
+            conn.executemany("INSERT OR IGNORE INTO leaves VALUES (?, ?, ?, ?)", _leaf_rows(kind, row[1], entry.data))
+            conn.execute("INSERT OR REPLACE INTO entities VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
             if fresh_before:
                 conn.execute("INSERT OR REPLACE INTO signatures VALUES (?, ?)", (kind, self._signature(kind)))
         except sqlite3.DatabaseError:
@@ -212,24 +290,15 @@ class MetadataIndex:
         signature = self._signature(kind)
         if self._stored(conn, kind) == signature:
             return conn
-        rows = [
-            (
-                kind,
-                _key_text(key),
-                data.get("exp_id"),
-                data.get("name") or data.get("model_name"),
-                json.dumps(data, ensure_ascii=False),
-            )
-            for key, data in self._scan(kind)
-        ]
+        entries = [(_row(kind, entry), entry.data) for entry in self._scan(kind)]
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("DELETE FROM entities WHERE kind = ?", (kind,))
             conn.execute("DELETE FROM leaves WHERE kind = ?", (kind,))
-            conn.executemany("INSERT OR REPLACE INTO entities VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT OR REPLACE INTO entities VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [r for r, _ in entries])
             conn.executemany(
-                "INSERT INTO leaves VALUES (?, ?, ?, ?)",
-                [(kind, row[1], path, value) for row in rows for path, value in leaves(json.loads(row[4]))],
+                "INSERT OR IGNORE INTO leaves VALUES (?, ?, ?, ?)",
+                [leaf for row, data in entries for leaf in _leaf_rows(kind, row[1], data)],
             )
             conn.execute("INSERT OR REPLACE INTO signatures VALUES (?, ?)", (kind, signature))
             conn.execute("COMMIT")
@@ -238,9 +307,14 @@ class MetadataIndex:
             raise
         return conn
 
-    def candidates(self, kind: str, clauses: list[str], params: list[Any]) -> Iterator[tuple[tuple[str, ...], dict]]:
-        """(key, record) of every indexed entity of `kind` that passes the SQL filter."""
+    def candidates(self, kind: str, flt: SqlFilter) -> Iterator[IndexEntry]:
+        """Every indexed entity of `kind` that passes the SQL filter."""
         conn = self.ensure_fresh(kind)
-        where = " AND ".join(["kind = ?", *clauses])
-        for key_text, doc in conn.execute(f"SELECT key, doc FROM entities WHERE {where}", [kind, *params]):
-            yield tuple(json.loads(key_text)), json.loads(doc)
+        clauses, params = ["kind = ?", *flt.clauses], [kind, *flt.params]
+        if flt.conditions:
+            keys, key_params = _leaf_select(kind, _ordered(conn, kind, flt.conditions))
+            clauses.append(f"key IN ({keys})")
+            params.extend(key_params)
+        sql = f"SELECT key, doc, digest, cached_at, stale FROM entities WHERE {' AND '.join(clauses)}"
+        for key_text, doc, digest, cached_at, stale in conn.execute(sql, params):
+            yield IndexEntry(tuple(json.loads(key_text)), json.loads(doc), digest, cached_at, bool(stale))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CacheFallbackWarning, CorruptMetadata
-from .index import MetadataIndex
+from .index import IndexEntry, MetadataIndex, file_digest
 from .layout import CacheLayout, decode_part, encode_part, write_atomic
 from .locks import entry_lock
 from .timeutil import utcnow
@@ -44,12 +44,12 @@ class MetadataStore:
         self.lock_timeout = lock_timeout
         self.index = MetadataIndex(layout, self._scan_for_index)
 
-    def _scan_for_index(self, kind: str) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+    def _scan_for_index(self, kind: str) -> Iterator[IndexEntry]:
         def report(exc: CorruptMetadata) -> None:
             warnings.warn(f"{exc}; skipped", CacheFallbackWarning, stacklevel=2)
 
-        for record in self.scan(kind, on_error=report):
-            yield record.key, record.data
+        for record, raw in self._scan_raw(kind, (), report):
+            yield IndexEntry(record.key, record.data, file_digest(raw), record.cached_at.isoformat(), record.stale)
 
     def path(self, kind: str, key: tuple[str, ...]) -> Path:
         """File of one entity: `metadata/<kind>/<part>/.../<last>.json`, parts percent-encoded."""
@@ -58,13 +58,17 @@ class MetadataStore:
         *dirs, last = (encode_part(p) for p in key)
         return self.layout.metadata.joinpath(kind, *dirs, f"{last}.json")
 
-    def get(self, kind: str, key: tuple[str, ...]) -> Record | None:
-        """The cached record, None when absent; `CorruptMetadata` naming the file when unreadable."""
+    def get(self, kind: str, key: tuple[str, ...], indexed: IndexEntry | None = None) -> Record | None:
+        """The cached record, None when absent; `CorruptMetadata` naming the file when unreadable.
+        The file is always read; when its bytes are those `indexed` was built from, the indexed
+        document is returned instead of parsing them again."""
         path = self.path(kind, key)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
+        if indexed is not None and indexed.cached_at is not None and indexed.digest == file_digest(raw):
+            return Record(kind, key, indexed.data, datetime.fromisoformat(indexed.cached_at), indexed.stale, path)
         return self._parse(path, raw, kind, key)
 
     def put(self, kind: str, key: tuple[str, ...], data: dict[str, Any], stale: bool = False) -> Record:
@@ -76,7 +80,7 @@ class MetadataStore:
         encoded = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode()
         with entry_lock(self.layout, "metadata", kind, *key, timeout=self.lock_timeout):
             write_atomic(path, encoded, self.layout.tmp)
-            self.index.upsert(kind, key, data)
+            self.index.upsert(kind, IndexEntry(key, data, file_digest(encoded), body["cached_at"], stale))
         return record
 
     def mark_stale(self, kind: str, key: tuple[str, ...]) -> None:
@@ -104,6 +108,13 @@ class MetadataStore:
         on_error: Callable[[CorruptMetadata], None] | None = None,
     ) -> Iterator[Record]:
         """Every record of a kind (under a key prefix); bad files go to `on_error` and are skipped."""
+        for record, _raw in self._scan_raw(kind, prefix, on_error):
+            yield record
+
+    def _scan_raw(
+        self, kind: str, prefix: tuple[str, ...], on_error: Callable[[CorruptMetadata], None] | None
+    ) -> Iterator[tuple[Record, bytes]]:
+        """`scan`, with the bytes each record was parsed from."""
         base = self.layout.metadata.joinpath(kind, *(encode_part(p) for p in prefix))
         if not base.is_dir():
             return
@@ -113,13 +124,16 @@ class MetadataStore:
             rel = path.relative_to(self.layout.metadata / kind)
             key = tuple(decode_part(p) for p in (*rel.parts[:-1], rel.name[: -len(".json")]))
             try:
-                yield self._parse(path, path.read_bytes(), kind, key)
+                raw = path.read_bytes()
+                record = self._parse(path, raw, kind, key)
             except FileNotFoundError:
                 continue
             except CorruptMetadata as exc:
                 if on_error is None:
                     raise
                 on_error(exc)
+                continue
+            yield record, raw
 
     @staticmethod
     def _parse(path: Path, raw: bytes, kind: str, key: tuple[str, ...]) -> Record:

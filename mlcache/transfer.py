@@ -16,11 +16,10 @@ import subprocess
 import sys
 import sysconfig
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from .errors import EntityNotFound, MlcacheError
 from .remotes import RclonePath, to_rclone
@@ -66,6 +65,14 @@ class Listing:
         return digest.hexdigest()
 
 
+class OnFile(Protocol):
+    """Told about each pulled file: `rel` is its path under the destination; `staged`, when given,
+    is where its complete bytes already sit under another name (before a final check and rename),
+    so hashing can start early."""
+
+    def __call__(self, rel: str, staged: str | None = None) -> None: ...
+
+
 class Transfer(ABC):
     """Moves artifact trees between a URL and a local folder."""
 
@@ -74,7 +81,7 @@ class Transfer(ABC):
         """What `url` holds; `EntityNotFound` if nothing."""
 
     @abstractmethod
-    def pull(self, url: str, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None) -> None:
+    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
         """Copy what `url` holds into the folder `dest` (a single file lands as `dest/<name>`);
         `on_file(relative_path)` may be called as each file completes, so hashing can overlap.
         The caller lists `url` at the same time and checks the result against that listing."""
@@ -181,7 +188,7 @@ class RcloneTransfer(Transfer):
             is_dir = bool(json.loads(stat.stdout).get("IsDir"))
         return Listing(url, is_dir, files)
 
-    def pull(self, url: str, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None) -> None:
+    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
         target = self.resolve(url)
         dest.mkdir(parents=True, exist_ok=True)
         args = [
@@ -197,7 +204,7 @@ class RcloneTransfer(Transfer):
             target.path,
             str(dest),
         ]
-        self._transfer(args, target.env, progress, f"pull {url}", on_file)
+        self._transfer(args, target.env, progress, f"pull {url}", on_file, debug=on_file is not None)
 
     def push(self, src: Path, url: str, progress: bool = False) -> None:
         target = self.resolve(url)
@@ -227,13 +234,16 @@ class RcloneTransfer(Transfer):
         env: dict[str, str],
         progress: bool,
         title: str,
-        on_file: Callable[[str], None] | None = None,
+        on_file: OnFile | None = None,
+        debug: bool = False,
     ) -> None:
-        """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats."""
+        """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats.
+        With `debug`, rclone's debug log also tells when a file's bytes are complete under its
+        partial name (before rclone re-reads it for its own checksum), so hashing can overlap that."""
         from rclone_python.utils import complete_task, create_progress_bar, extract_rclone_progress, update_tasks
 
         stats = ["--stats", "0.2s", "--stats-unit", "bytes"] if progress else ["--stats", "0"]
-        command = [self.binary, args[0], *stats, "--use-json-log", "-v", *args[1:]]
+        command = [self.binary, args[0], *stats, "--use-json-log", "-vv" if debug else "-v", *args[1:]]
         proc = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -251,14 +261,16 @@ class RcloneTransfer(Transfer):
         tasks: dict = {}
         try:
             for line in proc.stderr or ():
+                if '"level":"debug"' in line and (on_file is None or not _worth_early_hashing(line)):
+                    continue
                 try:
                     item = json.loads(line)
                 except ValueError:
                     continue
                 if not isinstance(item, dict):
                     continue
-                if on_file is not None and str(item.get("msg", "")).startswith("Copied") and item.get("object"):
-                    on_file(str(item["object"]))
+                if on_file is not None:
+                    _report_file(item, on_file)
                 if item.get("level") in ("error", "critical"):
                     errors.append(f"{item.get('object', '')}: {item.get('msg', '')}".strip(": "))
                 elif bar is not None and task is not None:
@@ -273,3 +285,30 @@ class RcloneTransfer(Transfer):
                 bar.stop()
         if code != 0:
             raise self._error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
+
+
+_SIZE_OK = re.compile(r'"msg":"size = (\d+) OK"')
+_PARTIAL = re.compile(r"^(?P<rel>.+)\.[0-9a-f]+\.partial$")
+EARLY_HASH_MIN_SIZE = 16 << 20
+"""Files at least this large are hashed under their partial name, beside rclone's own checksum pass;
+smaller ones are hashed once rclone reports them copied (opening each early would cost more)."""
+
+
+def _worth_early_hashing(line: str) -> bool:
+    found = _SIZE_OK.search(line)
+    return found is not None and int(found.group(1)) >= EARLY_HASH_MIN_SIZE
+
+
+def _report_file(item: dict, on_file: OnFile) -> None:
+    """`Copied` lines name a finished file; a debug `size = N OK` line on a `<name>.<hash>.partial`
+    object says its bytes are all written (rclone's checksum pass and rename come next)."""
+    obj = item.get("object")
+    msg = str(item.get("msg", ""))
+    if not obj or not isinstance(obj, str):
+        return
+    if msg.startswith("Copied"):
+        on_file(obj)
+    elif msg.startswith("size = ") and msg.endswith(" OK"):
+        partial = _PARTIAL.match(obj)
+        if partial:
+            on_file(partial.group("rel"), staged=obj)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import EntityNotFound
-from ..transfer import Listing, RemoteFile, Transfer
+from ..transfer import Listing, OnFile, RemoteFile, Transfer
 
 T = TypeVar("T")
 
@@ -47,7 +47,7 @@ class MlflowArtifactsTransfer(Transfer):
                 return Listing(url, False, (RemoteFile(name, int(info.file_size or 0)),))
         raise EntityNotFound("artifact", url, "nothing at that location")
 
-    def pull(self, url: str, dest: Path, progress: bool = False, on_file: Callable[[str], None] | None = None) -> None:
+    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
         listing = self.list(url)
         dest.mkdir(parents=True, exist_ok=True)
         if listing.is_dir:
