@@ -108,3 +108,62 @@ def test_remove_and_tampering_is_reported_by_verify(tmp_path: Path) -> None:
     assert s.verify(KEY, manifest) == [f"{path / 'a.bin'}: sha256 differs"]
     assert s.remove(KEY) is True and s.lookup(KEY) is None and not path.exists()
     assert s.remove(KEY) is False
+
+
+def _partial_writer(final: bytes, replace_after_notice: bytes | None = None):
+    """Like rclone: write `x.bin.1a2b3c4d.partial`, announce it, rename it to `x.bin`. With
+    `replace_after_notice`, the announced file is then replaced by a new one (a retried transfer)."""
+
+    def fetch(stage: Path, on_file) -> None:
+        partial = stage / "x.bin.1a2b3c4d.partial"
+        partial.write_bytes(final)
+        on_file("x.bin", staged=partial.name)
+        if replace_after_notice is not None:
+            retried = stage / "x.bin.9f8e7d6c.partial"
+            retried.write_bytes(replace_after_notice)
+            partial.unlink()
+            retried.rename(stage / "x.bin")
+        else:
+            partial.rename(stage / "x.bin")
+        on_file("x.bin")
+
+    return fetch
+
+
+def test_a_file_announced_under_its_partial_name_is_hashed_once_and_right(tmp_path: Path) -> None:
+    import hashlib
+
+    s = store(tmp_path)
+    data = os.urandom(3 << 20)
+    s.pull(KEY, _partial_writer(data), lambda: listing(("x.bin", len(data)), is_dir=True))
+    manifest = s.read_manifest(KEY)
+    assert manifest is not None and manifest.files[0].sha256 == hashlib.sha256(data).hexdigest()
+    assert s.verify(KEY, manifest) == []
+
+
+def test_an_early_hash_of_a_file_that_was_replaced_is_not_used(tmp_path: Path) -> None:
+    import hashlib
+
+    s = store(tmp_path)
+    first, second = os.urandom(1 << 20), os.urandom(1 << 20)
+    s.pull(KEY, _partial_writer(first, replace_after_notice=second), lambda: listing(("x.bin", len(second))))
+    manifest = s.read_manifest(KEY)
+    assert manifest is not None and manifest.files[0].sha256 == hashlib.sha256(second).hexdigest()
+    assert (s.entry_path(KEY) / "x.bin").read_bytes() == second
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+def test_rclone_announces_big_files_under_their_partial_name_before_they_are_copied(tmp_path: Path) -> None:
+    from mlcache.transfer import EARLY_HASH_MIN_SIZE, RcloneTransfer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(EARLY_HASH_MIN_SIZE))
+    (src / "small.txt").write_bytes(b"s")
+    seen: list[tuple[str, str | None]] = []
+    RcloneTransfer().pull(str(src), tmp_path / "dest", on_file=lambda rel, staged=None: seen.append((rel, staged)))
+    early = [(rel, staged) for rel, staged in seen if staged is not None]
+    assert [rel for rel, _ in early] == ["big.bin"]
+    assert early[0][1].startswith("big.bin.") and early[0][1].endswith(".partial")
+    assert sorted(rel for rel, staged in seen if staged is None) == ["big.bin", "small.txt"]
+    assert seen.index(early[0]) < seen.index(("big.bin", None))

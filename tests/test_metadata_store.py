@@ -146,8 +146,7 @@ def test_index_of_another_version_is_rebuilt_and_stale_index_is_refreshed(tmp_pa
     def found(query: dict) -> list:
         from mlcache.index import sql_filter
 
-        clauses, params = sql_filter(compile_query(query)._definition, {}, "run")
-        return [key for key, _ in store.index.candidates("run", clauses, params)]
+        return [entry.key for entry in store.index.candidates("run", sql_filter(compile_query(query)._definition, {}))]
 
     assert found({"params.lr": 1}) == [("a",)]
     store.index.close()
@@ -175,6 +174,45 @@ def test_an_index_that_cannot_be_written_falls_back_to_memory(tmp_path: Path) ->
     (tmp_path / "metadata" / "index.sqlite").unlink()
     (tmp_path / "metadata" / "index.sqlite").mkdir()
     reader = MetadataStore(CacheLayout(tmp_path))
-    clauses, params = sql_filter(compile_query({"params.lr": 1})._definition, {}, "run")
-    assert [key for key, _ in reader.index.candidates("run", clauses, params)] == [("a",)]
+    flt = sql_filter(compile_query({"params.lr": 1})._definition, {})
+    assert [entry.key for entry in reader.index.candidates("run", flt)] == [("a",)]
     assert (tmp_path / "metadata" / "index.sqlite").is_dir()
+
+
+def test_a_file_edited_in_place_behind_the_index_is_read_not_the_indexed_copy(tmp_path: Path) -> None:
+    from mlcache.index import sql_filter
+    from mlcache.query import compile_query
+
+    store = MetadataStore(CacheLayout(tmp_path))
+    store.put("run", ("a",), {"id": "a", "exp_id": "1", "params": {"lr": 1}})
+    [entry] = store.index.candidates("run", sql_filter(compile_query({"params.lr": 1})._definition, {}))
+    record = store.get("run", ("a",), entry)
+    assert record is not None and record.data is entry.data and not record.stale
+    path = store.path("run", ("a",))
+    body = json.loads(path.read_text())
+    body["data"]["params"]["lr"] = 2
+    with path.open("r+b") as handle:  # same name, same folder: the folder's mtime does not change
+        handle.truncate(0)
+        handle.write(json.dumps(body).encode())
+    [entry] = store.index.candidates("run", sql_filter(compile_query({"params.lr": 1})._definition, {}))
+    assert entry.data["params"]["lr"] == 1
+    record = store.get("run", ("a",), entry)
+    assert record is not None and record.data["params"]["lr"] == 2
+    path.write_text("not json")
+    with pytest.raises(CorruptMetadata) as info:
+        store.get("run", ("a",), entry)
+    assert str(path) in str(info.value)
+
+
+def test_conditions_are_probed_from_the_most_selective_one(tmp_path: Path) -> None:
+    from mlcache.index import _ordered, sql_filter
+    from mlcache.query import compile_query
+
+    store = MetadataStore(CacheLayout(tmp_path))
+    for i in range(100):
+        store.put("run", (f"r{i}",), {"id": f"r{i}", "tags": {"team": "a", "commit": f"c{i // 3}"}, "n": [i, i + 1]})
+    query = {"tags.team": "a", "n": {"$gte": 10}, "tags.commit": "c7"}
+    flt = sql_filter(compile_query(query)._definition, {})
+    conn = store.index.ensure_fresh("run")
+    assert [c.path for c in _ordered(conn, "run", flt.conditions)][0] == "tags.commit"
+    assert sorted(entry.key for entry in store.index.candidates("run", flt)) == [("r21",), ("r22",), ("r23",)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from mlcache.index import leaves, sql_filter
+from mlcache.index import LeafCondition, leaves, sql_filter
 from mlcache.pushdown import exps_filter, model_versions_filter, models_filter, runs_filter
 
 
@@ -65,7 +65,7 @@ def test_other_entities() -> None:
 
 
 def test_sql_filter_on_cached_records() -> None:
-    clauses, params = sql_filter(
+    flt = sql_filter(
         {
             "exp.id": "1",
             "params.lr": {"$gt": 0.1},
@@ -75,15 +75,10 @@ def test_sql_filter_on_cached_records() -> None:
             "start_time": {"$gt": "2026"},
         },
         {"exp.id": "exp_id"},
-        "run",
     )
-    assert clauses == [
-        "exp_id IN (?)",
-        "name IN (?)",
-        "key IN (SELECT key FROM leaves WHERE kind = ? AND path = ? AND value > ? INTERSECT "
-        "SELECT key FROM leaves WHERE kind = ? AND path = ? AND value IN (?, ?))",
-    ]
-    assert params == ["1", "a", "run", "params.lr", 0.1, "run", "tags.t", "x", 2]
+    assert flt.clauses == ["exp_id IN (?)", "name IN (?)"]
+    assert flt.params == ["1", "a"]
+    assert flt.conditions == [LeafCondition("params.lr", ">", (0.1,)), LeafCondition("tags.t", "IN", ("x", 2))]
 
 
 def test_leaves_follow_mongodb_array_matching() -> None:
