@@ -18,7 +18,7 @@ import sysconfig
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import ClassVar, Protocol
 
 from .errors import EntityNotFound, MlcacheError
@@ -83,8 +83,9 @@ class Transfer(ABC):
     @abstractmethod
     def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
         """Copy what `url` holds into the folder `dest` (a single file lands as `dest/<name>`);
-        `on_file(relative_path)` may be called as each file completes, so hashing can overlap.
-        The caller lists `url` at the same time and checks the result against that listing."""
+        `on_file(relative_path)` may be called as each file completes, so hashing can overlap
+        (and `on_file(relative_path, staged=name)` as soon as its bytes are complete under a
+        temporary name). The caller lists `url` at the same time and checks the result against it."""
 
     @abstractmethod
     def push(self, src: Path, url: str, progress: bool = False) -> None:
@@ -167,26 +168,40 @@ class RcloneTransfer(Transfer):
         return TransferError(f"rclone {command} failed (exit {code}): {detail}", retryable=retryable, exit_code=code)
 
     def list(self, url: str) -> Listing:
+        """One `lsjson` of the parent, filtered to the name: a file and a folder holding one file of
+        the same name look alike when listed directly, so this tells them apart in the same call."""
         target = self.resolve(url)
+        parent, name = _split_parent(target)
+        if parent is None:
+            files = self._lsjson(url, target.path, target.env, [])
+            return Listing(url, True, files)
+        pattern = _literal_pattern(name)
+        items = self._lsjson(url, parent, target.env, ["--include", f"/{pattern}", "--include", f"/{pattern}/**"])
+        for item in items:
+            if item.path == name:
+                return Listing(url, False, (item,))
+        prefix = f"{name}/"
+        inside = tuple(RemoteFile(f.path[len(prefix) :], f.size, f.mtime) for f in items if f.path.startswith(prefix))
+        if not inside:
+            raise EntityNotFound("artifact", url, "nothing at that location")
+        return Listing(url, True, inside)
+
+    def _lsjson(self, url: str, path: str, env: dict[str, str], filters: list[str]) -> tuple[RemoteFile, ...]:
         result = self._run(
-            ["lsjson", "-R", "--files-only", "--no-mimetype", "--use-server-modtime", "--", target.path],
-            target.env,
+            ["lsjson", "-R", "--files-only", "--no-mimetype", "--use-server-modtime", *filters, "--", path],
+            env,
             check=False,
         )
         if result.returncode in _NOT_FOUND_EXIT_CODES:
             raise EntityNotFound("artifact", url, "nothing at that location")
         if result.returncode != 0:
             raise self._error("lsjson", result.returncode, result.stderr)
-        items = json.loads(result.stdout or "[]")
-        files = tuple(RemoteFile(i["Path"], int(i["Size"]), i.get("ModTime", "")) for i in items)
+        files = tuple(
+            RemoteFile(i["Path"], int(i["Size"]), i.get("ModTime", "")) for i in json.loads(result.stdout or "[]")
+        )
         if not files:
             raise EntityNotFound("artifact", url, "nothing at that location")
-        name = PurePosixPath(target.path.split(":", 1)[-1] if not target.local else target.path).name
-        is_dir = True
-        if len(files) == 1 and files[0].path == name:
-            stat = self._run(["lsjson", "--stat", "--", target.path], target.env)
-            is_dir = bool(json.loads(stat.stdout).get("IsDir"))
-        return Listing(url, is_dir, files)
+        return files
 
     def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
         target = self.resolve(url)
@@ -285,6 +300,26 @@ class RcloneTransfer(Transfer):
                 bar.stop()
         if code != 0:
             raise self._error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
+
+
+def _split_parent(target: RclonePath) -> tuple[str | None, str]:
+    """(parent path, name) of an rclone path; no parent for a bucket, container or filesystem root."""
+    path = target.path.rstrip("/") or target.path
+    if target.local:
+        parent, _, name = path.rpartition("/")
+        return (parent or "/", name) if name and path != "/" else (None, "")
+    remote, _, inside = path.partition(":")
+    folder, _, name = inside.rpartition("/")
+    return (f"{remote}:{folder}", name) if folder and name else (None, "")
+
+
+_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def _literal_pattern(name: str) -> str:
+    """An rclone filter pattern matching exactly `name`: a `{{regexp}}` with every special character
+    escaped, so globs, braces and backslashes in names are taken literally."""
+    return "{{" + "".join(f"\\{c}" if c in _REGEX_SPECIAL else c for c in name) + "}}"
 
 
 _SIZE_OK = re.compile(r'"msg":"size = (\d+) OK"')

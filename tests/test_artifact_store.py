@@ -167,3 +167,23 @@ def test_rclone_announces_big_files_under_their_partial_name_before_they_are_cop
     assert early[0][1].startswith("big.bin.") and early[0][1].endswith(".partial")
     assert sorted(rel for rel, staged in seen if staged is None) == ["big.bin", "small.txt"]
     assert seen.index(early[0]) < seen.index(("big.bin", None))
+
+
+@pytest.mark.parametrize("name", ["model", "we$ird [1].txt", "x{y}}", "back\\slash*", "é€?"])
+def test_listing_tells_a_file_from_a_folder_holding_one_file_of_the_same_name(tmp_path: Path, name: str) -> None:
+    from mlcache.transfer import RcloneTransfer
+
+    (tmp_path / "as_dir" / name).mkdir(parents=True)
+    (tmp_path / "as_dir" / name / name).write_bytes(b"12")
+    (tmp_path / "as_file").mkdir()
+    (tmp_path / "as_file" / name).write_bytes(b"123")
+    (tmp_path / "as_file" / f"{name}.sibling").write_bytes(b"sibling")
+    (tmp_path / "as_file" / f"{name}x").mkdir()
+    (tmp_path / "as_file" / f"{name}x" / "inside").write_bytes(b"other")
+    transfer = RcloneTransfer()
+    folder = transfer.list(str(tmp_path / "as_dir" / name))
+    assert folder.is_dir and [(f.path, f.size) for f in folder.files] == [(name, 2)]
+    single = transfer.list(str(tmp_path / "as_file" / name))
+    assert not single.is_dir and [(f.path, f.size) for f in single.files] == [(name, 3)]
+    whole = transfer.list(str(tmp_path / "as_file"))
+    assert whole.is_dir and sorted(f.path for f in whole.files) == sorted([name, f"{name}.sibling", f"{name}x/inside"])
