@@ -4,7 +4,11 @@ The JSON files stay the source of truth. Each metadata write upserts its row; an
 missing, corrupt or stale (a folder changed behind its back: a crash between file and index, a
 bundle copied in) is rebuilt from the files. Staleness is read from folder modification times, so
 checking it costs a few `stat` calls, not one per entity. A read-only cache gets an in-memory index.
-Queries select candidates with a superset SQL filter; the caller applies the full query.
+Queries select candidates with a superset SQL filter; the caller applies the full query. The
+conditions on leaf values are ordered by a capped count of their matching leaves: the most
+selective one is read, the others are probed per key, so the candidate step costs about what the
+most selective condition costs. Each row keeps a digest of its file's bytes, so that a reader who
+re-reads the file (the source of truth) can tell it is unchanged and skip parsing it again.
 """
 
 from __future__ import annotations
