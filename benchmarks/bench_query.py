@@ -4,7 +4,8 @@
 One run does everything, with no server (the offline plugin over scratch cache dirs under /tmp):
 
 1. builds one cache per N with `MetadataStore.put` (one experiment, N runs shaped like
-   `MlflowApi._run_doc`, fixed random seed); the build time per N is reported;
+   `MlflowApi._run_doc`, fixed random seed, plus a `tags.commit` shared by 5 runs); the build
+   time per N is reported;
 2. opens `mlcache.get_api("offline", cache_dir=...)` and, per query, times the first
    `list(api.find_runs(q, sort))` (the very first call of a new api rebuilds the derived sqlite
    index from the JSON files) and warm calls (best of 5);
@@ -27,6 +28,7 @@ import argparse
 import contextlib
 import cProfile
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -57,7 +59,14 @@ QUICK_SIZES = (500, 2_000)
 LRS = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.3, 0.5)  # 10 values, 10 % each
 TEAMS = ("a", "b", "c", "d", "e")  # 20 % each
 STATUSES = ("FINISHED",) * 16 + ("FAILED",) * 3 + ("KILLED",)  # 80 / 15 / 5 %
+COMMIT_RUNS = 5  # runs i // 5 share a `tags.commit`: a query on one commit has 5 hits at any N
 TARGET_SPEEDUP = 20.0  # naive scan / warm find at the largest N
+
+
+def commit_of(i: int) -> str:
+    """The `tags.commit` of run i (drawn without the runs' random generator, so that the other
+    fields, and the hits of the other queries, are those of the runs without it)."""
+    return hashlib.sha1(f"{SEED}-{i // COMMIT_RUNS}".encode()).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- queries
@@ -83,6 +92,8 @@ CASES = (
         {"params.lr": 0.5, "tags.team": "c", "metrics.acc": {"$gt": 0.95}},
         [("metrics.acc", -1)],
     ),
+    Case("commit (5 hits at any N)", "selective", {"tags.commit": commit_of(42)}),
+    Case("commit+acc>0.5 (2-cond)", "selective", {"tags.commit": commit_of(42), "metrics.acc": {"$gt": 0.5}}),
 )
 
 
@@ -101,7 +112,7 @@ def run_doc(rng: random.Random, i: int, base_ms: int) -> dict[str, Any]:
         "status": rng.choice(STATUSES),
         "start_time": iso(start),
         "end_time": iso(start + rng.randrange(1_000, 3_600_000)),
-        "tags": {"team": rng.choice(TEAMS), "owner": {"name": f"user{rng.randrange(20)}"}},
+        "tags": {"team": rng.choice(TEAMS), "owner": {"name": f"user{rng.randrange(20)}"}, "commit": commit_of(i)},
         "params": {"lr": rng.choice(LRS), "layers": rng.randrange(1, 9), "data": {"split": "v2"}},
         "metrics": {"acc": rng.random(), "loss": rng.random() * 3},
         "repo": None,
@@ -199,8 +210,8 @@ def measure(root: Path, n: int, get_run_seconds: float) -> SizeResult:
             res.index_build = q.first
         q.warm, again = best_of(lambda c=case: [r.id for r in api.find_runs(c.query, c.sort)], 5)
         q.naive, expected = best_of(lambda c=case: naive_scan(root, c), 3)
-        clauses, params = sql_filter(compile_query(case.query)._definition, {"exp.id": "exp_id"}, "run")
-        q.sql, _ = best_of(lambda c=clauses, p=params: list(index.candidates("run", c, p)), 5)
+        flt = sql_filter(compile_query(case.query)._definition, {"exp.id": "exp_id"})
+        q.sql, _ = best_of(lambda f=flt: list(index.candidates("run", f)), 5)
         q.matches = len(found)
         if case.sort:
             q.ok = found == again == expected
