@@ -78,21 +78,36 @@ def sha256_file(path: Path) -> str:
         return _sha256_of(handle)
 
 
-def _sha256_if_file(path: str) -> str | None:
-    """sha256 of a regular file (not a link), or None when there is none at `path`."""
+def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _sha256_if_file(path: str) -> tuple[str, tuple[int, int, int, int]] | None:
+    """sha256 of a regular file (not a link) and the identity of what was read (device, inode, size,
+    mtime), or None when there is none at `path`."""
     try:
         with open(path, "rb", buffering=0) as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode) or os.path.islink(path):
                 return None
-            return _sha256_of(handle)
+            digest = _sha256_of(handle)
+            return digest, _identity(os.fstat(handle.fileno()))
     except OSError:
         return None
 
 
+_BLOCK = 1 << 20
+BIG_FILE = 4 * _BLOCK
+"""Files from this size on are hashed on worker threads (hashlib releases the GIL on big blocks);
+smaller ones cost more in thread hand-offs than in hashing, so one thread does them in turn."""
+
+
 def _sha256_of(handle: BinaryIO) -> str:
-    """sha256 of an open file from its current position, read in 1 MiB blocks into one buffer."""
+    """sha256 of an open unbuffered file from its start: one read when small, else 1 MiB blocks
+    into one buffer."""
+    if os.fstat(handle.fileno()).st_size <= _BLOCK:
+        return hashlib.sha256(handle.readall()).hexdigest()  # type: ignore[attr-defined]
     digest = hashlib.sha256()
-    buffer = bytearray(1 << 20)
+    buffer = bytearray(_BLOCK)
     view = memoryview(buffer)
     while size := handle.readinto(buffer):  # type: ignore[attr-defined]
         digest.update(view[:size])
@@ -137,12 +152,13 @@ def remove_tree(path: Path) -> None:
 
 
 class StagedFile(NamedTuple):
-    """One file of a staged tree, stat'ed once by `scan_tree`."""
+    """One file of a staged tree, stat'ed once by `scan_tree` (`identity`: device, inode, size, mtime)."""
 
     path: Path
     size: int
     mode: int
     is_link: bool
+    identity: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
@@ -150,7 +166,7 @@ def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
     folders are not followed (as `os.walk`), links to files are listed."""
     if not is_dir:
         info = root.lstat()
-        return {root.name: StagedFile(root, info.st_size, info.st_mode, stat.S_ISLNK(info.st_mode))}
+        return {root.name: StagedFile(root, info.st_size, info.st_mode, stat.S_ISLNK(info.st_mode), _identity(info))}
     files: dict[str, StagedFile] = {}
     top = root.resolve()
 
@@ -171,7 +187,7 @@ def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
                     walk(entry.path, f"{rel}/")
                 else:
                     info = entry.stat(follow_symlinks=False)
-                    files[rel] = StagedFile(Path(entry.path), info.st_size, info.st_mode, False)
+                    files[rel] = StagedFile(Path(entry.path), info.st_size, info.st_mode, False, _identity(info))
 
     walk(str(root), "")
     return files
@@ -295,25 +311,25 @@ class ArtifactStore:
         through `on_file` are hashed while the rest still downloads. The caller holds the entry's
         lock; `replace` re-syncs a complete entry."""
         stage = self.new_stage("pull")
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            hashing: dict[str, Future[str]] = {}
+        with ThreadPoolExecutor(max_workers=1) as lister, ThreadPoolExecutor(1) as small, ThreadPoolExecutor(2) as big:
+            hashing: dict[str, Future[tuple[str, tuple[int, int, int, int]] | None]] = {}
             early: dict[str, _EarlyHash] = {}
 
             def on_file(rel: str, staged: str | None = None) -> None:
                 if rel in hashing or rel in early:
                     return
                 if staged is None:
-                    hashing[rel] = pool.submit(_sha256_if_file, os.path.join(stage, rel))
+                    hashing[rel] = small.submit(_sha256_if_file, os.path.join(stage, rel))
                     return
                 try:
                     handle = open(stage / staged, "rb", buffering=0)  # noqa: SIM115 (closed when the pull ends)
                 except OSError:
                     return
                 info = os.fstat(handle.fileno())
-                early[rel] = _EarlyHash(handle, (info.st_dev, info.st_ino), pool.submit(_sha256_of, handle))
+                early[rel] = _EarlyHash(handle, (info.st_dev, info.st_ino), big.submit(_sha256_of, handle))
 
             try:
-                listed = pool.submit(list_source)
+                listed = lister.submit(list_source)
                 try:
                     fetch(stage, on_file)
                 finally:
@@ -332,7 +348,11 @@ class ArtifactStore:
                         f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, "
                         f"size {wrong})"
                     )
-                known = {rel: digest for rel, future in hashing.items() if rel in files and (digest := future.result())}
+                known = {
+                    rel: done[0]
+                    for rel, future in hashing.items()
+                    if rel in files and (done := future.result()) is not None and done[1] == files[rel].identity
+                }
                 known.update(
                     (rel, hashed.digest.result())
                     for rel, hashed in early.items()
@@ -376,8 +396,11 @@ class ArtifactStore:
     ) -> Path:
         digests = dict(known or {})
         todo = [rel for rel in files if rel not in digests]
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            digests.update(zip(todo, pool.map(sha256_file, (files[rel].path for rel in todo)), strict=True))
+        large = [rel for rel in todo if files[rel].size >= BIG_FILE]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            hashed = zip(large, pool.map(sha256_file, (files[rel].path for rel in large)), strict=True)
+            digests.update((rel, sha256_file(files[rel].path)) for rel in todo if files[rel].size < BIG_FILE)
+            digests.update(hashed)
         for staged in files.values():
             if not staged.is_link:
                 _make_read_only(staged.path, staged.mode)
