@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import stat
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -149,6 +150,47 @@ def remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
     elif path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
+
+
+class _SmallFileHasher:
+    """Hashes files of a staging folder in turn on one thread, as they are reported. The reader only
+    appends to a list; the thread picks up what has piled up, so the two rarely contend for the GIL."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = str(root)
+        self._pending: list[str] = []
+        self._results: dict[str, tuple[str, tuple[int, int, int, int]] | None] = {}
+        self._done = threading.Event()
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name="mlcache-hash", daemon=True)
+        self._thread.start()
+
+    def add(self, rel: str) -> None:
+        self._pending.append(rel)
+
+    def _run(self) -> None:
+        while not self._cancelled:
+            finished = self._done.is_set()
+            batch, self._pending = self._pending, []
+            for rel in batch:
+                if self._cancelled:
+                    return
+                self._results[rel] = _sha256_if_file(os.path.join(self._root, rel))
+            if finished and not self._pending:
+                return
+            if not batch:
+                self._done.wait(0.01)
+
+    def results(self) -> dict[str, tuple[str, tuple[int, int, int, int]] | None]:
+        """Every reported file's (sha256, identity), once all are hashed."""
+        self._done.set()
+        self._thread.join()
+        return self._results
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._done.set()
+        self._thread.join()
 
 
 class StagedFile(NamedTuple):
@@ -311,15 +353,17 @@ class ArtifactStore:
         through `on_file` are hashed while the rest still downloads. The caller holds the entry's
         lock; `replace` re-syncs a complete entry."""
         stage = self.new_stage("pull")
-        with ThreadPoolExecutor(max_workers=1) as lister, ThreadPoolExecutor(1) as small, ThreadPoolExecutor(2) as big:
-            hashing: dict[str, Future[tuple[str, tuple[int, int, int, int]] | None]] = {}
+        with ThreadPoolExecutor(max_workers=1) as lister, ThreadPoolExecutor(2) as big:
+            small = _SmallFileHasher(stage)
+            reported: set[str] = set()
             early: dict[str, _EarlyHash] = {}
 
             def on_file(rel: str, staged: str | None = None) -> None:
-                if rel in hashing or rel in early:
+                if rel in reported or rel in early:
                     return
                 if staged is None:
-                    hashing[rel] = small.submit(_sha256_if_file, os.path.join(stage, rel))
+                    reported.add(rel)
+                    small.add(rel)
                     return
                 try:
                     handle = open(stage / staged, "rb", buffering=0)  # noqa: SIM115 (closed when the pull ends)
@@ -350,8 +394,8 @@ class ArtifactStore:
                     )
                 known = {
                     rel: done[0]
-                    for rel, future in hashing.items()
-                    if rel in files and (done := future.result()) is not None and done[1] == files[rel].identity
+                    for rel, done in small.results().items()
+                    if rel in files and done is not None and done[1] == files[rel].identity
                 }
                 known.update(
                     (rel, hashed.digest.result())
@@ -360,8 +404,7 @@ class ArtifactStore:
                 )
                 return self._commit(key, produced, files, listing.url, listing.version(), replace, known)
             finally:
-                for future in hashing.values():
-                    future.cancel()
+                small.cancel()
                 for hashed in early.values():
                     if not hashed.digest.cancel():
                         hashed.digest.exception()  # a running hash still reads the handle: let it end first

@@ -219,7 +219,7 @@ class RcloneTransfer(Transfer):
             target.path,
             str(dest),
         ]
-        self._transfer(args, target.env, progress, f"pull {url}", on_file, debug=on_file is not None)
+        self._transfer(args, target.env, progress, f"pull {url}", on_file, dest)
 
     def push(self, src: Path, url: str, progress: bool = False) -> None:
         target = self.resolve(url)
@@ -250,15 +250,16 @@ class RcloneTransfer(Transfer):
         progress: bool,
         title: str,
         on_file: OnFile | None = None,
-        debug: bool = False,
+        dest: Path | None = None,
     ) -> None:
         """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats.
-        With `debug`, rclone's debug log also tells when a file's bytes are complete under its
-        partial name (before rclone re-reads it for its own checksum), so hashing can overlap that."""
+        With `on_file`, stats every 0.1 s also show when a big file's bytes are all in `dest` under
+        its partial name, while rclone re-reads it for its own checksum, so hashing can overlap that."""
         from rclone_python.utils import complete_task, create_progress_bar, extract_rclone_progress, update_tasks
 
-        stats = ["--stats", "0.2s", "--stats-unit", "bytes"] if progress else ["--stats", "0"]
-        command = [self.binary, args[0], *stats, "--use-json-log", "-vv" if debug else "-v", *args[1:]]
+        every = "0.1s" if on_file is not None else "0.2s" if progress else "0"
+        stats = ["--stats", every, "--stats-unit", "bytes"]
+        command = [self.binary, args[0], *stats, "--use-json-log", "-v", *args[1:]]
         proc = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -274,10 +275,9 @@ class RcloneTransfer(Transfer):
             task = bar.add_task(title, total=None)
         errors: list[str] = []
         tasks: dict = {}
+        announced: set[str] = set()
         try:
             for line in proc.stderr or ():
-                if '"level":"debug"' in line and (on_file is None or not _worth_early_hashing(line)):
-                    continue
                 try:
                     item = json.loads(line)
                 except ValueError:
@@ -285,7 +285,10 @@ class RcloneTransfer(Transfer):
                 if not isinstance(item, dict):
                     continue
                 if on_file is not None:
-                    _report_file(item, on_file)
+                    if str(item.get("msg", "")).startswith(_COPIED) and isinstance(item.get("object"), str):
+                        on_file(item["object"])
+                    elif dest is not None and isinstance(item.get("stats"), dict):
+                        _announce_complete_partials(item["stats"], dest, on_file, announced)
                 if item.get("level") in ("error", "critical"):
                     errors.append(f"{item.get('object', '')}: {item.get('msg', '')}".strip(": "))
                 elif bar is not None and task is not None:
@@ -300,6 +303,32 @@ class RcloneTransfer(Transfer):
                 bar.stop()
         if code != 0:
             raise self._error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
+
+
+_COPIED = ("Copied", "Multi-thread Copied")
+EARLY_HASH_MIN_SIZE = 16 << 20
+"""Files at least this large are hashed under their partial name once all their bytes are written,
+beside rclone's own checksum pass; smaller ones are hashed when rclone reports them copied."""
+
+
+def _announce_complete_partials(stats: dict, dest: Path, on_file: OnFile, announced: set[str]) -> None:
+    """For each big transfer whose bytes are all written, tell `on_file` where its partial file is
+    (`<name>.<hash>.partial` beside its final name), once."""
+    for transfer in stats.get("transferring") or ():
+        name, size, done = transfer.get("name"), transfer.get("size"), transfer.get("bytes")
+        if not isinstance(name, str) or name in announced or not isinstance(size, int) or size < EARLY_HASH_MIN_SIZE:
+            continue
+        if done != size:
+            continue
+        announced.add(name)
+        folder, _, base = name.rpartition("/")
+        partial = re.compile(re.escape(base) + r"\.[0-9a-f]+\.partial")
+        try:
+            found = [entry for entry in os.listdir(dest / folder) if partial.fullmatch(entry)]
+        except OSError:
+            continue
+        if len(found) == 1:
+            on_file(name, staged=f"{folder}/{found[0]}" if folder else found[0])
 
 
 def _split_parent(target: RclonePath) -> tuple[str | None, str]:
@@ -320,30 +349,3 @@ def _literal_pattern(name: str) -> str:
     """An rclone filter pattern matching exactly `name`: a `{{regexp}}` with every special character
     escaped, so globs, braces and backslashes in names are taken literally."""
     return "{{" + "".join(f"\\{c}" if c in _REGEX_SPECIAL else c for c in name) + "}}"
-
-
-_SIZE_OK = re.compile(r'"msg":"size = (\d+) OK"')
-_PARTIAL = re.compile(r"^(?P<rel>.+)\.[0-9a-f]+\.partial$")
-EARLY_HASH_MIN_SIZE = 16 << 20
-"""Files at least this large are hashed under their partial name, beside rclone's own checksum pass;
-smaller ones are hashed once rclone reports them copied (opening each early would cost more)."""
-
-
-def _worth_early_hashing(line: str) -> bool:
-    found = _SIZE_OK.search(line)
-    return found is not None and int(found.group(1)) >= EARLY_HASH_MIN_SIZE
-
-
-def _report_file(item: dict, on_file: OnFile) -> None:
-    """`Copied` lines name a finished file; a debug `size = N OK` line on a `<name>.<hash>.partial`
-    object says its bytes are all written (rclone's checksum pass and rename come next)."""
-    obj = item.get("object")
-    msg = str(item.get("msg", ""))
-    if not obj or not isinstance(obj, str):
-        return
-    if msg.startswith("Copied"):
-        on_file(obj)
-    elif msg.startswith("size = ") and msg.endswith(" OK"):
-        partial = _PARTIAL.match(obj)
-        if partial:
-            on_file(partial.group("rel"), staged=obj)

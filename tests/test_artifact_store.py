@@ -153,20 +153,36 @@ def test_an_early_hash_of_a_file_that_was_replaced_is_not_used(tmp_path: Path) -
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
 
 
-def test_rclone_announces_big_files_under_their_partial_name_before_they_are_copied(tmp_path: Path) -> None:
-    from mlcache.transfer import EARLY_HASH_MIN_SIZE, RcloneTransfer
+def test_big_transfers_whose_bytes_are_all_written_are_announced_once_under_their_partial_name(
+    tmp_path: Path,
+) -> None:
+    from mlcache.transfer import EARLY_HASH_MIN_SIZE, _announce_complete_partials
 
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "big.bin").write_bytes(os.urandom(EARLY_HASH_MIN_SIZE))
-    (src / "small.txt").write_bytes(b"s")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "w.bin.289ba94b.partial").write_bytes(b"")
+    (tmp_path / "w.bin.0a1b2c3d.partial").write_bytes(b"")
+    (tmp_path / "x.bin.0a1b2c3d.partial").write_bytes(b"")
+    big = EARLY_HASH_MIN_SIZE
+    stats = {
+        "transferring": [
+            {"name": "d/w.bin", "size": big, "bytes": big},
+            {"name": "w.bin", "size": big, "bytes": big - 1},
+            {"name": "x.bin", "size": big - 1, "bytes": big - 1},
+            {"name": "gone.bin", "size": big, "bytes": big},
+        ]
+    }
     seen: list[tuple[str, str | None]] = []
-    RcloneTransfer().pull(str(src), tmp_path / "dest", on_file=lambda rel, staged=None: seen.append((rel, staged)))
-    early = [(rel, staged) for rel, staged in seen if staged is not None]
-    assert [rel for rel, _ in early] == ["big.bin"]
-    assert early[0][1].startswith("big.bin.") and early[0][1].endswith(".partial")
-    assert sorted(rel for rel, staged in seen if staged is None) == ["big.bin", "small.txt"]
-    assert seen.index(early[0]) < seen.index(("big.bin", None))
+    announced: set[str] = set()
+
+    def record(rel: str, staged: str | None = None) -> None:
+        seen.append((rel, staged))
+
+    _announce_complete_partials(stats, tmp_path, record, announced)
+    _announce_complete_partials(stats, tmp_path, record, announced)
+    assert seen == [("d/w.bin", "d/w.bin.289ba94b.partial")]
+    stats["transferring"][1]["bytes"] = big
+    _announce_complete_partials(stats, tmp_path, record, announced)
+    assert seen[1:] == [("w.bin", "w.bin.0a1b2c3d.partial")]
 
 
 @pytest.mark.parametrize("name", ["model", "we$ird [1].txt", "x{y}}", "back\\slash*", "é€?"])
