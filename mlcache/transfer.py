@@ -342,10 +342,10 @@ def _split_parent(target: RclonePath) -> tuple[str | None, str]:
     return (f"{remote}:{folder}", name) if folder and name else (None, "")
 
 
-_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+_GLOB_SPECIAL = frozenset("\\*?[]{}")
 
 
 def _literal_pattern(name: str) -> str:
-    """An rclone filter pattern matching exactly `name`: a `{{regexp}}` with every special character
-    escaped, so globs, braces and backslashes in names are taken literally."""
-    return "{{" + "".join(f"\\{c}" if c in _REGEX_SPECIAL else c for c in name) + "}}"
+    """An rclone filter glob matching exactly `name`: every special character escaped with `\\`, so
+    globs, braces and backslashes in names are taken literally (and rclone can still prune folders)."""
+    return "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in name)

@@ -185,7 +185,7 @@ def test_big_transfers_whose_bytes_are_all_written_are_announced_once_under_thei
     assert seen[1:] == [("w.bin", "w.bin.0a1b2c3d.partial")]
 
 
-@pytest.mark.parametrize("name", ["model", "we$ird [1].txt", "x{y}}", "back\\slash*", "é€?"])
+@pytest.mark.parametrize("name", ["model", "we$ird [1].txt", "x{y}}", "a{{b}}", "back\\slash*", "é€?"])
 def test_listing_tells_a_file_from_a_folder_holding_one_file_of_the_same_name(tmp_path: Path, name: str) -> None:
     from mlcache.transfer import RcloneTransfer
 
