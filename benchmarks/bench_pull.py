@@ -154,31 +154,15 @@ class Breakdown:
         setattr(owner, attr, wrapper)
 
     def __enter__(self) -> Breakdown:
-        add = self._add
-
-        class TimedPool(artifact_store.ThreadPoolExecutor):  # the sha256 pool of ArtifactStore._commit
-            def __enter__(self) -> Any:
-                self._t = time.perf_counter()
-                return super().__enter__()
-
-            def __exit__(self, *exc: Any) -> Any:
-                out = super().__exit__(*exc)
-                add("hash pool (wall)", time.perf_counter() - self._t)
-                return out
-
-        self._restore.append((artifact_store, "ThreadPoolExecutor", artifact_store.ThreadPoolExecutor))
-        artifact_store.ThreadPoolExecutor = TimedPool  # type: ignore[misc]
-        self.wrap(transfer.RcloneTransfer, "_run", lambda _self, args, *a, **k: f"rclone {args[0]}")
-        self.wrap(transfer.RcloneTransfer, "list", "transfer.list")
+        self.wrap(transfer.RcloneTransfer, "list", "listing")
+        self.wrap(transfer.RcloneTransfer, "pull", "copy")
         self.wrap(artifact_store.ArtifactStore, "pull", "store.pull")
         self.wrap(artifact_store.ArtifactStore, "_commit", "store._commit")
         self.wrap(artifact_store.ArtifactStore, "install", "store.install")
         self.wrap(artifact_store, "scan_tree", "scan_tree")
-        self.wrap(artifact_store, "sha256_file", "sha256_file (thread-sum)")
+        self.wrap(artifact_store, "_sha256_of", "sha256 (thread-sum)")
         self.wrap(artifact_store, "_make_read_only", "chmod read-only")
-        self.wrap(artifact_store, "write_atomic", "manifest write (fsync)")
         self.wrap(artifact_store, "remove_tree", "remove_tree")
-        self.wrap(artifact_store.ArtifactStore, "lookup", "store.lookup")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -188,34 +172,30 @@ class Breakdown:
 
     def rows(self, total: float) -> list[tuple[str, float, int]]:
         s, c = self.secs, self.count
-        copy = s.get("rclone copy", 0.0)
-        listing = s.get("transfer.list", 0.0)
-        listremotes = s.get("rclone listremotes", 0.0)
-        commit = s.get("store._commit", 0.0)
-        pool = s.get("hash pool (wall)", 0.0)
-        chmod = s.get("chmod read-only", 0.0)
-        install = s.get("store.install", 0.0)
-        scan = s.get("scan_tree", 0.0)
-        pull = s.get("store.pull", 0.0)
-        verify = pull - copy - commit - scan - s.get("remove_tree", 0.0)
+        copy, pull, commit = s.get("copy", 0.0), s.get("store.pull", 0.0), s.get("store._commit", 0.0)
+        scan, chmod, install = s.get("scan_tree", 0.0), s.get("chmod read-only", 0.0), s.get("store.install", 0.0)
+        cleanup = s.get("remove_tree", 0.0)
         rows = [
-            ("rclone listremotes (config probe)", listremotes, c.get("rclone listremotes", 0)),
-            (
-                "listing: rclone lsjson (-R, + --stat for a file)",
-                s.get("rclone lsjson", 0.0),
-                c.get("rclone lsjson", 0),
-            ),
-            ("listing: JSON parse, RemoteFile objects", listing - listremotes - s.get("rclone lsjson", 0.0), 1),
-            ("rclone copy into the stage", copy, c.get("rclone copy", 0)),
-            ("scan_tree of the stage", scan, c.get("scan_tree", 0)),
-            ("size check vs listing + stage cleanup", verify + s.get("remove_tree", 0.0), 1),
-            ("sha256 hashing (4-thread pool, wall)", pool, c.get("sha256_file (thread-sum)", 0)),
+            ("rclone copy into the stage", copy, c.get("copy", 0)),
+            ("scan_tree of the stage (one stat per file)", scan, c.get("scan_tree", 0)),
+            ("wait for listing and background hashes, size check", pull - copy - scan - commit - cleanup, 1),
+            ("commit: hashes left, chmod, manifest build", commit - chmod - install, 1),
             ("chmod read-only", chmod, c.get("chmod read-only", 0)),
-            ("manifest build (stat per file, pydantic)", commit - pool - chmod - install, 1),
             ("install: rename + manifest write (fsync)", install, c.get("store.install", 0)),
+            ("stage cleanup", cleanup, c.get("remove_tree", 0)),
         ]
         rows.append(("other (api, lock, lookups, listing.version)", total - sum(r[1] for r in rows), 0))
         return rows
+
+    def side_notes(self) -> list[str]:
+        """Work that overlaps the rows above (other threads), so not part of their sum."""
+        s, c = self.secs, self.count
+        return [
+            f"(beside the copy: rclone lsjson listing {1000 * s.get('listing', 0.0):.0f} ms, "
+            f"{c.get('listing', 0)} call; "
+            f"sha256 summed over threads {1000 * s.get('sha256 (thread-sum)', 0.0):.0f} ms, "
+            f"{c.get('sha256 (thread-sum)', 0)} files)"
+        ]
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -371,8 +351,7 @@ class Bench:
                 self.bd_lines.append(f"    {label:50s} {secs * 1000:8.1f} ms {100 * secs / total:5.1f}%  {calls}")
             if bd.missing:
                 self.bd_lines.append(f"    (not found in mlcache, not broken out: {', '.join(bd.missing)})")
-            thread_sum = bd.secs.get("sha256_file (thread-sum)", 0.0)
-            self.bd_lines.append(f"    (sha256_file summed over the pool's threads: {thread_sum * 1000:.0f} ms)")
+            self.bd_lines.extend(f"    {note}" for note in bd.side_notes())
             if self.args.profile:
                 self.profile(case)
 

@@ -74,7 +74,13 @@ class Manifest(BaseModel):
     last_used: datetime
 
 
-def sha256_file(path: Path) -> str:
+_BLOCK = 1 << 20
+BIG_FILE = 4 * _BLOCK
+"""Files from this size on are hashed on worker threads (hashlib releases the GIL on big blocks);
+smaller ones cost more in thread hand-offs than in hashing, so one thread does them in turn."""
+
+
+def sha256_file(path: Path | str) -> str:
     with open(path, "rb", buffering=0) as handle:
         return _sha256_of(handle)
 
@@ -85,21 +91,23 @@ def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
 
 def _sha256_if_file(path: str) -> tuple[str, tuple[int, int, int, int]] | None:
     """sha256 of a regular file (not a link) and the identity of what was read (device, inode, size,
-    mtime), or None when there is none at `path`."""
+    mtime), or None when there is none at `path`. Plain descriptors: this runs once per small file."""
     try:
-        with open(path, "rb", buffering=0) as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode) or os.path.islink(path):
-                return None
-            digest = _sha256_of(handle)
-            return digest, _identity(os.fstat(handle.fileno()))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
-
-
-_BLOCK = 1 << 20
-BIG_FILE = 4 * _BLOCK
-"""Files from this size on are hashed on worker threads (hashlib releases the GIL on big blocks);
-smaller ones cost more in thread hand-offs than in hashing, so one thread does them in turn."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, _BLOCK):
+            digest.update(chunk)
+        return digest.hexdigest(), _identity(os.fstat(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _sha256_of(handle: BinaryIO) -> str:
@@ -124,12 +132,12 @@ class _EarlyHash:
     inode: tuple[int, int]
     digest: Future[str]
 
-    def matches(self, path: Path) -> bool:
-        info = path.lstat()
+    def matches(self, path: str) -> bool:
+        info = os.lstat(path)
         return (info.st_dev, info.st_ino) == self.inode
 
 
-def _make_read_only(path: Path, mode: int) -> None:
+def _make_read_only(path: str, mode: int) -> None:
     """Drop the write bits of a regular file whose mode (from its scan) is `mode`."""
     if stat.S_ISREG(mode) and mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
@@ -196,7 +204,7 @@ class _SmallFileHasher:
 class StagedFile(NamedTuple):
     """One file of a staged tree, stat'ed once by `scan_tree` (`identity`: device, inode, size, mtime)."""
 
-    path: Path
+    path: str
     size: int
     mode: int
     is_link: bool
@@ -208,7 +216,9 @@ def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
     folders are not followed (as `os.walk`), links to files are listed."""
     if not is_dir:
         info = root.lstat()
-        return {root.name: StagedFile(root, info.st_size, info.st_mode, stat.S_ISLNK(info.st_mode), _identity(info))}
+        return {
+            root.name: StagedFile(str(root), info.st_size, info.st_mode, stat.S_ISLNK(info.st_mode), _identity(info))
+        }
     files: dict[str, StagedFile] = {}
     top = root.resolve()
 
@@ -224,12 +234,12 @@ def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
                         raise UnsafeArtifact(f"link {rel} points to nothing ({os.readlink(entry.path)})")
                     if not target.is_dir():
                         info = entry.stat(follow_symlinks=False)
-                        files[rel] = StagedFile(Path(entry.path), target.stat().st_size, info.st_mode, True)
+                        files[rel] = StagedFile(entry.path, target.stat().st_size, info.st_mode, True)
                 elif entry.is_dir(follow_symlinks=False):
                     walk(entry.path, f"{rel}/")
                 else:
                     info = entry.stat(follow_symlinks=False)
-                    files[rel] = StagedFile(Path(entry.path), info.st_size, info.st_mode, False, _identity(info))
+                    files[rel] = StagedFile(entry.path, info.st_size, info.st_mode, False, _identity(info))
 
     walk(str(root), "")
     return files

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, NamedTuple, Protocol
 
 from .errors import EntityNotFound, MlcacheError
 from .remotes import RclonePath, to_rclone
@@ -34,8 +34,7 @@ class TransferError(MlcacheError):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class RemoteFile:
+class RemoteFile(NamedTuple):
     """One file of a remote tree: its path relative to the listed URL, size and modification time."""
 
     path: str
