@@ -433,7 +433,7 @@ class Bench:
             "store: rclone serve s3 on 127.0.0.1 (local disk, page cache warm); mlcache cold pulls cache the "
             "run metadata first (untimed)"
         )
-        self.out(f"best of {a.repeats}, fresh destination / empty cache each time; runs interleaved")
+        self.out(f"{a.repeats} runs per tool and case, fresh destination / empty cache each time; interleaved")
         self.out("")
         head = f"{'case':28s} {'tool':32s} {'best s':>8s} {'median s':>9s} {'MiB/s':>8s} {'files/s':>9s}"
         self.out(head)
@@ -451,14 +451,17 @@ class Bench:
                     f"{nbytes / MiB / b:8.1f} {nfiles / b:9.0f}"
                 )
         self.out("")
-        self.out("Ratios (throughput of best runs)                          value   target   met")
+        self.out("Ratios (paired: median over repetitions of the two tools' times in that repetition;")
+        self.out("        best: of the best runs)                           value   target   met")
         passed = True
         for case in ("big", "small"):
-            r = best[(case, "rclone")] / best[(case, "mlcache")]
+            r = self.paired(case, "rclone", "mlcache")
             ok = r >= 0.9
             passed &= ok
             met = "yes" if ok else "NO"
-            self.out(f"  {case:5s} mlcache / raw rclone throughput                    {r:6.2f}x  >= 0.90x  {met}")
+            self.out(f"  {case:5s} mlcache / raw rclone throughput, paired            {r:6.2f}x  >= 0.90x  {met}")
+            r_best = best[(case, "rclone")] / best[(case, "mlcache")]
+            self.out(f"  {case:5s} mlcache / raw rclone throughput, best              {r_best:6.2f}x  (diagnostic)")
             r2 = best[(case, "rclone*")] / best[(case, "mlcache")]
             self.out(f"  {case:5s} mlcache / its own copy step alone                   {r2:6.2f}x  (diagnostic)")
             s = best[(case, "mlflow")] / best[(case, "mlcache")]
@@ -502,6 +505,12 @@ class Bench:
         self.out(f"total benchmark time {elapsed:.0f}s")
         return passed
 
+    def paired(self, case: str, baseline: str, tool: str) -> float:
+        """Median over repetitions of baseline time / tool time, each pair run in the same repetition
+        (interleaved), so a slow spell of the shared 2 cores hits both sides of a pair."""
+        pairs = zip(self.results[(case, baseline)], self.results[(case, tool)], strict=True)
+        return statistics.median(b / t for b, t in pairs)
+
     def versions(self) -> str:
         import mlflow
 
@@ -519,7 +528,7 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="32 MiB and 200 files (smoke run)")
-    parser.add_argument("--repeats", type=int, default=3, help="cold pulls per tool and case (best is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="cold pulls per tool and case")
     parser.add_argument("--warm-seconds", type=float, default=2.0, help="duration of each warm-hit loop")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one mlcache cold pull")
     args = parser.parse_args()
