@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from common import calls_per_second, rmtree, tree_stats  # noqa: E402
 
 import mlcache  # noqa: E402
-from mlcache import artifact_store, transfer  # noqa: E402
+from mlcache import artifact_store, hashing, transfer  # noqa: E402
 from mlcache.layout import encode_part  # noqa: E402
 from mlcache.transfer import find_rclone  # noqa: E402
 
@@ -160,8 +160,8 @@ class Breakdown:
         self.wrap(artifact_store.ArtifactStore, "_commit", "store._commit")
         self.wrap(artifact_store.ArtifactStore, "install", "store.install")
         self.wrap(artifact_store, "scan_tree", "scan_tree")
-        self.wrap(artifact_store, "_sha256_of", "sha256 (thread-sum)")
-        self.wrap(artifact_store, "_sha256_if_file", "sha256 (thread-sum)")
+        self.wrap(hashing, "_sha256_of", "sha256 (thread-sum)")
+        self.wrap(hashing, "_sha256_if_file", "sha256 (thread-sum)")
         self.wrap(artifact_store, "_make_read_only", "chmod read-only")
         self.wrap(artifact_store, "remove_tree", "remove_tree")
         return self

@@ -10,23 +10,21 @@ lock only keeps N readers from downloading the same thing N times.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
 from .errors import CorruptMetadata, MlcacheError
+from .hashing import PullHasher, StagedFile, identity, sha256_file, sha256_files
 from .layout import CacheLayout, decode_part, encode_part, write_atomic
 from .locks import entry_lock
 from .timeutil import utcnow
@@ -74,69 +72,6 @@ class Manifest(BaseModel):
     last_used: datetime
 
 
-_BLOCK = 1 << 20
-BIG_FILE = 4 * _BLOCK
-"""Files from this size on are hashed on worker threads (hashlib releases the GIL on big blocks);
-smaller ones cost more in thread hand-offs than in hashing, so one thread does them in turn."""
-
-
-def sha256_file(path: Path | str) -> str:
-    with open(path, "rb", buffering=0) as handle:
-        return _sha256_of(handle)
-
-
-def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
-
-
-def _sha256_if_file(path: str) -> tuple[str, tuple[int, int, int, int]] | None:
-    """sha256 of a regular file (not a link) and the identity of what was read (device, inode, size,
-    mtime), or None when there is none at `path`. Plain descriptors: this runs once per small file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, _BLOCK):
-            digest.update(chunk)
-        return digest.hexdigest(), _identity(os.fstat(fd))
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _sha256_of(handle: BinaryIO) -> str:
-    """sha256 of an open unbuffered file from its start: one read when small, else 1 MiB blocks
-    into one buffer."""
-    if os.fstat(handle.fileno()).st_size <= _BLOCK:
-        return hashlib.sha256(handle.readall()).hexdigest()  # type: ignore[attr-defined]
-    digest = hashlib.sha256()
-    buffer = bytearray(_BLOCK)
-    view = memoryview(buffer)
-    while size := handle.readinto(buffer):  # type: ignore[attr-defined]
-        digest.update(view[:size])
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class _EarlyHash:
-    """A file hashed under its staged name. Its handle stays open until the pull ends, so the inode
-    cannot be reused: the digest holds for the final file only if that is the same inode."""
-
-    handle: BinaryIO
-    inode: tuple[int, int]
-    digest: Future[str]
-
-    def matches(self, path: str) -> bool:
-        info = os.lstat(path)
-        return (info.st_dev, info.st_ino) == self.inode
-
-
 def _make_read_only(path: str, mode: int) -> None:
     """Drop the write bits of a regular file whose mode (from its scan) is `mode`."""
     if stat.S_ISREG(mode) and mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
@@ -160,64 +95,13 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-class _SmallFileHasher:
-    """Hashes files of a staging folder in turn on one thread, as they are reported. The reader only
-    appends to a list; the thread picks up what has piled up, so the two rarely contend for the GIL."""
-
-    def __init__(self, root: Path) -> None:
-        self._root = str(root)
-        self._pending: list[str] = []
-        self._results: dict[str, tuple[str, tuple[int, int, int, int]] | None] = {}
-        self._done = threading.Event()
-        self._cancelled = False
-        self._thread = threading.Thread(target=self._run, name="mlcache-hash", daemon=True)
-        self._thread.start()
-
-    def add(self, rel: str) -> None:
-        self._pending.append(rel)
-
-    def _run(self) -> None:
-        while not self._cancelled:
-            finished = self._done.is_set()
-            batch, self._pending = self._pending, []
-            for rel in batch:
-                if self._cancelled:
-                    return
-                self._results[rel] = _sha256_if_file(os.path.join(self._root, rel))
-            if finished and not self._pending:
-                return
-            if not batch:
-                self._done.wait(0.01)
-
-    def results(self) -> dict[str, tuple[str, tuple[int, int, int, int]] | None]:
-        """Every reported file's (sha256, identity), once all are hashed."""
-        self._done.set()
-        self._thread.join()
-        return self._results
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._done.set()
-        self._thread.join()
-
-
-class StagedFile(NamedTuple):
-    """One file of a staged tree, stat'ed once by `scan_tree` (`identity`: device, inode, size, mtime)."""
-
-    path: str
-    size: int
-    mode: int
-    is_link: bool
-    identity: tuple[int, int, int, int] = (0, 0, 0, 0)
-
-
 def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
     """Relative POSIX path -> file of a staged tree; refuses links that leave the tree. Links to
     folders are not followed (as `os.walk`), links to files are listed."""
     if not is_dir:
         info = root.lstat()
         return {
-            root.name: StagedFile(str(root), info.st_size, info.st_mode, stat.S_ISLNK(info.st_mode), _identity(info))
+            root.name: StagedFile(str(root), info.st_size, info.st_mode, stat.S_ISLNK(info.st_mode), identity(info))
         }
     files: dict[str, StagedFile] = {}
     top = root.resolve()
@@ -239,7 +123,7 @@ def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
                     walk(entry.path, f"{rel}/")
                 else:
                     info = entry.stat(follow_symlinks=False)
-                    files[rel] = StagedFile(entry.path, info.st_size, info.st_mode, False, _identity(info))
+                    files[rel] = StagedFile(entry.path, info.st_size, info.st_mode, False, identity(info))
 
     walk(str(root), "")
     return files
@@ -363,29 +247,12 @@ class ArtifactStore:
         through `on_file` are hashed while the rest still downloads. The caller holds the entry's
         lock; `replace` re-syncs a complete entry."""
         stage = self.new_stage("pull")
-        with ThreadPoolExecutor(max_workers=1) as lister, ThreadPoolExecutor(2) as big:
-            small = _SmallFileHasher(stage)
-            reported: set[str] = set()
-            early: dict[str, _EarlyHash] = {}
-
-            def on_file(rel: str, staged: str | None = None) -> None:
-                if rel in reported or rel in early:
-                    return
-                if staged is None:
-                    reported.add(rel)
-                    small.add(rel)
-                    return
-                try:
-                    handle = open(stage / staged, "rb", buffering=0)  # noqa: SIM115 (closed when the pull ends)
-                except OSError:
-                    return
-                info = os.fstat(handle.fileno())
-                early[rel] = _EarlyHash(handle, (info.st_dev, info.st_ino), big.submit(_sha256_of, handle))
-
+        with ThreadPoolExecutor(max_workers=1) as lister:
+            hasher = PullHasher(stage)
             try:
                 listed = lister.submit(list_source)
                 try:
-                    fetch(stage, on_file)
+                    fetch(stage, hasher.on_file)
                 finally:
                     listing = listed.result()
                 produced = stage if listing.is_dir else stage / listing.files[0].path
@@ -402,23 +269,10 @@ class ArtifactStore:
                         f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, "
                         f"size {wrong})"
                     )
-                known = {
-                    rel: done[0]
-                    for rel, done in small.results().items()
-                    if rel in files and done is not None and done[1] == files[rel].identity
-                }
-                known.update(
-                    (rel, hashed.digest.result())
-                    for rel, hashed in early.items()
-                    if rel in files and rel not in known and hashed.matches(files[rel].path)
-                )
+                known = hasher.digests(files)
                 return self._commit(key, produced, files, listing.url, listing.version(), replace, known)
             finally:
-                small.cancel()
-                for hashed in early.values():
-                    if not hashed.digest.cancel():
-                        hashed.digest.exception()  # a running hash still reads the handle: let it end first
-                    hashed.handle.close()
+                hasher.close()
                 remove_tree(stage)
 
     def adopt(self, key: EntryKey, src: Path, source_url: str, source_version: str, move: bool) -> Path:
@@ -448,12 +302,7 @@ class ArtifactStore:
         known: dict[str, str] | None = None,
     ) -> Path:
         digests = dict(known or {})
-        todo = [rel for rel in files if rel not in digests]
-        large = [rel for rel in todo if files[rel].size >= BIG_FILE]
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            hashed = zip(large, pool.map(sha256_file, (files[rel].path for rel in large)), strict=True)
-            digests.update((rel, sha256_file(files[rel].path)) for rel in todo if files[rel].size < BIG_FILE)
-            digests.update(hashed)
+        digests.update(sha256_files({rel: f for rel, f in files.items() if rel not in digests}))
         for staged in files.values():
             if not staged.is_link:
                 _make_read_only(staged.path, staged.mode)

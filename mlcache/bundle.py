@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .artifact_store import ArtifactStore, remove_tree, sha256_file
+from .artifact_store import ArtifactStore, remove_tree
 from .errors import CorruptMetadata, MlcacheError
+from .hashing import sha256_file
 from .layout import CacheLayout
 from .metadata_store import KINDS, MetadataStore
 from .timeutil import utcnow

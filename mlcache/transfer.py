@@ -66,8 +66,8 @@ class Listing:
 
 class OnFile(Protocol):
     """Told about each pulled file: `rel` is its path under the destination; `staged`, when given,
-    is where its complete bytes already sit under another name (before a final check and rename),
-    so hashing can start early."""
+    is where its complete bytes already sit (its own name or a temporary one) while the transfer
+    still checks them, so hashing can start early."""
 
     def __call__(self, rel: str, staged: str | None = None) -> None: ...
 
@@ -83,8 +83,8 @@ class Transfer(ABC):
     def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
         """Copy what `url` holds into the folder `dest` (a single file lands as `dest/<name>`);
         `on_file(relative_path)` may be called as each file completes, so hashing can overlap
-        (and `on_file(relative_path, staged=name)` as soon as its bytes are complete under a
-        temporary name). The caller lists `url` at the same time and checks the result against it."""
+        (and `on_file(relative_path, staged=name)` as soon as its bytes are complete at `name`).
+        The caller lists `url` at the same time and checks the result against it."""
 
     @abstractmethod
     def push(self, src: Path, url: str, progress: bool = False) -> None:
@@ -253,8 +253,8 @@ class RcloneTransfer(Transfer):
         dest: Path | None = None,
     ) -> None:
         """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats.
-        With `on_file`, stats every 0.1 s also show when a big file's bytes are all in `dest` under
-        its partial name, while rclone re-reads it for its own checksum, so hashing can overlap that."""
+        With `on_file`, stats every 0.1 s also show when a big file's bytes are all in `dest`, while
+        rclone re-reads it for its own checksum, so hashing can overlap that."""
         from rclone_python.utils import complete_task, create_progress_bar, extract_rclone_progress, update_tasks
 
         every = "0.1s" if on_file is not None else "0.2s" if progress else "0"
@@ -288,7 +288,7 @@ class RcloneTransfer(Transfer):
                     if str(item.get("msg", "")).startswith(_COPIED) and isinstance(item.get("object"), str):
                         on_file(item["object"])
                     elif dest is not None and isinstance(item.get("stats"), dict):
-                        _announce_complete_partials(item["stats"], dest, on_file, announced)
+                        _announce_complete_files(item["stats"], dest, on_file, announced)
                 if item.get("level") in ("error", "critical"):
                     errors.append(f"{item.get('object', '')}: {item.get('msg', '')}".strip(": "))
                 elif bar is not None and task is not None:
@@ -307,8 +307,8 @@ class RcloneTransfer(Transfer):
 
 _COPIED = ("Copied", "Multi-thread Copied")
 EARLY_HASH_MIN_SIZE = 16 << 20
-"""Files at least this large are hashed under their partial name once all their bytes are written,
-beside rclone's own checksum pass; smaller ones are hashed when rclone reports them copied."""
+"""Files at least this large are hashed as soon as all their bytes are written, beside rclone's own
+checksum pass; smaller ones are hashed when rclone reports them copied."""
 
 
 _PULL_FLAGS = ("--inplace", "--retries", "1")
@@ -318,7 +318,7 @@ pass only (`--retries 1`): a file is never written again after rclone reported i
 as files land stay true; a failed pass fails the pull, which mlcache retries in a fresh stage."""
 
 
-def _announce_complete_partials(stats: dict, dest: Path, on_file: OnFile, announced: set[str]) -> None:
+def _announce_complete_files(stats: dict, dest: Path, on_file: OnFile, announced: set[str]) -> None:
     """For each big transfer whose bytes are all written (rclone's checksum pass comes next), tell
     `on_file` where the file is, once: in place, or under a `<name>.<hash>.partial` name beside it."""
     for transfer in stats.get("transferring") or ():

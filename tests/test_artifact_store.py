@@ -153,10 +153,10 @@ def test_an_early_hash_of_a_file_that_was_replaced_is_not_used(tmp_path: Path) -
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
 
 
-def test_big_transfers_whose_bytes_are_all_written_are_announced_once_under_their_partial_name(
+def test_big_transfers_whose_bytes_are_all_written_are_announced_once_where_they_sit(
     tmp_path: Path,
 ) -> None:
-    from mlcache.transfer import EARLY_HASH_MIN_SIZE, _announce_complete_partials
+    from mlcache.transfer import EARLY_HASH_MIN_SIZE, _announce_complete_files
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "w.bin.289ba94b.partial").write_bytes(b"")
@@ -177,14 +177,14 @@ def test_big_transfers_whose_bytes_are_all_written_are_announced_once_under_thei
     def record(rel: str, staged: str | None = None) -> None:
         seen.append((rel, staged))
 
-    _announce_complete_partials(stats, tmp_path, record, announced)
-    _announce_complete_partials(stats, tmp_path, record, announced)
+    _announce_complete_files(stats, tmp_path, record, announced)
+    _announce_complete_files(stats, tmp_path, record, announced)
     assert seen == [("d/w.bin", "d/w.bin.289ba94b.partial")]
     stats["transferring"][1]["bytes"] = big
-    _announce_complete_partials(stats, tmp_path, record, announced)
+    _announce_complete_files(stats, tmp_path, record, announced)
     assert seen[1:] == [("w.bin", "w.bin.0a1b2c3d.partial")]
     (tmp_path / "inplace.bin").write_bytes(b"")
-    _announce_complete_partials(
+    _announce_complete_files(
         {"transferring": [{"name": "inplace.bin", "size": big, "bytes": big}]}, tmp_path, record, announced
     )
     assert seen[2:] == [("inplace.bin", "inplace.bin")]
