@@ -9,7 +9,7 @@ S3-compatible store, `mlflow server` with artifact root `s3://bucket/mlartifacts
 2. cold pulls, best of N, fresh destination / empty cache each time, interleaved per repetition:
      - mlcache   `api.cache_run_artifact(run_id, path)` on a new api with an empty cache dir; the
                  run's metadata is cached first (`api.cache_run_meta`) and NOT timed, so only the
-                 artifact pull (probe, copy, verification, hashing, install) is timed;
+                 artifact pull (listing, copy, verification, hashing, install) is timed;
      - rclone    `rclone copy --transfers 16 S3:bucket/.../artifacts/<path> <dest>` (same binary
                  as mlcache, remote defined through RCLONE_CONFIG_S3_* variables);
      - rclone*   diagnostic: mlcache's copy step alone (`RcloneTransfer.pull`: its remote
@@ -155,7 +155,6 @@ class Breakdown:
 
     def __enter__(self) -> Breakdown:
         self.wrap(transfer.RcloneTransfer, "list", "listing")
-        self.wrap(transfer.RcloneTransfer, "probe", "probe")
         self.wrap(transfer.RcloneTransfer, "pull", "copy")
         self.wrap(artifact_store.ArtifactStore, "pull", "store.pull")
         self.wrap(artifact_store.ArtifactStore, "_commit", "store._commit")
@@ -180,7 +179,7 @@ class Breakdown:
         rows = [
             ("rclone copy into the stage", copy, c.get("copy", 0)),
             ("scan_tree of the stage (one stat per file)", scan, c.get("scan_tree", 0)),
-            ("wait for probe and background hashes, checks", pull - copy - scan - commit - cleanup, 1),
+            ("wait for listing and background hashes, size check", pull - copy - scan - commit - cleanup, 1),
             ("commit: hashes left, chmod, manifest build", commit - chmod - install, 1),
             ("chmod read-only", chmod, c.get("chmod read-only", 0)),
             ("install: rename + manifest write (fsync)", install, c.get("store.install", 0)),
@@ -192,9 +191,9 @@ class Breakdown:
     def side_notes(self) -> list[str]:
         """Work that overlaps the rows above (other threads), so not part of their sum."""
         s, c = self.secs, self.count
-        listing = f"; full listing {1000 * s['listing']:.0f} ms" if c.get("listing") else ""
         return [
-            f"(beside the copy: rclone lsjson probe {1000 * s.get('probe', 0.0):.0f} ms{listing}; "
+            f"(beside the copy: rclone lsjson listing {1000 * s.get('listing', 0.0):.0f} ms, "
+            f"{c.get('listing', 0)} call; "
             f"sha256 summed over threads {1000 * s.get('sha256 (thread-sum)', 0.0):.0f} ms, "
             f"{c.get('sha256 (thread-sum)', 0)} files)"
         ]

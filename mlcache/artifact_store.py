@@ -23,12 +23,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import CorruptMetadata, EntityNotFound, MlcacheError
+from .errors import CorruptMetadata, MlcacheError
 from .hashing import PullHasher, StagedFile, identity, sha256_file, sha256_files
 from .layout import CacheLayout, decode_part, encode_part, write_atomic
 from .locks import entry_lock
-from .timeutil import rfc3339_ns, utcnow
-from .transfer import Listing, OnFile, PullReport, RemoteFile
+from .timeutil import utcnow
+from .transfer import Listing
 
 MANIFEST_VERSION = 1
 
@@ -93,31 +93,6 @@ def remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
     elif path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _check_against_listing(files: dict[str, StagedFile], listing: Listing) -> None:
-    expected = {f.path: f.size for f in listing.files}
-    got = {rel: staged.size for rel, staged in files.items()}
-    if got != expected:
-        missing = sorted(set(expected) - set(got))[:3]
-        extra = sorted(set(got) - set(expected))[:3]
-        wrong = sorted(p for p in set(got) & set(expected) if got[p] != expected[p])[:3]
-        raise UnsafeArtifact(
-            f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, size {wrong})"
-        )
-
-
-def _listing_of_pulled_tree(files: dict[str, StagedFile], url: str, report: PullReport) -> Listing:
-    """The listing of a folder the copy listed itself: the staged files, which must be what the
-    transfer reports it copied; their times are the source's (rclone sets them)."""
-    if (len(files), sum(f.size for f in files.values())) != tuple(report):
-        raise UnsafeArtifact(
-            f"pulled {url} differs from what the transfer reported ({len(files)} files, "
-            f"{sum(f.size for f in files.values())} bytes staged; {report.files} files, {report.bytes} bytes copied)"
-        )
-    if not files:
-        raise EntityNotFound("artifact", url, "nothing at that location")
-    return Listing(url, True, tuple(RemoteFile(rel, f.size, rfc3339_ns(f.identity[3])) for rel, f in files.items()))
 
 
 def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
@@ -263,35 +238,37 @@ class ArtifactStore:
     def pull(
         self,
         key: EntryKey,
-        fetch: Callable[[Path, OnFile], PullReport | None],
+        fetch: Callable[[Path, Callable[[str], None]], None],
         list_source: Callable[[], Listing],
         replace: bool = False,
-        probe: Callable[[], Listing] | None = None,
     ) -> Path:
-        """Stage with `fetch(stage_dir, on_file)` while `probe()` (by default `list_source()`) looks
-        at the remote, verify the staged tree against that listing (or, for a folder the probe did
-        not list, against what `fetch` reports it copied), hash, rename into place, write the
-        manifest. Files reported through `on_file` are hashed while the rest still downloads. The
-        caller holds the entry's lock; `replace` re-syncs a complete entry."""
+        """Stage with `fetch(stage_dir, on_file)` while `list_source()` lists the remote, verify the
+        staged tree against that listing, hash, rename into place, write the manifest. Files reported
+        through `on_file` are hashed while the rest still downloads. The caller holds the entry's
+        lock; `replace` re-syncs a complete entry."""
         stage = self.new_stage("pull")
         with ThreadPoolExecutor(max_workers=1) as lister:
             hasher = PullHasher(stage)
             try:
-                probed = lister.submit(probe or list_source)
+                listed = lister.submit(list_source)
                 try:
-                    report = fetch(stage, hasher.on_file)
+                    fetch(stage, hasher.on_file)
                 finally:
-                    listing = probed.result()
-                if not listing.files_listed and report is None:
-                    listing = list_source()
+                    listing = listed.result()
                 produced = stage if listing.is_dir else stage / listing.files[0].path
                 if not (produced.exists() or produced.is_symlink()):
                     raise UnsafeArtifact(f"pulling {listing.url} produced nothing")
                 files = scan_tree(produced, listing.is_dir)
-                if listing.files_listed:
-                    _check_against_listing(files, listing)
-                elif report is not None:
-                    listing = _listing_of_pulled_tree(files, listing.url, report)
+                expected = {f.path: f.size for f in listing.files}
+                got = {rel: staged.size for rel, staged in files.items()}
+                if got != expected:
+                    missing = sorted(set(expected) - set(got))[:3]
+                    extra = sorted(set(got) - set(expected))[:3]
+                    wrong = sorted(p for p in set(got) & set(expected) if got[p] != expected[p])[:3]
+                    raise UnsafeArtifact(
+                        f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, "
+                        f"size {wrong})"
+                    )
                 known = hasher.digests(files)
                 return self._commit(key, produced, files, listing.url, listing.version(), replace, known)
             finally:

@@ -140,10 +140,6 @@ class ArtifactsMixin:
                 found = self._artifacts.covering(key)
                 if found is not None and not self.always_pull_artifacts:
                     return found[1]
-
-                def probe() -> Listing:
-                    return self.retry.call("list", lambda: transfer.probe(source), source)
-
                 if found is not None:
                     listing = self.retry.call("list", lambda: transfer.list(source), source)
                     manifest = self._artifacts.read_manifest(entry)
@@ -165,7 +161,6 @@ class ArtifactsMixin:
                         lambda stage, on_file: transfer.pull(source, stage, self.show_progress, on_file),
                         list_source,
                         replace=found is not None,
-                        probe=probe if found is None else None,
                     ),
                     entry.label,
                 )

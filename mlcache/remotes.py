@@ -136,23 +136,3 @@ def to_rclone(url: str, env: Mapping[str, str] | None = None, configured: frozen
             return RclonePath(f"az:{container}/{key}")
         return RclonePath(f"MLCACHE_AZ:{container}/{key}", _azure_env(env, account))
     raise UnsupportedUrl(f"no rclone mapping for artifact URL {url!r} (supported: s3, gs, az, wasbs, file, /path)")
-
-
-def split_parent(target: RclonePath) -> tuple[str | None, str]:
-    """(parent path, name) of an rclone path; no parent for a bucket, container or filesystem root."""
-    path = target.path.rstrip("/") or target.path
-    if target.local:
-        parent, _, name = path.rpartition("/")
-        return (parent or "/", name) if name and path != "/" else (None, "")
-    remote, _, inside = path.partition(":")
-    folder, _, name = inside.rpartition("/")
-    return (f"{remote}:{folder}", name) if folder and name else (None, "")
-
-
-_GLOB_SPECIAL = frozenset("\\*?[]{}")
-
-
-def literal_pattern(name: str) -> str:
-    """An rclone filter glob matching exactly `name`: every special character escaped with `\\`, so
-    globs, braces and backslashes in names are taken literally (and rclone can still prune folders)."""
-    return "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in name)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import ClassVar, NamedTuple, Protocol
 
 from .errors import EntityNotFound, MlcacheError
-from .remotes import RclonePath, literal_pattern, split_parent, to_rclone
+from .remotes import RclonePath, to_rclone
 from .timeutil import canonical_rfc3339
 
 
@@ -45,13 +45,11 @@ class RemoteFile(NamedTuple):
 
 @dataclass(frozen=True)
 class Listing:
-    """What a URL holds: one file, or a directory tree of files. A probe's listing of a folder may
-    leave the files out (`files_listed=False`): the pull then says what it copied."""
+    """What a URL holds: one file, or a directory tree of files."""
 
     url: str
     is_dir: bool
     files: tuple[RemoteFile, ...]
-    files_listed: bool = True
 
     @property
     def total_size(self) -> int:
@@ -59,20 +57,13 @@ class Listing:
 
     def version(self) -> str:
         """A cheap fingerprint of the remote content (paths, sizes, modification times; one spelling
-        per instant, so a listing and a pulled tree's times compare)."""
+        per instant, so listings made in different time zones compare)."""
         import hashlib
 
         digest = hashlib.sha256()
         for f in sorted(self.files, key=lambda f: f.path):
             digest.update(f"{f.path}\0{f.size}\0{canonical_rfc3339(f.mtime)}\n".encode())
         return digest.hexdigest()
-
-
-class PullReport(NamedTuple):
-    """What a transfer says it copied: how many files and bytes."""
-
-    files: int
-    bytes: int
 
 
 class OnFile(Protocol):
@@ -90,19 +81,12 @@ class Transfer(ABC):
     def list(self, url: str) -> Listing:
         """What `url` holds; `EntityNotFound` if nothing."""
 
-    def probe(self, url: str) -> Listing:
-        """What `url` is, as cheaply as the store allows: a pull's caller runs it beside the copy.
-        A folder's listing may leave its files out (`files_listed=False`) when `pull` reports what
-        it copied. By default the full `list`."""
-        return self.list(url)
-
     @abstractmethod
-    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> PullReport | None:
+    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
         """Copy what `url` holds into the folder `dest` (a single file lands as `dest/<name>`);
         `on_file(relative_path)` may be called as each file completes, so hashing can overlap
         (and `on_file(relative_path, staged=name)` as soon as its bytes are complete at `name`).
-        Returns how many files and bytes it copied, when it can tell (None otherwise). The caller
-        probes or lists `url` at the same time and checks the result against it."""
+        The caller lists `url` at the same time and checks the result against it."""
 
     @abstractmethod
     def push(self, src: Path, url: str, progress: bool = False) -> None:
@@ -188,11 +172,11 @@ class RcloneTransfer(Transfer):
         """One `lsjson` of the parent, filtered to the name: a file and a folder holding one file of
         the same name look alike when listed directly, so this tells them apart in the same call."""
         target = self.resolve(url)
-        parent, name = split_parent(target)
+        parent, name = _split_parent(target)
         if parent is None:
             files = self._lsjson(url, target.path, target.env, [])
             return Listing(url, True, files)
-        pattern = literal_pattern(name)
+        pattern = _literal_pattern(name)
         items = self._lsjson(url, parent, target.env, ["--include", f"/{pattern}", "--include", f"/{pattern}/**"])
         for item in items:
             if item.path == name:
@@ -202,42 +186,6 @@ class RcloneTransfer(Transfer):
         if not inside:
             raise EntityNotFound("artifact", url, "nothing at that location")
         return Listing(url, True, inside)
-
-    def probe(self, url: str) -> Listing:
-        """One non-recursive `lsjson` of the parent, filtered to the name: a file comes back listed;
-        a folder comes back without its files, which the copy reports (so the tree is listed once,
-        by the copy, not twice)."""
-        target = self.resolve(url)
-        parent, name = split_parent(target)
-        if parent is None:
-            return Listing(url, True, (), files_listed=False)
-        pattern = literal_pattern(name)
-        result = self._run(
-            [
-                "lsjson",
-                "--no-mimetype",
-                "--use-server-modtime",
-                "--include",
-                f"/{pattern}",
-                "--include",
-                f"/{pattern}/**",
-                "--",
-                parent,
-            ],
-            target.env,
-            check=False,
-        )
-        if result.returncode in _NOT_FOUND_EXIT_CODES:
-            raise EntityNotFound("artifact", url, "nothing at that location")
-        if result.returncode != 0:
-            raise self._error("lsjson", result.returncode, result.stderr)
-        items = [i for i in json.loads(result.stdout or "[]") if i.get("Path") == name]
-        for item in items:
-            if not item.get("IsDir"):
-                return Listing(url, False, (RemoteFile(name, int(item["Size"]), item.get("ModTime", "")),))
-        if items:
-            return Listing(url, True, (), files_listed=False)
-        raise EntityNotFound("artifact", url, "nothing at that location")
 
     def _lsjson(self, url: str, path: str, env: dict[str, str], filters: list[str]) -> tuple[RemoteFile, ...]:
         result = self._run(
@@ -256,7 +204,7 @@ class RcloneTransfer(Transfer):
             raise EntityNotFound("artifact", url, "nothing at that location")
         return files
 
-    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> PullReport | None:
+    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
         target = self.resolve(url)
         dest.mkdir(parents=True, exist_ok=True)
         args = [
@@ -273,11 +221,7 @@ class RcloneTransfer(Transfer):
             target.path,
             str(dest),
         ]
-        final = self._transfer(args, target.env, progress, f"pull {url}", on_file, dest)
-        try:
-            return PullReport(int(final["transfers"]), int(final["bytes"]))
-        except (KeyError, TypeError, ValueError):
-            return None
+        self._transfer(args, target.env, progress, f"pull {url}", on_file, dest)
 
     def push(self, src: Path, url: str, progress: bool = False) -> None:
         target = self.resolve(url)
@@ -309,14 +253,13 @@ class RcloneTransfer(Transfer):
         title: str,
         on_file: OnFile | None = None,
         dest: Path | None = None,
-    ) -> dict:
-        """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats;
-        returns rclone's final stats. With `on_file`, stats every 0.1 s also show when a big file's
-        bytes are all in `dest`, while rclone re-reads it for its own checksum, so hashing can
-        overlap that (without, stats come only at the end: `1h` is longer than any copy's interval)."""
+    ) -> None:
+        """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats.
+        With `on_file`, stats every 0.1 s also show when a big file's bytes are all in `dest`, while
+        rclone re-reads it for its own checksum, so hashing can overlap that."""
         from rclone_python.utils import complete_task, create_progress_bar, extract_rclone_progress, update_tasks
 
-        every = "0.1s" if on_file is not None else "0.2s" if progress else "1h"
+        every = "0.1s" if on_file is not None else "0.2s" if progress else "0"
         stats = ["--stats", every, "--stats-unit", "bytes"]
         command = [self.binary, args[0], *stats, "--use-json-log", "-v", *args[1:]]
         proc = subprocess.Popen(
@@ -335,7 +278,6 @@ class RcloneTransfer(Transfer):
         errors: list[str] = []
         tasks: dict = {}
         announced: set[str] = set()
-        final: dict = {}
         try:
             for line in proc.stderr or ():
                 try:
@@ -344,8 +286,6 @@ class RcloneTransfer(Transfer):
                     continue
                 if not isinstance(item, dict):
                     continue
-                if isinstance(item.get("stats"), dict):
-                    final = item["stats"]
                 if on_file is not None:
                     if str(item.get("msg", "")).startswith(_COPIED) and isinstance(item.get("object"), str):
                         on_file(item["object"])
@@ -365,7 +305,6 @@ class RcloneTransfer(Transfer):
                 bar.stop()
         if code != 0:
             raise self._error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
-        return final
 
 
 _COPIED = ("Copied", "Multi-thread Copied")
@@ -399,3 +338,23 @@ def _announce_complete_files(stats: dict, dest: Path, on_file: OnFile, announced
             continue
         if len(found) == 1:
             on_file(name, staged=f"{folder}/{found[0]}" if folder else found[0])
+
+
+def _split_parent(target: RclonePath) -> tuple[str | None, str]:
+    """(parent path, name) of an rclone path; no parent for a bucket, container or filesystem root."""
+    path = target.path.rstrip("/") or target.path
+    if target.local:
+        parent, _, name = path.rpartition("/")
+        return (parent or "/", name) if name and path != "/" else (None, "")
+    remote, _, inside = path.partition(":")
+    folder, _, name = inside.rpartition("/")
+    return (f"{remote}:{folder}", name) if folder and name else (None, "")
+
+
+_GLOB_SPECIAL = frozenset("\\*?[]{}")
+
+
+def _literal_pattern(name: str) -> str:
+    """An rclone filter glob matching exactly `name`: every special character escaped with `\\`, so
+    globs, braces and backslashes in names are taken literally (and rclone can still prune folders)."""
+    return "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in name)
