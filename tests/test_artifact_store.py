@@ -220,3 +220,19 @@ def test_one_instant_has_one_spelling_in_source_versions() -> None:
     berlin = Listing("s3://b/m", True, (RemoteFile("a", 1, "2026-12-02T01:01:16.655+01:00"),))
     later = Listing("s3://b/m", True, (RemoteFile("a", 1, "2026-12-02T00:01:16.656000000Z"),))
     assert utc.version() == berlin.version() != later.version()
+
+
+def test_a_listing_made_in_another_time_zone_has_the_same_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlcache.transfer import RcloneTransfer
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w.bin").write_bytes(b"w")
+    url = str(tmp_path / "model")
+    monkeypatch.setenv("TZ", "UTC")
+    in_utc = RcloneTransfer().list(url)
+    monkeypatch.setenv("TZ", "America/New_York")
+    in_new_york = RcloneTransfer().list(url)
+    assert in_utc.files[0].mtime.endswith("Z") and in_new_york.files[0].mtime.endswith("-05:00")
+    assert in_utc.version() == in_new_york.version()
