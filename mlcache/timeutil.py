@@ -25,21 +25,17 @@ def to_ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
-def rfc3339_ns(epoch_ns: int) -> str:
-    """Epoch nanoseconds -> `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, the form rclone lists times in (UTC)."""
-    seconds, nanos = divmod(epoch_ns, 1_000_000_000)
-    return f"{datetime.fromtimestamp(seconds, tz=timezone.utc):%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
-
-
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
 
 
 def canonical_rfc3339(text: str) -> str:
-    """An RFC 3339 time in any offset and precision -> its `rfc3339_ns` form, so one instant has
-    one spelling; text that is not such a time is returned unchanged."""
+    """An RFC 3339 time in any offset and precision -> `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` (UTC, ns, the
+    form rclone lists in under UTC), so one instant has one spelling; other text is returned as is."""
     match = _RFC3339.fullmatch(text)
     if match is None:
         return text
     whole, fraction, offset = match.groups()
-    when = datetime.fromisoformat(whole + ("+00:00" if offset == "Z" else offset))
-    return rfc3339_ns(int(when.timestamp()) * 1_000_000_000 + int((fraction or "").ljust(9, "0")))
+    if offset == "Z" and fraction is not None and len(fraction) == 9:
+        return text
+    when = datetime.fromisoformat(whole + ("+00:00" if offset == "Z" else offset)).astimezone(timezone.utc)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{(fraction or '').ljust(9, '0')}Z"

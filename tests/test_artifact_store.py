@@ -9,7 +9,7 @@ import pytest
 
 from mlcache.artifact_store import ArtifactStore, EntryKey, UnsafeArtifact
 from mlcache.layout import CacheLayout
-from mlcache.timeutil import canonical_rfc3339, rfc3339_ns
+from mlcache.timeutil import canonical_rfc3339
 from mlcache.transfer import Listing, RemoteFile
 
 KEY = EntryKey("runs", ("run1", "model"))
@@ -214,7 +214,9 @@ def test_listing_tells_a_file_from_a_folder_holding_one_file_of_the_same_name(tm
 def test_one_instant_has_one_spelling_in_source_versions() -> None:
     assert canonical_rfc3339("2026-12-02T01:01:16.655+01:00") == "2026-12-02T00:01:16.655000000Z"
     assert canonical_rfc3339("2026-12-02T00:01:16Z") == "2026-12-02T00:01:16.000000000Z"
-    assert canonical_rfc3339("2026-12-02T00:01:16.123456789Z") == rfc3339_ns(1_796_169_676_123_456_789)
+    assert canonical_rfc3339("2026-12-02T00:01:16.123456789Z") == "2026-12-02T00:01:16.123456789Z"
+    assert canonical_rfc3339("2026-12-01T19:01:16.123456789-05:00") == "2026-12-02T00:01:16.123456789Z"
+    assert canonical_rfc3339("1969-12-31T23:59:59.5Z") == "1969-12-31T23:59:59.500000000Z"
     assert canonical_rfc3339("not a time") == "not a time"
     utc = Listing("s3://b/m", True, (RemoteFile("a", 1, "2026-12-02T00:01:16.655000000Z"),))
     berlin = Listing("s3://b/m", True, (RemoteFile("a", 1, "2026-12-02T01:01:16.655+01:00"),))
