@@ -321,8 +321,8 @@ as files land stay true; a failed pass fails the pull, which mlcache retries in 
 
 
 def _announce_complete_files(stats: dict, dest: Path, on_file: OnFile, announced: set[str]) -> None:
-    """For each big transfer whose bytes are all written (rclone's checksum pass comes next), tell
-    `on_file` where the file is, once: in place, or under a `<name>.<hash>.partial` name beside it."""
+    """For each big transfer whose bytes are all written in place (`--inplace`; rclone's checksum
+    pass comes next), tell `on_file` once."""
     for transfer in stats.get("transferring") or ():
         name, size, done = transfer.get("name"), transfer.get("size"), transfer.get("bytes")
         if not isinstance(name, str) or name in announced or not isinstance(size, int) or size < EARLY_HASH_MIN_SIZE:
@@ -330,14 +330,8 @@ def _announce_complete_files(stats: dict, dest: Path, on_file: OnFile, announced
         if done != size:
             continue
         announced.add(name)
-        folder, _, base = name.rpartition("/")
-        partial = re.compile(re.escape(base) + r"\.[0-9a-f]+\.partial")
-        try:
-            found = [entry for entry in os.listdir(dest / folder) if entry == base or partial.fullmatch(entry)]
-        except OSError:
-            continue
-        if len(found) == 1:
-            on_file(name, staged=f"{folder}/{found[0]}" if folder else found[0])
+        if (dest / name).is_file():
+            on_file(name, staged=name)
 
 
 def _split_parent(target: RclonePath) -> tuple[str | None, str]:

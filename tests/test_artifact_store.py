@@ -160,9 +160,8 @@ def test_big_transfers_whose_bytes_are_all_written_are_announced_once_where_they
     from mlcache.transfer import EARLY_HASH_MIN_SIZE, _announce_complete_files
 
     (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "w.bin.289ba94b.partial").write_bytes(b"")
-    (tmp_path / "w.bin.0a1b2c3d.partial").write_bytes(b"")
-    (tmp_path / "x.bin.0a1b2c3d.partial").write_bytes(b"")
+    for name in ("d/w.bin", "w.bin", "x.bin"):
+        (tmp_path / name).write_bytes(b"")
     big = EARLY_HASH_MIN_SIZE
     stats = {
         "transferring": [
@@ -180,15 +179,13 @@ def test_big_transfers_whose_bytes_are_all_written_are_announced_once_where_they
 
     _announce_complete_files(stats, tmp_path, record, announced)
     _announce_complete_files(stats, tmp_path, record, announced)
-    assert seen == [("d/w.bin", "d/w.bin.289ba94b.partial")]
+    assert seen == [("d/w.bin", "d/w.bin")]
     stats["transferring"][1]["bytes"] = big
     _announce_complete_files(stats, tmp_path, record, announced)
-    assert seen[1:] == [("w.bin", "w.bin.0a1b2c3d.partial")]
-    (tmp_path / "inplace.bin").write_bytes(b"")
-    _announce_complete_files(
-        {"transferring": [{"name": "inplace.bin", "size": big, "bytes": big}]}, tmp_path, record, announced
-    )
-    assert seen[2:] == [("inplace.bin", "inplace.bin")]
+    assert seen[1:] == [("w.bin", "w.bin")]
+    (tmp_path / "gone.bin").write_bytes(b"")
+    _announce_complete_files(stats, tmp_path, record, announced)
+    assert seen[2:] == []
 
 
 @pytest.mark.parametrize("name", ["model", "we$ird [1].txt", "x{y}}", "a{{b}}", "back\\slash*", "é€?"])
