@@ -5,7 +5,6 @@ plugins implement the `_impl_*` hooks that speak one backend's protocol.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .artifact_store import ArtifactStore
 from .artifacts import ArtifactsMixin
@@ -25,6 +24,7 @@ from .errors import (
     CacheMiss,
     CorruptMetadata,
     EntityNotFound,
+    InvalidSetting,
     MlcacheError,
     OfflineModeError,
     ServerUnreachable,
@@ -38,6 +38,7 @@ from .logged_models import LoggedModelsMixin
 from .metadata_store import MetadataStore, Record
 from .records import exp_from_record, model_from_record, mv_from_record, run_from_record
 from .retry import RetryPolicy
+from .settings import env_bool, env_choice, env_path, env_seconds
 from .timeutil import utcnow
 from .tracking import TrackingMixin
 from .transfer import RcloneTransfer, Transfer
@@ -47,14 +48,12 @@ Freshness = Literal["normal", "force", "nested"]
 online, `nested` (an entity composed into another) uses any cached copy before fetching."""
 
 
-def env_flag(name: str) -> bool:
-    """True for `1`, `true`, `yes`, `on` (any case)."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def default_cache_dir() -> Path:
     """`MLCACHE_CACHE_DIR`, else the user's cache dir."""
-    return Path(os.environ.get("MLCACHE_CACHE_DIR") or platformdirs.user_cache_dir("mlcache"))
+    return env_path("MLCACHE_CACHE_DIR") or Path(platformdirs.user_cache_dir("mlcache"))
+
+
+LOCK_MODES = ("os", "soft")
 
 
 class BaseMlflowApi(
@@ -71,12 +70,14 @@ class BaseMlflowApi(
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    offline_mode: bool = Field(default_factory=lambda: env_flag("MLCACHE_OFFLINE"))
+    offline_mode: bool = Field(default_factory=lambda: env_bool("MLCACHE_OFFLINE"))
     metadata_max_age: timedelta = Field(
-        default_factory=lambda: timedelta(seconds=float(os.environ.get("MLCACHE_METADATA_MAX_AGE") or 0))
+        default_factory=lambda: timedelta(seconds=env_seconds("MLCACHE_METADATA_MAX_AGE", 0.0))
     )
     lock_timeout: float = 60.0
-    lock_mode: Literal["os", "soft"] = Field(default_factory=lambda: os.environ.get("MLCACHE_LOCK_MODE", "os"))  # type: ignore[arg-type]
+    lock_mode: Literal["os", "soft"] = Field(
+        default_factory=lambda: env_choice("MLCACHE_LOCK_MODE", LOCK_MODES, "os")  # type: ignore[arg-type,return-value]
+    )
     stale_lock_age: float = 900.0
     pull_lock_timeout: float = 3600.0
     transfer: Transfer = Field(default_factory=RcloneTransfer)
@@ -89,6 +90,15 @@ class BaseMlflowApi(
     _layout: CacheLayout = PrivateAttr()
     _meta: MetadataStore = PrivateAttr()
     _artifacts: ArtifactStore = PrivateAttr()
+
+    def __init__(self, **conf: Any) -> None:
+        """Settings are validated here: a bad argument is an `InvalidSetting` naming it."""
+        try:
+            super().__init__(**conf)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "settings"
+            raise InvalidSetting(f"{type(self).__name__}: {where}: {first['msg']}") from None
 
     def model_post_init(self, context: Any) -> None:
         self._layout = CacheLayout(

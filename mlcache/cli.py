@@ -63,13 +63,13 @@ def _version(value: bool) -> None:
 def main(
     ctx: typer.Context,
     cache_dir: Annotated[
-        Path | None, typer.Option(envvar="MLCACHE_CACHE_DIR", help="Cache dir (default: the user's cache dir).")
+        Path | None, typer.Option(help="Cache dir (default: MLCACHE_CACHE_DIR, else the user's cache dir).")
     ] = None,
     offline: Annotated[
-        bool, typer.Option("--offline", envvar="MLCACHE_OFFLINE", help="Never touch the network.")
+        bool, typer.Option("--offline", help="Never touch the network (default: MLCACHE_OFFLINE).")
     ] = False,
     tracking_uri: Annotated[
-        str | None, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI (default: embedded sqlite).")
+        str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else embedded sqlite).")
     ] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
 ) -> None:

@@ -69,6 +69,11 @@ class LockTimeout(MlcacheError, TimeoutError):
     """A cache lock could not be acquired in time."""
 
 
+class InvalidSetting(MlcacheError, ValueError):
+    """A setting (an argument or an environment variable) whose value mlcache does not accept;
+    the message names it and the accepted values."""
+
+
 class PluginNotFound(MlcacheError, LookupError):
     """No plugin of that name is installed in the `mlcache.plugins` entry point group."""
 

@@ -9,21 +9,41 @@ logged with the operation and its cause.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import BackendError, ServerUnreachable
+from .errors import BackendError, InvalidSetting, ServerUnreachable
+from .settings import parse_int, parse_seconds, raw
 
 log = logging.getLogger("mlcache.retry")
 T = TypeVar("T")
 
 OPERATIONS = ("get", "search", "create", "update", "log", "register", "list", "pull", "push", "delete")
 _RETRYABLE_HTTP = {429, 500, 502, 503, 504}
+
+
+def _parse_fraction(text: str, what: str) -> float:
+    value = parse_seconds(text, what)
+    if value > 1:
+        raise InvalidSetting(f"{what}={text!r} is not a fraction; use a number from 0 to 1")
+    return value
+
+
+def _parse_backoff(text: str, what: str) -> float:
+    return parse_seconds(text, what, minimum=1.0)
+
+
+_ENV_FIELDS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "ATTEMPTS": ("attempts", lambda text, what: parse_int(text, what, minimum=1)),
+    "INITIAL_WAIT": ("initial_wait", parse_seconds),
+    "BACKOFF": ("backoff", _parse_backoff),
+    "MAX_WAIT": ("max_wait", parse_seconds),
+    "JITTER": ("jitter", _parse_fraction),
+}
 
 
 def default_is_retryable(exc: BaseException) -> bool:
@@ -53,27 +73,24 @@ class RetryPolicy(BaseModel):
     is_retryable: Callable[[BaseException], bool] = default_is_retryable
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> RetryPolicy:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
         """`MLCACHE_RETRY_ATTEMPTS`, `_INITIAL_WAIT`, `_BACKOFF`, `_MAX_WAIT`, `_JITTER`, and per
-        operation `MLCACHE_RETRY_<OP>_ATTEMPTS` (and the same suffixes)."""
-        env = os.environ if environ is None else environ
-        fields = {
-            "ATTEMPTS": "attempts",
-            "INITIAL_WAIT": "initial_wait",
-            "BACKOFF": "backoff",
-            "MAX_WAIT": "max_wait",
-            "JITTER": "jitter",
-        }
-        base = {
-            name: env[f"MLCACHE_RETRY_{suffix}"] for suffix, name in fields.items() if f"MLCACHE_RETRY_{suffix}" in env
-        }
-        overrides: dict[str, dict[str, Any]] = {}
-        for op in OPERATIONS:
-            for suffix, name in fields.items():
-                value = env.get(f"MLCACHE_RETRY_{op.upper()}_{suffix}")
-                if value is not None:
-                    overrides.setdefault(op, {})[name] = value
-        return cls(**base, overrides=overrides)
+        operation `MLCACHE_RETRY_<OP>_ATTEMPTS` (and the same suffixes). A bad value is an
+        `InvalidSetting` naming the variable."""
+
+        def read(prefix: str) -> dict[str, Any]:
+            found: dict[str, Any] = {}
+            for suffix, (name, parse) in _ENV_FIELDS.items():
+                text = raw(f"{prefix}{suffix}", environ)
+                if text is not None:
+                    found[name] = parse(text, f"{prefix}{suffix}")
+            return found
+
+        overrides = {op: values for op in OPERATIONS if (values := read(f"MLCACHE_RETRY_{op.upper()}_"))}
+        try:
+            return cls(**read("MLCACHE_RETRY_"), overrides=overrides)
+        except ValidationError as exc:
+            raise InvalidSetting(f"retry settings from the environment: {exc.errors()[0]['msg']}") from None
 
     def for_operation(self, operation: str) -> RetryPolicy:
         """The policy of one operation (its overrides applied)."""
