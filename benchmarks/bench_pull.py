@@ -56,7 +56,7 @@ from common import calls_per_second, rmtree, tree_stats  # noqa: E402
 
 import mlcache  # noqa: E402
 from mlcache import artifact_store, hashing, transfer  # noqa: E402
-from mlcache.layout import encode_part  # noqa: E402
+from mlcache.names import encode_part  # noqa: E402
 from mlcache.transfer import find_rclone  # noqa: E402
 
 from servers import start_mlflow_server, start_s3_server  # noqa: E402

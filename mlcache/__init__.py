@@ -10,18 +10,22 @@ from .entities import Experiment, LoggedModel, Model, ModelVersion, Run, RunStat
 from .errors import (
     BackendError,
     CacheMiss,
+    CacheNotWritable,
     CorruptMetadata,
     EntityExists,
     EntityNotFound,
     InvalidIdentifier,
+    InvalidSetting,
     LockTimeout,
     MlcacheError,
     OfflineModeError,
     PluginNotFound,
     ServerUnreachable,
+    UntrustedSource,
 )
 from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
-from .paths import UnsafePath
+from .locks import release_holds
+from .names import UnsafePath
 from .plugins import get_api
 from .query import InvalidQuery
 from .retry import RetryPolicy
@@ -36,6 +40,7 @@ __all__ = [
     "BundleError",
     "CacheFallbackWarning",
     "CacheMiss",
+    "CacheNotWritable",
     "CorruptMetadata",
     "EntityExists",
     "EntityNotFound",
@@ -43,6 +48,7 @@ __all__ = [
     "Experiment",
     "InvalidIdentifier",
     "InvalidQuery",
+    "InvalidSetting",
     "LockTimeout",
     "LoggedModel",
     "LoggedModelApi",
@@ -63,6 +69,8 @@ __all__ = [
     "TransferError",
     "UnsafeArtifact",
     "UnsafePath",
+    "UntrustedSource",
     "__version__",
     "get_api",
+    "release_holds",
 ]

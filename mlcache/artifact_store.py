@@ -11,24 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import CorruptMetadata, MlcacheError
-from .hashing import PullHasher, StagedFile, identity, sha256_file, sha256_files
-from .layout import CacheLayout, decode_part, encode_part, write_atomic
+from .hashing import PullHasher, StagedFile, copy_hashed, identity, sha256_file, sha256_files
+from .identifiers import RUN_ID_PATTERN as _RUN_ID
+from .layout import CacheLayout, read_regular, write_atomic, writing
 from .locks import entry_lock
+from .names import UnsafePath, decode_part, file_name, safe_relative_path
+from .staging import Stage
 from .timeutil import utcnow
-from .transfer import Listing
+from .transfer import Listing, TransferError
 
 MANIFEST_VERSION = 1
 
@@ -37,12 +40,37 @@ class UnsafeArtifact(MlcacheError):
     """A pulled tree that holds links pointing outside it, or content that differs from its listing."""
 
 
+ENTRY_KINDS = ("runs", "models", "urls")
+_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
+_URL_DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
 @dataclass(frozen=True)
 class EntryKey:
-    """One cache entry: `("runs", (run_id, path_in_run))` or `("models", (model_id,))`."""
+    """One cache entry: `("runs", (run_id, path_in_run))`, `("models", (model_id,))` or
+    `("urls", (digest,))`. Every key is validated when made, whatever its source (a server's
+    answer, a manifest, a bundle), so no key can name a path outside the cache."""
 
     kind: str
     parts: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENTRY_KINDS or not isinstance(self.parts, tuple):
+            raise UnsafePath(f"unknown artifact entry {self.kind!r} {self.parts!r}")
+        if self.kind == "runs":
+            if len(self.parts) != 2:
+                raise UnsafePath(f"a run artifact entry is (run_id, path_in_run), got {self.parts!r}")
+            run_id, path = self.parts
+            if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+                raise UnsafePath(f"malformed run id {run_id!r} in an artifact entry")
+            if safe_relative_path(path) != path:
+                raise UnsafePath(
+                    f"artifact path {path!r} is not in normal form (expected {safe_relative_path(path)!r})"
+                )
+            return
+        pattern = _MODEL_ID if self.kind == "models" else _URL_DIGEST
+        if len(self.parts) != 1 or not isinstance(self.parts[0], str) or not pattern.fullmatch(self.parts[0]):
+            raise UnsafePath(f"malformed {self.kind} entry {self.parts!r}")
 
     @property
     def label(self) -> str:
@@ -53,12 +81,20 @@ class EntryKey:
 
 class ManifestFile(BaseModel):
     path: str
-    size: int
-    sha256: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        if safe_relative_path(value, "manifest file path") != value:
+            raise ValueError(f"file path {value!r} is not a normalized relative path")
+        return value
 
 
 class Manifest(BaseModel):
-    """What an entry holds and where it came from; written last, as the 'complete' marker."""
+    """What an entry holds and where it came from; written last, as the 'complete' marker. Sizes
+    and dates in it are claims: reports measure the files, and last use is the stamp's own time."""
 
     version: int = MANIFEST_VERSION
     kind: str
@@ -66,33 +102,30 @@ class Manifest(BaseModel):
     source: str
     is_dir: bool
     files: list[ManifestFile]
-    size: int
+    size: int = Field(ge=0)
     source_version: str
     pulled_at: datetime
     last_used: datetime
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError("a file is listed twice")
+        if not self.is_dir and len(paths) != 1:
+            raise ValueError("a single-file entry lists exactly one file")
+        if self.size != sum(f.size for f in self.files):
+            raise ValueError("size is not the sum of the file sizes")
+        return self
+
+    def entry_key(self) -> EntryKey:
+        return EntryKey(self.kind, tuple(self.key))
 
 
 def _make_read_only(path: str, mode: int) -> None:
     """Drop the write bits of a regular file whose mode (from its scan) is `mode`."""
     if stat.S_ISREG(mode) and mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-def _link_or_copy(src: str, dst: str) -> str:
-    """Hardlink when possible (same filesystem: no space, no time), else copy with metadata."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a file or tree of the cache (read-only files included) without following links."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
@@ -138,13 +171,16 @@ class ArtifactStore:
 
     # ----------------------------------------------------------------- paths
     def entry_path(self, key: EntryKey) -> Path:
+        """`artifacts/runs/<run_id>/<path_in_run>` (the path as in the run), else
+        `artifacts/<kind>/<part>`; keys are validated when made, so this stays inside the cache."""
         if key.kind == "runs":
             run_id, path_in_run = key.parts
-            return self.layout.artifacts / "runs" / encode_part(run_id) / path_in_run
-        return self.layout.artifacts.joinpath(key.kind, *(encode_part(p) for p in key.parts))
+            return self.layout.artifacts.joinpath("runs", file_name(run_id), *path_in_run.split("/"))
+        return self.layout.artifacts.joinpath(key.kind, *(file_name(p) for p in key.parts))
 
     def manifest_path(self, key: EntryKey) -> Path:
-        *dirs, last = (encode_part(p) for p in key.parts)
+        """`manifests/<kind>/<part>/.../<last>.json`, each part one file name (`names.file_name`)."""
+        *dirs, last = (file_name(p) for p in key.parts)
         return self.layout.manifests.joinpath(key.kind, *dirs, f"{last}.json")
 
     def _used_path(self, key: EntryKey) -> Path:
@@ -183,57 +219,84 @@ class ArtifactStore:
         return None
 
     def read_manifest(self, key: EntryKey) -> Manifest | None:
-        path = self.manifest_path(key)
-        try:
-            return Manifest.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
+        """The entry's manifest, None when absent; `CorruptMetadata` when it is not a valid manifest
+        of this very entry."""
+        return self._load_manifest(self.manifest_path(key))
+
+    def _load_manifest(self, path: Path) -> Manifest | None:
+        read = read_regular(path)
+        if read is None:
             return None
+        try:
+            manifest = Manifest.model_validate_json(read[0])
         except ValidationError as exc:
             raise CorruptMetadata(path, f"not a valid manifest: {exc.errors()[0]['msg']}") from exc
-
-    def last_used(self, key: EntryKey, manifest: Manifest) -> datetime:
         try:
-            stamp = datetime.fromtimestamp(self._used_path(key).stat().st_mtime, tz=manifest.last_used.tzinfo)
-        except FileNotFoundError:
-            return manifest.last_used
-        return max(stamp, manifest.last_used)
+            expected = self.manifest_path(manifest.entry_key())
+        except UnsafePath as exc:
+            raise CorruptMetadata(path, f"names an unusable entry: {exc}") from exc
+        if expected != path:
+            raise CorruptMetadata(
+                path, f"is the manifest of {manifest.entry_key().label}, whose manifest is {expected}"
+            )
+        return manifest
+
+    def last_used(self, key: EntryKey) -> datetime:
+        """When the entry was last read: its stamp's modification time, else its manifest's (the
+        cache's own record; the dates written in a manifest are claims)."""
+        for path in (self._used_path(key), self.manifest_path(key)):
+            try:
+                return datetime.fromtimestamp(path.lstat().st_mtime, tz=timezone.utc)
+            except FileNotFoundError:
+                continue
+        return datetime.fromtimestamp(0, tz=timezone.utc)
 
     def _touch(self, key: EntryKey) -> None:
         """Best effort: a read-only cache simply keeps its old stamp."""
         stamp = self._used_path(key)
         with contextlib.suppress(OSError):
             try:
-                os.utime(stamp)
+                os.utime(stamp, follow_symlinks=False)
             except FileNotFoundError:
-                stamp.touch()
+                self.layout.guard(stamp).touch()
 
-    def entries(self) -> Iterator[tuple[EntryKey, Manifest | CorruptMetadata]]:
-        """Every manifest of the cache (bad ones as the error that names them)."""
-        if not self.layout.manifests.is_dir():
+    def entries(self) -> Iterator[tuple[EntryKey | None, Manifest | CorruptMetadata]]:
+        """Every manifest of the cache with the entry it describes; a bad one as the error naming
+        it, with the entry its file name spells when that is a valid key (else None)."""
+        self.layout.check_version()
+        root = self.layout.manifests
+        if not root.is_dir() or root.is_symlink():
             return
-        for path in sorted(self.layout.manifests.rglob("*.json")):
-            rel = path.relative_to(self.layout.manifests)
-            kind = rel.parts[0]
-            parts = tuple(decode_part(p) for p in (*rel.parts[1:-1], rel.name[: -len(".json")]))
-            key = EntryKey(kind, parts)
+        for path in sorted(root.rglob("*.json")):
             try:
-                manifest = self.read_manifest(key)
+                manifest = self._load_manifest(path)
             except CorruptMetadata as exc:
-                yield key, exc
+                yield self._key_from_name(path), exc
                 continue
             if manifest is not None:
-                yield key, manifest
+                yield manifest.entry_key(), manifest
+
+    def _key_from_name(self, path: Path) -> EntryKey | None:
+        """The entry a manifest's file name spells (for a manifest too damaged to say), if any."""
+        rel = path.relative_to(self.layout.manifests)
+        names = (*rel.parts[1:-1], rel.name[: -len(".json")])
+        parts = tuple(decode_part(name) for name in names)
+        if len(rel.parts) < 2 or any(part is None for part in parts):
+            return None
+        try:
+            key = EntryKey(rel.parts[0], parts)  # type: ignore[arg-type]
+        except UnsafePath:
+            return None
+        return key if self.manifest_path(key) == path else None
 
     # ----------------------------------------------------------------- writes
     def lock(self, key: EntryKey) -> AbstractContextManager[None]:
         self.layout.ensure()
         return entry_lock(self.layout, "artifacts", key.kind, *key.parts, timeout=self.lock_timeout)
 
-    def new_stage(self, prefix: str) -> Path:
-        self.layout.ensure()
-        stage = self.layout.tmp / f"{prefix}-{uuid.uuid4().hex}"
-        stage.mkdir(parents=True)
-        return stage
+    def new_stage(self, prefix: str) -> Stage:
+        """A private, owner-locked folder under `tmp/` (see `staging`)."""
+        return Stage(self.layout, prefix)
 
     def pull(
         self,
@@ -246,13 +309,20 @@ class ArtifactStore:
         staged tree against that listing, hash, rename into place, write the manifest. Files reported
         through `on_file` are hashed while the rest still downloads. The caller holds the entry's
         lock; `replace` re-syncs a complete entry."""
-        stage = self.new_stage("pull")
-        with ThreadPoolExecutor(max_workers=1) as lister:
+        with (
+            writing(self.layout.root, f"pull {key.label}"),
+            Stage(self.layout, "pull") as stage,
+            ThreadPoolExecutor(max_workers=1) as lister,
+        ):
             hasher = PullHasher(stage)
             try:
                 listed = lister.submit(list_source)
                 try:
                     fetch(stage, hasher.on_file)
+                except TransferError as exc:
+                    if exc.errno is not None:
+                        raise OSError(exc.errno, str(exc)) from exc
+                    raise
                 finally:
                     listing = listed.result()
                 produced = stage if listing.is_dir else stage / listing.files[0].path
@@ -273,12 +343,10 @@ class ArtifactStore:
                 return self._commit(key, produced, files, listing.url, listing.version(), replace, known)
             finally:
                 hasher.close()
-                remove_tree(stage)
 
     def adopt(self, key: EntryKey, src: Path, source_url: str, source_version: str, move: bool) -> Path:
         """Make a local file or tree a complete entry (after an upload), by move or copy."""
-        stage = self.new_stage("adopt")
-        try:
+        with writing(self.layout.root, f"store {key.label}"), Stage(self.layout, "adopt") as stage:
             produced = stage / (src.name or "artifact")
             if move:
                 shutil.move(str(src), produced)
@@ -288,8 +356,6 @@ class ArtifactStore:
                 shutil.copy2(src, produced)
             files = scan_tree(produced, produced.is_dir())
             return self._commit(key, produced, files, source_url, source_version, replace=True)
-        finally:
-            remove_tree(stage)
 
     def _commit(
         self,
@@ -323,23 +389,31 @@ class ArtifactStore:
     def install(self, key: EntryKey, produced: Path, manifest: Manifest, replace: bool = False) -> Path:
         """Rename a verified tree into place, then write its manifest. Unless `replace`, a complete
         entry another process finished meanwhile is kept; a leftover without manifest is replaced."""
-        target = self.entry_path(key)
-        if self.manifest_path(key).exists() and (target.exists() or target.is_symlink()):
+        target = self.layout.guard(self.entry_path(key))
+        manifest_path = self.layout.guard(self.manifest_path(key))
+        if manifest_path.exists() and (target.exists() or target.is_symlink()):
             if not replace:
                 return target
-            self.manifest_path(key).unlink()
+            manifest_path.unlink()
         target.parent.mkdir(parents=True, exist_ok=True)
+        self.layout.guard(target)
         if target.exists() or target.is_symlink():
-            aside = self.layout.tmp / f"old-{uuid.uuid4().hex}"
-            os.replace(target, aside)
-            remove_tree(aside)
+            self._discard(target)
         os.replace(produced, target)
-        write_atomic(self.manifest_path(key), manifest.model_dump_json(indent=1).encode(), self.layout.tmp)
-        self._used_path(key).touch()
+        write_atomic(manifest_path, manifest.model_dump_json(indent=1).encode(), self.layout.tmp)
+        self.layout.guard(self._used_path(key)).touch()
         return target
 
+    def _discard(self, path: Path) -> None:
+        """Move a tree of the cache aside into a private stage, then delete it there: readers see it
+        whole or gone, and a crash leaves it where a cleaner finds it."""
+        with Stage(self.layout, "old") as aside:
+            os.replace(self.layout.guard(path), aside / "old")
+
     def export_entry(self, key: EntryKey, target: ArtifactStore) -> Path:
-        """Copy a complete entry into another cache dir: hardlinks on the same filesystem, else copies."""
+        """Copy a complete entry into another cache dir or bundle. The bytes are copied (never
+        hardlinked: the bundle shares no inode with the cache) and checked against the manifest as
+        they are read, so a damaged cache entry is refused, not exported."""
         manifest = self.read_manifest(key)
         source = self.lookup(key)
         if manifest is None or source is None:
@@ -347,33 +421,37 @@ class ArtifactStore:
         with target.lock(key):
             if target.lookup(key) is not None:
                 return target.entry_path(key)
-            stage = target.new_stage("export")
-            try:
+            with writing(target.layout.root, f"export {key.label}"), Stage(target.layout, "export") as stage:
                 produced = stage / source.name
-                if source.is_dir():
-                    shutil.copytree(source, produced, symlinks=True, copy_function=_link_or_copy)
-                else:
-                    _link_or_copy(str(source), str(produced))
+                for item in manifest.files:
+                    src = source.joinpath(*item.path.split("/")) if manifest.is_dir else source
+                    dst = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    size, digest = copy_hashed(src, dst)
+                    if (size, digest) != (item.size, item.sha256):
+                        raise UnsafeArtifact(
+                            f"{key.label} in the cache at {self.layout.root} is damaged ({item.path} differs from "
+                            "its manifest); run `mlcache verify` and pull it again"
+                        )
+                    os.chmod(dst, 0o444)
+                if manifest.is_dir:
+                    produced.mkdir(exist_ok=True)
                 return target.install(key, produced, manifest)
-            finally:
-                remove_tree(stage)
 
     def remove(self, key: EntryKey) -> bool:
         """Drop an entry: manifest first (no longer a hit), then its files. The caller holds the lock."""
-        manifest = self.manifest_path(key)
+        manifest = self.layout.guard(self.manifest_path(key))
         existed = manifest.exists()
         manifest.unlink(missing_ok=True)
-        self._used_path(key).unlink(missing_ok=True)
-        target = self.entry_path(key)
+        self.layout.guard(self._used_path(key)).unlink(missing_ok=True)
+        target = self.layout.guard(self.entry_path(key))
         if target.exists() or target.is_symlink():
-            aside = self.layout.tmp / f"old-{uuid.uuid4().hex}"
-            os.replace(target, aside)
-            remove_tree(aside)
+            self._discard(target)
             existed = True
         return existed
 
     def verify(self, key: EntryKey, manifest: Manifest) -> list[str]:
-        """Problems of one entry: missing, resized or changed files (empty when intact)."""
+        """Problems of one entry: missing, resized, changed or unlisted files (empty when intact)."""
         root = self.entry_path(key)
         problems = []
         for item in manifest.files:
@@ -384,4 +462,25 @@ class ArtifactStore:
                 problems.append(f"{path}: size {path.stat().st_size} != {item.size}")
             elif sha256_file(path) != item.sha256:
                 problems.append(f"{path}: sha256 differs")
+        if manifest.is_dir and root.is_dir() and not root.is_symlink():
+            listed = {item.path for item in manifest.files}
+            nested = self._nested_entries(key)
+            for folder, _dirs, names in os.walk(root):
+                for name in names:
+                    rel = Path(folder, name).relative_to(root).as_posix()
+                    if rel not in listed and not any(rel == n or rel.startswith(f"{n}/") for n in nested):
+                        problems.append(f"{root / rel}: not listed in the entry's manifest")
         return problems
+
+    def _nested_entries(self, key: EntryKey) -> list[str]:
+        """Paths (relative to `key`'s entry) of run entries nested inside it."""
+        if key.kind != "runs":
+            return []
+        folder = self.manifest_path(key).parent
+        prefix = file_name(key.parts[1])
+        found = []
+        for sibling in folder.glob("*.json") if folder.is_dir() else ():
+            inner = decode_part(sibling.name[: -len(".json")])
+            if inner is not None and inner.startswith(f"{key.parts[1]}/") and sibling.name != f"{prefix}.json":
+                found.append(inner[len(key.parts[1]) + 1 :])
+        return found

@@ -14,14 +14,16 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .artifact_store import ArtifactStore, EntryKey, remove_tree
+from .artifact_store import ArtifactStore, EntryKey
 from .errors import CacheFallbackWarning, CacheMiss, MlcacheError, ServerUnreachable
 from .handles import ModelVersionApi
-from .identifiers import ModelVersionRef, logged_model_id, model_version_ref, run_ref
-from .locks import shared_entry_lock
-from .paths import safe_relative_path
+from .identifiers import ExpRef, ModelVersionRef, logged_model_id, model_version_ref, run_ref
+from .locks import hold_shared, shared_entry_lock
+from .names import safe_relative_path
 from .placement import export_store, place_tree
 from .remotes import join_url
+from .sources import check_source
+from .staging import Stage
 from .transfer import Listing, RemoteFile, Transfer, TransferError
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ class ArtifactsMixin:
         cache_dir: Path
         transfer: Transfer
         always_pull_artifacts: bool
+        allowed_sources: tuple[str, ...]
         pull_artifacts_in_offline_mode: bool
         cache_local_artifacts: bool
         show_progress: bool
@@ -61,6 +64,7 @@ class ArtifactsMixin:
         def _require_online(self, action: str) -> None: ...
         def _run_record(self, run_id: str, freshness: Freshness) -> Record: ...
         def _mv_record(self, ref: ModelVersionRef, freshness: Freshness) -> Record: ...
+        def _exp_record(self, ref: ExpRef, freshness: Freshness) -> Record: ...
         def _logged_record(self, model_id: str, freshness: Freshness) -> Record: ...
         def export_logged_model_meta(self, logged_model: Any, target: Path | str) -> Any: ...
         def _compose_mv(self, record: Record, freshness: Freshness = "nested") -> ModelVersionApi: ...
@@ -84,27 +88,40 @@ class ArtifactsMixin:
         return self._impl_transfer_for(url) or self.transfer
 
     # ----------------------------------------------------------------- resolution
+    def _exp_location(self, exp_id: Any) -> str | None:
+        """The artifact location of an experiment (the root its runs and models live under)."""
+        if not isinstance(exp_id, str):
+            return None
+        location = self._exp_record(ExpRef(id=exp_id), "nested").data.get("artifact_location")
+        return location if isinstance(location, str) else None
+
     def _run_target(self, run: Any, path_in_run: str | None) -> tuple[EntryKey, Callable[[], str]]:
         run_id, uri_path = run_ref(run)
         path = safe_relative_path(path_in_run if path_in_run is not None else (uri_path or ""))
 
         def url() -> str:
-            repo = self._run_record(run_id, "nested").data.get("repo")
-            if not repo:
+            data = self._run_record(run_id, "nested").data
+            repo = data.get("repo")
+            if not isinstance(repo, str) or not repo:
                 raise MlcacheError(f"run {run_id} has no artifact location")
+            check_source(repo, [self._exp_location(data.get("exp_id"))], self.allowed_sources, f"run {run_id}")
             return join_url(repo, path)
 
         return EntryKey("runs", (run_id, path)), url
 
     def _logged_target(self, model_id: str) -> tuple[EntryKey, Callable[[], str], str]:
         def url() -> str:
-            return str(self._logged_record(model_id, "nested").data["artifact_location"])
+            data = self._logged_record(model_id, "nested").data
+            location = str(data.get("artifact_location") or "")
+            roots = [self._exp_location(data.get("exp_id"))]
+            return check_source(location, roots, self.allowed_sources, f"logged model {model_id}")
 
         return EntryKey("models", (model_id,)), url, f"models:/{model_id}"
 
     def _mv_target(self, model_version: Any) -> tuple[EntryKey, Callable[[], str], str]:
-        """Where a version's files are: a logged model, a path in its run, or any other URL.
-        Logged models are also accepted directly (`m-<id>`, `models:/m-<id>`, the entity)."""
+        """Where a version's files are: a logged model, a path in its run, or another URL under its
+        run's or experiment's artifact root (or an allowed prefix). Logged models are also accepted
+        directly (`m-<id>`, `models:/m-<id>`, the entity)."""
         model_id = logged_model_id(model_version)
         if model_id is not None:
             return self._logged_target(model_id)
@@ -119,7 +136,12 @@ class ArtifactsMixin:
             key, url = self._run_target(mv.run_id, mv.path_in_run)
             return key, url, label
         digest = hashlib.sha256(mv.source.encode()).hexdigest()[:32]
-        return EntryKey("urls", (digest,)), lambda: mv.source, label
+        roots = [mv.run.repo, mv.run.exp.artifact_location] if mv.run is not None else []
+
+        def url() -> str:
+            return check_source(mv.source, roots, self.allowed_sources, f"model version {label}")
+
+        return EntryKey("urls", (digest,)), url, label
 
     # ----------------------------------------------------------------- the cache-or-pull core
     def _ensure(self, key: EntryKey, url: Callable[[], str], hint: str) -> Path:
@@ -212,9 +234,13 @@ class ArtifactsMixin:
         key, url = self._run_target(run, path_in_run)
         return self._ensure(key, url, f"call api.cache_run_artifact({key.parts[0]!r}, {key.parts[1]!r})")
 
-    def get_run_artifact(self, run: Any, path_in_run: str | None = None) -> Path:
-        """Local path of the run's artifact, pulled on a miss (read-only files)."""
-        return self.cache_run_artifact(run, path_in_run)
+    def get_run_artifact(self, run: Any, path_in_run: str | None = None, hold: bool = False) -> Path:
+        """Local path of the run's artifact, pulled on a miss (read-only files). With `hold`, prune and
+        clean leave the entry alone until this process ends (or `mlcache.release_holds()`)."""
+        if not hold:
+            return self.cache_run_artifact(run, path_in_run)
+        key, url = self._run_target(run, path_in_run)
+        return self._held(key, url, f"call api.cache_run_artifact({key.parts[0]!r}, {key.parts[1]!r})")
 
     def place_run_artifact(
         self, run: Any, path_in_run: str | None, target: Path | str, link: bool = True, overwrite: bool = False
@@ -235,6 +261,17 @@ class ArtifactsMixin:
             with shared_entry_lock(self._layout, "artifacts", entry.kind, *entry.parts, timeout=self.lock_timeout):
                 if path.exists():
                     return loader(path)
+        raise MlcacheError(f"{key.label} kept disappearing from the cache while loading it")
+
+    def _held(self, key: EntryKey, url: Callable[[], str], hint: str) -> Path:
+        """The entry's path, its lock held shared until the process ends (`locks.release_holds`)."""
+        for _ in range(3):
+            path = self._ensure(key, url, hint)
+            found = self._artifacts.covering(key)
+            entry = found[0] if found is not None else key
+            hold_shared(self._layout, "artifacts", entry.kind, *entry.parts, timeout=self.lock_timeout)
+            if path.exists():
+                return path
         raise MlcacheError(f"{key.label} kept disappearing from the cache while loading it")
 
     def export_run_artifact(self, run: Any, path_in_run: str | None, target: Path | str) -> Path:
@@ -270,25 +307,27 @@ class ArtifactsMixin:
         key, url_of = self._run_target(run, path_in_run)
         url = url_of()
         owned = callable(source)
+        stage: Stage | None = None
         if callable(source):
             stage = self._artifacts.new_stage("log")
-            local = stage / PurePosixPath(key.parts[1]).name
+            local = stage.path / PurePosixPath(key.parts[1]).name
             try:
                 source(local)
                 if not (local.exists() or local.is_symlink()):
                     raise MlcacheError(f"the dumper wrote nothing at {local}")
             except BaseException:
-                remove_tree(stage)
+                stage.close()
                 raise
         else:
             local = Path(source).expanduser().absolute()
             if not local.exists():
                 raise MlcacheError(f"artifact source {local} does not exist")
-            stage = None
         transfer = self._transfer_for(url)
         try:
             self.retry.call("push", lambda: transfer.push(local, url, progress=self.show_progress), url)
         except Exception as exc:
+            if stage is not None:
+                stage.close(keep=True)
             raise ArtifactUploadError(
                 f"upload of {local} to {url} failed: {exc}" + (f"; the artifact is kept at {local}" if owned else ""),
                 kept_path=local if owned else None,
@@ -301,7 +340,7 @@ class ArtifactsMixin:
                 return self._artifacts.adopt(key, local, url, listing.version(), move=owned)
         finally:
             if stage is not None:
-                remove_tree(stage)
+                stage.close()
 
     # ----------------------------------------------------------------- model-version artifacts
     def list_model_artifacts(self, model_version: Any) -> list[RemoteFile]:
@@ -314,9 +353,13 @@ class ArtifactsMixin:
         key, url, label = self._mv_target(model_version)
         return self._ensure(key, url, f"call api.cache_model_artifact({label!r})")
 
-    def get_model_artifact(self, model_version: Any) -> Path:
-        """Local path of the version's files, pulled on a miss (read-only files)."""
-        return self.cache_model_artifact(model_version)
+    def get_model_artifact(self, model_version: Any, hold: bool = False) -> Path:
+        """Local path of the version's files, pulled on a miss (read-only files). With `hold`, prune and
+        clean leave the entry alone until this process ends (or `mlcache.release_holds()`)."""
+        if not hold:
+            return self.cache_model_artifact(model_version)
+        key, url, label = self._mv_target(model_version)
+        return self._held(key, url, f"call api.cache_model_artifact({label!r})")
 
     def place_model_artifact(
         self, model_version: Any, target: Path | str, link: bool = True, overwrite: bool = False

@@ -25,7 +25,6 @@ from .errors import (
     CorruptMetadata,
     EntityNotFound,
     InvalidSetting,
-    MlcacheError,
     OfflineModeError,
     ServerUnreachable,
 )
@@ -35,10 +34,11 @@ from .identifiers import ExpRef, ModelVersionRef, exp_ref, model_name, model_ver
 from .layout import CacheLayout
 from .lifecycle import LifecycleMixin
 from .logged_models import LoggedModelsMixin
-from .metadata_store import MetadataStore, Record
+from .metadata_store import CLOCK_SKEW, MetadataStore, Record
+from .placement import export_meta_store
 from .records import exp_from_record, model_from_record, mv_from_record, run_from_record
 from .retry import RetryPolicy
-from .settings import env_bool, env_choice, env_path, env_seconds
+from .settings import env_bool, env_choice, env_list, env_path, env_seconds
 from .timeutil import utcnow
 from .tracking import TrackingMixin
 from .transfer import RcloneTransfer, Transfer
@@ -82,6 +82,7 @@ class BaseMlflowApi(
     pull_lock_timeout: float = 3600.0
     transfer: Transfer = Field(default_factory=RcloneTransfer)
     always_pull_artifacts: bool = False
+    allowed_sources: tuple[str, ...] = Field(default_factory=lambda: env_list("MLCACHE_ALLOWED_SOURCES"))
     pull_artifacts_in_offline_mode: bool = False
     cache_local_artifacts: bool = True
     show_progress: bool = False
@@ -169,7 +170,7 @@ class BaseMlflowApi(
                 raise CacheMiss(kind, key, self.cache_dir, hint)
             return cached
         usable = cached is not None and not cached.stale and freshness != "force"
-        if usable and (freshness == "nested" or utcnow() - cached.cached_at < self.metadata_max_age):
+        if usable and (freshness == "nested" or self._young(cached)):
             return cached
         try:
             data = fetch()
@@ -183,6 +184,12 @@ class BaseMlflowApi(
             )
             return cached
         return store(data)
+
+    def _young(self, record: Record) -> bool:
+        """Younger than `metadata_max_age` by this machine's clock and the cache's own record of when
+        it stored the document; a time in the future (another clock, a planted file) is not young."""
+        age = utcnow() - record.cached_at
+        return -CLOCK_SKEW <= age < self.metadata_max_age
 
     def _exp_record(self, ref: ExpRef, freshness: Freshness) -> Record:
         if ref.id is not None:
@@ -357,10 +364,7 @@ class BaseMlflowApi(
 
     # ----------------------------------------------------------------- export
     def _target_store(self, target: Path | str) -> MetadataStore:
-        layout = CacheLayout(target)
-        if layout.root == self._layout.root:
-            raise MlcacheError(f"cannot export the cache at {layout.root} into itself")
-        return MetadataStore(layout, self.lock_timeout)
+        return export_meta_store(self._layout.root, target, self.lock_timeout)
 
     def export_exp_meta(self, exp: Any, target: Path | str) -> ExpApi:
         """Write the experiment's metadata into the cache dir (or bundle) at `target`."""

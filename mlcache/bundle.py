@@ -1,44 +1,54 @@
-"""Deployment bundles: a cache dir holding just a selection, plus `bundle.json`.
+"""Deployment bundles: a cache dir holding just a selection, plus `bundle.json` listing every file.
 
-Export writes into a staging folder beside the target and renames it into place (or packs it into
-one `.tar`/`.tar.gz`, also via a temporary name), hardlinking artifact files when the target is on
-the same filesystem. `verify` re-hashes every file a bundle (or a cache) lists. `import_bundle`
-verifies first, refuses an artifact whose content differs from what the cache already holds,
-and is idempotent: importing the same bundle twice changes nothing.
+- Export writes into a staging folder beside the target (held by this process through a lock file
+  beside it, so the next export removes what a killed one left), copies each selected entry's bytes
+  (checked against its manifest as they are read; never a hardlink, so the bundle shares no inode
+  with the cache), lists every file, then renames the folder into place or packs it into one
+  `.tar`/`.tar.gz` via a temporary name.
+- Verify reads a bundle once, in place (an archive is streamed, never extracted), and checks it
+  against `bundle_check`'s rules; a cache dir is verified entry by entry.
+- Import reads the bundle once into a private stage of the cache, checks that stage and installs
+  exactly its bytes: nothing unlisted, nothing unchecked. An entry whose content differs from what the
+  cache holds is refused (nothing is imported); importing the same bundle twice changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
-import shutil
+import re
 import socket
 import tarfile
-import tempfile
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .artifact_store import ArtifactStore, remove_tree
-from .errors import CorruptMetadata, MlcacheError
+from filelock import FileLock, Timeout
+
+from .artifact_store import ArtifactStore, EntryKey, Manifest
+from .bundle_check import BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_VERSION, CheckedBundle, check_bundle
+from .bundle_reader import BundleError, BundleLimits, BundleTree, is_archive, read_bundle
+from .errors import CorruptMetadata
 from .hashing import sha256_file
-from .layout import CacheLayout
+from .layout import CacheLayout, writing
 from .metadata_store import KINDS, MetadataStore
+from .placement import check_export_target
+from .staging import Stage, remove_tree
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
     from .base import BaseMlflowApi
 
-BUNDLE_FILE = "bundle.json"
-BUNDLE_FORMAT = "mlcache-bundle"
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+__all__ = ["BundleError", "BundleLimits", "ImportReport", "Selection", "export_bundle", "import_bundle", "verify"]
 
-
-class BundleError(MlcacheError):
-    """A bundle that is damaged, or that would replace different content in the cache."""
+_PARTIAL = ".partial"
+_ABANDONED_AGE = 3600.0
+"""A staging folder of an export without lock file (left by an older release) is removed this old."""
 
 
 @dataclass
@@ -51,92 +61,122 @@ class Selection:
     version_query: dict[str, Any] | None = None
 
 
-def is_archive(path: Path) -> bool:
-    return path.name.endswith(ARCHIVE_SUFFIXES)
+def _derived_files(folder: Path) -> None:
+    """Drop what a cache keeps for itself and a bundle never holds: temp and lock files, the search
+    index, last-used stamps."""
+    remove_tree(folder / "tmp")
+    remove_tree(folder / "locks")
+    for derived in (folder / "metadata").glob("index.sqlite*"):
+        derived.unlink(missing_ok=True)
+    for stamp in (folder / "manifests").rglob("*.used"):
+        stamp.unlink(missing_ok=True)
 
 
-def _tree_files(root: Path) -> list[Path]:
-    skip = {root / "tmp", root / "locks"}
-    out = []
-    for path in sorted(root.rglob("*")):
-        if any(parent in skip for parent in path.parents) or path in skip:
-            continue
-        if path.is_file() and not path.is_symlink() and path.name != BUNDLE_FILE and path.suffix != ".used":
-            if path.name.startswith("index.sqlite"):
-                continue
-            out.append(path)
-    return out
-
-
-def _file_digests(root: Path) -> list[dict[str, Any]]:
-    """Every file of a bundle with size and sha256; artifact hashes come from their manifests."""
-    known: dict[str, str] = {}
+def _file_rows(root: Path) -> list[dict[str, Any]]:
+    """Every file of a bundle folder with size and sha256; artifact digests are those their
+    manifests record (each was checked while it was copied in), the rest are hashed."""
+    known: dict[str, tuple[int, str]] = {}
     store = ArtifactStore(CacheLayout(root))
     for key, manifest in store.entries():
-        if isinstance(manifest, CorruptMetadata):
-            raise BundleError(str(manifest))
+        if key is None or isinstance(manifest, CorruptMetadata):
+            raise BundleError(f"export produced a damaged manifest: {manifest}")
         base = store.entry_path(key).relative_to(root)
         for item in manifest.files:
             rel = (base / item.path).as_posix() if manifest.is_dir else base.as_posix()
-            known[rel] = item.sha256
+            known[rel] = (item.size, item.sha256)
     rows = []
-    for path in _tree_files(root):
-        rel = path.relative_to(root).as_posix()
-        rows.append({"path": rel, "size": path.stat().st_size, "sha256": known.get(rel) or sha256_file(path)})
-    return rows
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            if rel == BUNDLE_FILE:
+                continue
+            size, digest = known.get(rel) or (path.stat().st_size, sha256_file(path))
+            rows.append({"path": rel, "size": size, "sha256": digest})
+    return sorted(rows, key=lambda row: row["path"])
+
+
+def _partial_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}\{_PARTIAL}")
+
+
+def _clean_partials(parent: Path, name: str) -> None:
+    """Remove staging folders of earlier exports to the same target whose process is gone."""
+    pattern = _partial_pattern(name)
+    with contextlib.suppress(FileNotFoundError):
+        for item in parent.iterdir():
+            if not pattern.fullmatch(item.name) or item.is_symlink():
+                continue
+            owner = item.with_name(item.name + ".lock")
+            if owner.exists():
+                try:
+                    with FileLock(str(owner), timeout=0):
+                        remove_tree(item)
+                except Timeout:
+                    continue
+                owner.unlink(missing_ok=True)
+            elif time.time() - item.lstat().st_mtime > _ABANDONED_AGE:
+                remove_tree(item)
 
 
 def export_bundle(api: BaseMlflowApi, selection: Selection, target: Path | str) -> Path:
     """Write the selection, with everything needed offline, to a bundle folder or archive."""
     target = Path(target).expanduser().absolute()
-    if target.exists():
+    check_export_target(api.layout.root, target)
+    if target.exists() or target.is_symlink():
         raise BundleError(f"{target} already exists; choose a new path for the bundle")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
+    with writing(target.parent, f"export a bundle to {target}"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _clean_partials(target.parent, target.name)
+        stage = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}{_PARTIAL}"
+        owner = stage.with_name(stage.name + ".lock")
+        try:
+            with FileLock(str(owner), timeout=0):
+                _export_into(api, selection, stage, target)
+        finally:
+            remove_tree(stage)
+            owner.unlink(missing_ok=True)
+    return target
+
+
+def _export_into(api: BaseMlflowApi, selection: Selection, stage: Path, target: Path) -> None:
     folder = stage if not is_archive(target) else stage / "bundle"
-    try:
-        contents: dict[str, list[str]] = {"model_versions": [], "runs": [], "experiments": []}
-        versions = list(selection.model_versions)
-        if selection.version_query is not None:
-            versions.extend(api.find_model_versions(selection.version_query))
-        for mv in versions:
-            api.export_model_artifact(mv, folder)
-            contents["model_versions"].append(_label(api, mv))
-        for run in selection.runs:
-            _export_run(api, run, folder)
-            contents["runs"].append(str(run if isinstance(run, str) else run.id))
-        for exp in selection.experiments:
-            found = api.export_exp_meta(exp, folder)
-            contents["experiments"].append(found.id)
-        if not any(contents.values()):
-            raise BundleError("nothing selected: name model versions, runs or experiments (or a query)")
-        CacheLayout(folder).ensure()
-        for derived in (folder / "metadata").glob("index.sqlite*"):
-            derived.unlink(missing_ok=True)
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "version": 1,
-            "created_at": utcnow().isoformat(),
-            "creator": f"{getpass.getuser()}@{socket.gethostname()}",
-            "mlcache_version": _version(),
-            "contents": contents,
-            "files": _file_digests(folder),
-        }
-        (folder / BUNDLE_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
-        remove_tree(folder / "tmp")
-        remove_tree(folder / "locks")
-        if is_archive(target):
-            partial = stage / f"bundle{''.join(Path(target.name).suffixes)}"
-            mode = "w:gz" if target.name.endswith((".gz", ".tgz")) else "w"
-            with tarfile.open(partial, mode) as tar:
-                tar.add(folder, arcname=".")
-            os.replace(partial, target)
-        else:
-            os.replace(stage, target)
-        return target
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+    contents: dict[str, list[str]] = {"model_versions": [], "runs": [], "experiments": []}
+    versions = list(selection.model_versions)
+    if selection.version_query is not None:
+        versions.extend(api.find_model_versions(selection.version_query))
+    for mv in versions:
+        api.export_model_artifact(mv, folder)
+        contents["model_versions"].append(_label(api, mv))
+    for run in selection.runs:
+        _export_run(api, run, folder)
+        contents["runs"].append(str(run if isinstance(run, str) else run.id))
+    for exp in selection.experiments:
+        found = api.export_exp_meta(exp, folder)
+        contents["experiments"].append(found.id)
+    if not any(contents.values()):
+        raise BundleError("nothing selected: name model versions, runs or experiments (or a query)")
+    CacheLayout(folder).ensure()
+    _derived_files(folder)
+    document = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "created_at": utcnow().isoformat(),
+        "creator": f"{getpass.getuser()}@{socket.gethostname()}",
+        "mlcache_version": _version(),
+        "contents": contents,
+        "files": _file_rows(folder),
+    }
+    (folder / BUNDLE_FILE).write_text(json.dumps(document, indent=1, ensure_ascii=False))
+    if is_archive(target):
+        partial = stage / f"bundle{''.join(Path(target.name).suffixes)}"
+        mode = "w:gz" if target.name.endswith((".gz", ".tgz")) else "w"
+        with tarfile.open(partial, mode) as tar:
+            tar.add(folder, arcname=".")
+        os.replace(partial, target)
+    else:
+        os.replace(stage, target)
 
 
 def _version() -> str:
@@ -164,48 +204,32 @@ def _export_run(api: BaseMlflowApi, run: Any, folder: Path) -> None:
         api.export_run_meta(run_id, folder)
 
 
-def _unpacked(source: Path, scratch: Path) -> Path:
-    if not is_archive(source):
-        return source
-    with tarfile.open(source) as tar:
-        tar.extractall(scratch, filter="data")
-    return scratch
-
-
-def verify(path: Path | str) -> list[str]:
-    """Every problem of a bundle (folder or archive) or cache dir: missing, resized or changed
-    files, unreadable metadata. An empty list means intact."""
+def verify(path: Path | str, limits: BundleLimits | None = None) -> list[str]:
+    """Every problem of a bundle (folder or archive) or cache dir, one line each: missing, resized,
+    changed or unlisted files, misplaced or unreadable documents. An empty list means intact."""
     path = Path(path).expanduser().absolute()
     if not path.exists():
-        raise BundleError(f"nothing to verify at {path}")
-    with tempfile.TemporaryDirectory(prefix="mlcache-verify-") as scratch:
-        root = _unpacked(path, Path(scratch))
-        problems: list[str] = []
-        bundle = root / BUNDLE_FILE
-        if bundle.exists():
-            try:
-                listed = json.loads(bundle.read_text())["files"]
-            except (ValueError, KeyError, TypeError) as exc:
-                return [f"{bundle}: unreadable bundle.json ({exc})"]
-            for item in listed:
-                file = root / item["path"]
-                if not file.is_file():
-                    problems.append(f"{item['path']}: missing")
-                elif file.stat().st_size != item["size"]:
-                    problems.append(f"{item['path']}: size {file.stat().st_size} != {item['size']}")
-                elif sha256_file(file) != item["sha256"]:
-                    problems.append(f"{item['path']}: sha256 differs")
-            return problems
-        store = ArtifactStore(CacheLayout(root))
-        for key, manifest in store.entries():
-            if isinstance(manifest, CorruptMetadata):
-                problems.append(str(manifest))
-            else:
-                problems.extend(store.verify(key, manifest))
-        meta = MetadataStore(CacheLayout(root))
-        for kind in KINDS:
-            list(meta.scan(kind, on_error=lambda exc: problems.append(str(exc))))
-        return problems
+        raise BundleError(f"nothing to verify at {path}: no bundle or cache dir there")
+    if is_archive(path) or (path / BUNDLE_FILE).exists():
+        try:
+            return check_bundle(read_bundle(path, limits)).problems
+        except BundleError as exc:
+            return [str(exc)]
+    return _verify_cache(path)
+
+
+def _verify_cache(root: Path) -> list[str]:
+    problems: list[str] = []
+    store = ArtifactStore(CacheLayout(root))
+    for key, manifest in store.entries():
+        if key is None or isinstance(manifest, CorruptMetadata):
+            problems.append(str(manifest))
+        else:
+            problems.extend(store.verify(key, manifest))
+    meta = MetadataStore(CacheLayout(root))
+    for kind in KINDS:
+        list(meta.scan(kind, on_error=lambda exc: problems.append(str(exc))))
+    return problems
 
 
 @dataclass
@@ -218,64 +242,84 @@ class ImportReport:
     metadata_kept: int = 0
 
 
-def import_bundle(api: BaseMlflowApi, source: Path | str) -> ImportReport:
-    """Bring a verified bundle into the api's cache; refuses different content for an entry."""
+def import_bundle(api: BaseMlflowApi, source: Path | str, limits: BundleLimits | None = None) -> ImportReport:
+    """Bring a bundle into the api's cache: read once into a private stage, checked, and exactly
+    that stage installed. Refuses (installing nothing) a damaged bundle, unlisted content and
+    entries whose content differs from what the cache holds."""
     source = Path(source).expanduser().absolute()
-    problems = verify(source)
-    if problems:
-        raise BundleError(
-            f"bundle {source} is damaged, nothing imported: "
-            + "; ".join(problems[:5])
-            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
-        )
-    with tempfile.TemporaryDirectory(prefix="mlcache-import-", dir=_scratch_dir(api)) as scratch:
-        root = _unpacked(source, Path(scratch))
-        if not (root / BUNDLE_FILE).exists():
-            raise BundleError(f"{source} is not a bundle (no {BUNDLE_FILE})")
-        incoming = ArtifactStore(CacheLayout(root))
+    if not source.exists():
+        raise BundleError(f"no bundle at {source}")
+    layout = api.layout
+    root = layout.root.resolve()
+    if source.resolve() == root or root in source.resolve().parents:
+        raise BundleError(f"cannot import a bundle into itself: {source} is the cache at {root} or inside it")
+    layout.check_version()
+    with writing(layout.root, f"import {source}"), Stage(layout, "import") as stage:
+        tree = read_bundle(source, limits, stage)
+        checked = check_bundle(tree)
+        if checked.problems:
+            shown = "; ".join(checked.problems[:5])
+            more = f" (+{len(checked.problems) - 5} more)" if len(checked.problems) > 5 else ""
+            raise BundleError(f"bundle {source} is damaged, nothing imported: {shown}{more}")
         local = api._artifacts
-        entries = [(key, m) for key, m in incoming.entries() if not isinstance(m, CorruptMetadata)]
-        conflicts = []
-        for key, manifest in entries:
-            mine = local.read_manifest(key)
-            if mine is not None and local.lookup(key) is not None and _digest(mine) != _digest(manifest):
-                conflicts.append(key.label)
+        conflicts = [
+            key.label
+            for key, (manifest, _) in checked.entries.items()
+            if (mine := local.read_manifest(key)) is not None
+            and local.lookup_quiet(key) is not None
+            and _digest(mine) != _digest(manifest)
+        ]
         if conflicts:
             raise BundleError(
-                f"the cache already holds different content for {', '.join(conflicts)}; "
-                "clean those entries first (clean_cached_*), nothing imported"
+                f"the cache already holds different content for {', '.join(sorted(conflicts))}; "
+                "clean those entries first (mlcache clean --entry URI), nothing imported"
             )
         report = ImportReport()
-        for key, _ in entries:
-            if local.lookup(key) is not None:
+        for key, (manifest, rel) in sorted(checked.entries.items(), key=lambda item: item[0].label):
+            if local.lookup_quiet(key) is not None:
                 report.entries_present.append(key.label)
-            else:
-                incoming.export_entry(key, local)
-                report.entries_added.append(key.label)
-        _import_metadata(api, MetadataStore(CacheLayout(root)), report)
+                continue
+            _install_entry(local, key, manifest, stage / rel)
+            report.entries_added.append(key.label)
+        _import_metadata(api, tree, checked, report)
         return report
 
 
-def _scratch_dir(api: BaseMlflowApi) -> str:
-    api.layout.ensure()
-    return str(api.layout.tmp)
+def _install_entry(local: ArtifactStore, key: EntryKey, manifest: Manifest, staged: Path) -> None:
+    """Install one checked entry from the import stage: its listed files, linked into a fresh stage
+    of their own (so entries nested in one another each get all their files), made read-only."""
+    with local.lock(key), local.new_stage("install") as own:
+        produced = own / (staged.name or "artifact")
+        for item in manifest.files:
+            src = staged.joinpath(*item.path.split("/")) if manifest.is_dir else staged
+            dst = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(src, 0o444)
+            os.link(src, dst)
+        if manifest.is_dir:
+            produced.mkdir(exist_ok=True)
+        local.install(key, produced, manifest)
 
 
-def _digest(manifest: Any) -> list[tuple[str, str]]:
+def _digest(manifest: Manifest) -> list[tuple[str, str]]:
     return sorted((f.path, f.sha256) for f in manifest.files)
 
 
-def _import_metadata(api: BaseMlflowApi, incoming: MetadataStore, report: ImportReport) -> None:
-    """Metadata documents are copied unless the cache holds a copy cached more recently."""
+def _import_metadata(api: BaseMlflowApi, tree: BundleTree, checked: CheckedBundle, report: ImportReport) -> None:
+    """The bundle's documents replace the cached ones they differ from (the import is the newer
+    word); each is stored with the cache's own time. Dates inside documents are never compared."""
     mine = api._meta
-    for kind in KINDS:
-        for record in incoming.scan(kind):
-            current = mine.get(kind, record.key) if mine.path(kind, record.key).exists() else None
-            if current is not None and (current.data == record.data or current.cached_at >= record.cached_at):
-                report.metadata_kept += 1
-                continue
-            mine.put(kind, record.key, record.data)
-            report.metadata_written += 1
+    for rel, kind in sorted(checked.metadata.items()):
+        record = mine.parse_document(mine.layout.root / rel, tree.documents[rel], kind)
+        try:
+            current = mine.get(kind, record.key)
+        except CorruptMetadata:
+            current = None
+        if current is not None and current.data == record.data:
+            report.metadata_kept += 1
+            continue
+        mine.put(kind, record.key, record.data)
+        report.metadata_written += 1
 
 
 def selection_from(items: Iterable[str]) -> Selection:

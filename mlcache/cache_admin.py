@@ -3,25 +3,27 @@ clean, verify, and the bundle operations, as methods of `BaseMlflowApi`."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-import shutil
-import time
+import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import filelock
-
-from .artifact_store import EntryKey, Manifest, remove_tree
+from .artifact_store import EntryKey, Manifest
 from .errors import CorruptMetadata, LockTimeout, MlcacheError
+from .layout import writing
 from .locks import entry_lock
+from .staging import clean_tmp
 
 if TYPE_CHECKING:
     from .artifact_store import ArtifactStore
     from .bundle import ImportReport
     from .layout import CacheLayout
+    from .metadata_store import MetadataStore
 
 _UNITS = {
     "": 1,
@@ -53,15 +55,61 @@ def parse_size(text: str | int) -> int:
 
 @dataclass(frozen=True)
 class EntryUsage:
-    """One artifact entry of the cache, as the usage report shows it."""
+    """One artifact entry of the cache, as the usage report shows it. `size` and `files` are
+    measured on disk (a manifest's own numbers are claims); `damaged` says why an entry whose
+    manifest cannot be read is listed anyway (its space is reclaimable by `prune`)."""
 
     label: str
-    key: EntryKey
+    key: EntryKey | None
     size: int
     files: int
     last_used: datetime
-    pulled_at: datetime
+    pulled_at: datetime | None
     source: str
+    damaged: str | None = None
+    manifest_path: Path | None = None
+
+
+@dataclass
+class PruneReport:
+    """What `prune` removed, and what it left because other processes were reading it."""
+
+    removed: list[EntryUsage] = field(default_factory=list)
+    busy: list[EntryUsage] = field(default_factory=list)
+
+    @property
+    def freed(self) -> int:
+        return sum(row.size for row in self.removed)
+
+
+@dataclass
+class CleanReport:
+    """What `clean_all_cache` removed, and what it left because other processes were using it."""
+
+    entries_removed: int = 0
+    entries_busy: list[str] = field(default_factory=list)
+    metadata_removed: int = 0
+    temp_removed: int = 0
+    temp_busy: int = 0
+
+
+def _measure(path: Path) -> tuple[int, int]:
+    """(bytes, files) of the regular files of a tree, by `lstat`, links not followed."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return 0, 0
+    if not stat.S_ISDIR(info.st_mode):
+        return (info.st_size, 1) if stat.S_ISREG(info.st_mode) else (0, 0)
+    size = count = 0
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                item = os.lstat(os.path.join(folder, name))
+                if stat.S_ISREG(item.st_mode):
+                    size += item.st_size
+                    count += 1
+    return size, count
 
 
 class CacheAdminMixin:
@@ -70,72 +118,94 @@ class CacheAdminMixin:
     if TYPE_CHECKING:
         _layout: CacheLayout
         _artifacts: ArtifactStore
+        _meta: MetadataStore
         lock_timeout: float
 
     def usage(self) -> list[EntryUsage]:
-        """Every complete artifact entry with its size, last use and source, largest first."""
+        """Every artifact entry with its size on disk, last use and source, largest first; entries
+        whose manifest is damaged are listed with the reason."""
         rows = []
         for key, manifest in self._artifacts.entries():
-            if isinstance(manifest, CorruptMetadata) or self._artifacts.lookup_quiet(key) is None:
-                continue
-            rows.append(self._usage_row(key, manifest))
+            if isinstance(manifest, CorruptMetadata):
+                rows.append(self._damaged_row(key, manifest))
+            elif self._artifacts.lookup_quiet(key) is not None:  # type: ignore[arg-type]
+                rows.append(self._usage_row(key, manifest))  # type: ignore[arg-type]
         return sorted(rows, key=lambda row: (-row.size, row.label))
 
     def _usage_row(self, key: EntryKey, manifest: Manifest) -> EntryUsage:
-        return EntryUsage(
-            key.label,
-            key,
-            manifest.size,
-            len(manifest.files),
-            self._artifacts.last_used(key, manifest),
-            manifest.pulled_at,
-            manifest.source,
-        )
+        size, files = _measure(self._artifacts.entry_path(key))
+        last = self._artifacts.last_used(key)
+        return EntryUsage(key.label, key, size, files, last, manifest.pulled_at, manifest.source)
 
-    def prune(self, max_size: int | str) -> list[EntryUsage]:
-        """Remove least recently used entries until the artifacts fit in `max_size` bytes; an entry
-        whose lock another process holds is left alone. Returns what was removed."""
+    def _damaged_row(self, key: EntryKey | None, error: CorruptMetadata) -> EntryUsage:
+        size, files = _measure(self._artifacts.entry_path(key)) if key is not None else (0, 0)
+        with contextlib.suppress(OSError):
+            size += error.path.lstat().st_size
+        label = key.label if key is not None else str(error.path.relative_to(self._layout.root))
+        epoch = datetime.fromtimestamp(0, tz=timezone.utc)
+        return EntryUsage(label, key, size, files, epoch, None, "", str(error), error.path)
+
+    def prune(self, max_size: int | str) -> PruneReport:
+        """Remove least recently used entries (damaged ones first) until the artifacts fit in
+        `max_size` bytes. Each entry is removed under its exclusive lock; one that a reader or
+        writer holds is left alone and reported as busy."""
         budget = parse_size(max_size)
-        rows = sorted(self.usage(), key=lambda row: row.last_used)
+        rows = sorted(self.usage(), key=lambda row: (row.damaged is None, row.last_used))
         total = sum(row.size for row in rows)
-        removed = []
-        for row in rows:
-            if total <= budget:
-                break
-            try:
-                with entry_lock(self._layout, "artifacts", row.key.kind, *row.key.parts, timeout=0):
-                    if self._artifacts.remove(row.key):
-                        removed.append(row)
-                        total -= row.size
-            except (LockTimeout, filelock.Timeout):
-                continue
-        return removed
+        report = PruneReport()
+        with writing(self._layout.root, "prune the cache"):
+            for row in rows:
+                if total <= budget:
+                    break
+                if self._remove_row(row):
+                    report.removed.append(row)
+                    total -= row.size
+                else:
+                    report.busy.append(row)
+        return report
 
-    def clean_temp_artifacts(self, older_than: float = 3600.0) -> int:
-        """Remove staging leftovers in `tmp/` older than `older_than` seconds; returns how many."""
-        tmp = self._layout.tmp
-        if not tmp.is_dir():
-            return 0
-        cutoff = time.time() - older_than
-        count = 0
-        for item in tmp.iterdir():
-            try:
-                if item.lstat().st_mtime <= cutoff:
-                    remove_tree(item)
-                    count += 1
-            except FileNotFoundError:
-                continue
-        return count
+    def _remove_row(self, row: EntryUsage) -> bool:
+        """Remove one entry under its exclusive lock; False when another process holds it."""
+        if row.key is None:
+            if row.manifest_path is not None:
+                self._layout.guard(row.manifest_path).unlink(missing_ok=True)
+            return True
+        try:
+            with entry_lock(self._layout, "artifacts", row.key.kind, *row.key.parts, timeout=0):
+                self._artifacts.remove(row.key)
+                if row.manifest_path is not None:
+                    self._layout.guard(row.manifest_path).unlink(missing_ok=True)
+        except LockTimeout:
+            return False
+        return True
 
-    def clean_all_cache(self) -> None:
-        """Empty the cache: metadata, artifacts, manifests and temporary files."""
+    def clean_temp_artifacts(self, older_than: float = 0.0) -> int:
+        """Remove staging leftovers in `tmp/` whose owner process is gone (temp files without an
+        owner once older than `older_than` seconds, and never younger than ten minutes); returns how
+        many were removed."""
+        with writing(self._layout.root, "clean the cache's temporary files"):
+            return clean_tmp(self._layout, older_than)[0]
+
+    def clean_all_cache(self) -> CleanReport:
+        """Empty the cache: every artifact entry (each under its exclusive lock: entries other
+        processes are reading stay, and are reported), every metadata document, and the temporary
+        files no live process owns."""
         root = self._layout.root
+        report = CleanReport()
         if not root.exists():
-            return
+            return report
         if not (root / "layout.json").exists() and any(root.iterdir()):
             raise MlcacheError(f"{root} does not look like an mlcache cache dir (no layout.json); not cleaning it")
-        for folder in (self._layout.metadata, self._layout.artifacts, self._layout.manifests, self._layout.tmp):
-            shutil.rmtree(folder, ignore_errors=True)
+        self._layout.check_version()
+        with writing(root, "clean the cache"):
+            for row in self.usage():
+                if self._remove_row(row):
+                    report.entries_removed += 1
+                else:
+                    report.entries_busy.append(row.label)
+            report.metadata_removed = self._meta.clear()
+            report.temp_removed, report.temp_busy = clean_tmp(self._layout)
+        return report
 
     def verify_cache(self) -> list[str]:
         """Re-hash every entry and re-read every metadata file; each problem as one line."""

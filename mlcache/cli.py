@@ -31,10 +31,13 @@ KINDS = {
 class Settings:
     """Global options shared by the subcommands."""
 
-    def __init__(self, cache_dir: Path | None, offline: bool, tracking_uri: str | None) -> None:
+    def __init__(
+        self, cache_dir: Path | None, offline: bool, tracking_uri: str | None, timeout: float | None = None
+    ) -> None:
         self.cache_dir = cache_dir
         self.offline = offline
         self.tracking_uri = tracking_uri
+        self.timeout = timeout
 
     def api(self, **extra: Any) -> Any:
         from .plugins import get_api
@@ -46,6 +49,8 @@ class Settings:
             conf["offline_mode"] = True
         if self.tracking_uri:
             conf["tracking_uri"] = self.tracking_uri
+        if self.timeout is not None:
+            conf["timeout"] = self.timeout
         return get_api("mlflow", **conf)
 
 
@@ -71,10 +76,19 @@ def main(
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else embedded sqlite).")
     ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            min=0.1,
+            help="Deadline of each server call, retries included; then a cached copy answers, if any "
+            "(default: MLCACHE_TIMEOUT, else 10).",
+        ),
+    ] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
 ) -> None:
     """Global options."""
-    ctx.obj = Settings(cache_dir, offline, tracking_uri)
+    ctx.obj = Settings(cache_dir, offline, tracking_uri, timeout)
 
 
 def _is_run_uri(uri: str) -> bool:
@@ -240,7 +254,7 @@ def _size(n: int) -> str:
 
 @app.command()
 def du(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Usage of the cache: each artifact entry's size, last use and source."""
+    """Usage of the cache: each artifact entry's size on disk, last use and source."""
     rows = _settings(ctx).api().usage()
     if as_json:
         for row in rows:
@@ -250,12 +264,14 @@ def du(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = Fa
                 "files": row.files,
                 "last_used": row.last_used.isoformat(),
                 "source": row.source,
+                "damaged": row.damaged,
             }
             typer.echo(json.dumps(record))
         return
     table = Table("entry", "size", "files", "last used", "source")
     for row in rows:
-        table.add_row(row.label, _size(row.size), str(row.files), f"{row.last_used:%Y-%m-%d %H:%M}", row.source)
+        source = f"damaged: {row.damaged}" if row.damaged else row.source
+        table.add_row(row.label, _size(row.size), str(row.files), f"{row.last_used:%Y-%m-%d %H:%M}", source)
     out.print(table)
     err.print(f"total {_size(sum(r.size for r in rows))} in {len(rows)} entries")
 
@@ -272,10 +288,12 @@ def prune(
         budget = parse_size(max_size)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    removed = _settings(ctx).api().prune(budget)
-    for row in removed:
+    report = _settings(ctx).api().prune(budget)
+    for row in report.removed:
         out.print(f"removed {row.label} ({_size(row.size)})", highlight=False, soft_wrap=True)
-    err.print(f"freed {_size(sum(r.size for r in removed))}")
+    for row in report.busy:
+        err.print(f"kept {row.label} ({_size(row.size)}): another process is using it", highlight=False)
+    err.print(f"freed {_size(report.freed)}")
 
 
 @app.command()
@@ -287,13 +305,19 @@ def clean(
     """Remove temporary leftovers (default), one entry (--entry) or everything (--all)."""
     api = _settings(ctx).api()
     if everything:
-        api.clean_all_cache()
-        out.print(f"emptied {api.cache_dir}", highlight=False)
+        report = api.clean_all_cache()
+        out.print(
+            f"removed {report.entries_removed} artifact entries, {report.metadata_removed} metadata documents and "
+            f"{report.temp_removed} temporary item(s) from {api.cache_dir}",
+            highlight=False,
+        )
+        for label in report.entries_busy:
+            err.print(f"kept {label}: another process is using it", highlight=False)
     elif entry:
         removed = api.clean_cached_run_artifact(entry) if _is_run_uri(entry) else api.clean_cached_model_artifact(entry)
         out.print(f"{'removed' if removed else 'not cached:'} {entry}", highlight=False)
     else:
-        out.print(f"removed {api.clean_temp_artifacts(older_than=0)} temporary item(s)", highlight=False)
+        out.print(f"removed {api.clean_temp_artifacts()} temporary item(s)", highlight=False)
 
 
 @app.command()
@@ -304,10 +328,15 @@ def demo(ctx: typer.Context) -> None:
     run_demo(_settings(ctx).api(), say=lambda line: out.print(f"[green]✓[/green] {line}"))
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def run() -> None:
-    """Entry point: run the app, turning mlcache errors into one line on stderr."""
+    """Entry point: run the app, turning mlcache errors (and the system's: a full disk, a path that
+    cannot be read) into one line on stderr and exit 1."""
     try:
         app()
-    except MlcacheError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    except (MlcacheError, OSError) as exc:
+        err.print(f"[red]error:[/red] {_one_line(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)

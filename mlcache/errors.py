@@ -54,6 +54,7 @@ class CorruptMetadata(MlcacheError):
 
     def __init__(self, path: Path, reason: str) -> None:
         self.path = path
+        self.reason = reason
         super().__init__(f"malformed cache file {path}: {reason}")
 
 
@@ -63,6 +64,23 @@ class ServerUnreachable(MlcacheError, ConnectionError):
 
 class OfflineModeError(MlcacheError):
     """An operation that needs the server was called in offline mode."""
+
+
+class UntrustedSource(MlcacheError):
+    """An artifact location outside the artifact roots the server itself uses (a version whose
+    source points elsewhere, a climbing URL): refused unless its prefix is explicitly allowed."""
+
+
+class CacheNotWritable(MlcacheError, OSError):
+    """The cache dir (or an export target) cannot be written: read-only, full, or not ours to
+    write. Nothing half-made is left behind; the message says what to do."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class LockTimeout(MlcacheError, TimeoutError):

@@ -147,7 +147,7 @@ class FindersMixin:
                     if doc is not None and compiled.match(doc):
                         yield compose(record), doc
                 return
-            flt = sql_filter(query, field_map)
+            flt = sql_filter(query, field_map, kind)
             if exp_ids is not None:
                 flt.clauses.append(f"exp_id IN ({', '.join('?' * len(exp_ids))})")
                 flt.params.extend(exp_ids)
@@ -254,12 +254,10 @@ class FindersMixin:
     ) -> Iterator[ModelVersionApi]:
         """Model versions matching a MongoDB query (`{"model.name": "fraud", "tags.stage": "prod"}`);
         versions whose files were deleted (tag `mlcache.deleted`) only with `include_deleted`."""
-        if not include_deleted:
-            compile_query(query)
-            query = {"$and": [dict(query or {}), {"tags.mlcache.deleted": {"$exists": False}}]}
+        hide_deleted = None if include_deleted else {"tags.mlcache.deleted": {"$exists": False}}
         return self._find(
             "mv",
-            compile_query(query),
+            compile_query(query, also=hide_deleted),
             check_sort(sort),
             self._impl_find_model_versions,
             self._store_mv,

@@ -45,6 +45,31 @@ def sha256_file(path: Path | str) -> str:
         return _sha256_of(handle)
 
 
+def copy_hashed(src: Path | str, dst: Path | str) -> tuple[int, str]:
+    """Copy the regular file `src` to a new file `dst` (never following links, never replacing a
+    file) and return the size and sha256 of the bytes written, read once."""
+    digest = hashlib.sha256()
+    size = 0
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    source = os.open(src, os.O_RDONLY | nofollow)
+    try:
+        if not stat.S_ISREG(os.fstat(source).st_mode):
+            raise OSError(f"{src} is not a regular file")
+        target = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o644)
+        try:
+            while chunk := os.read(source, _BLOCK):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(target, view) :]
+                size += len(chunk)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+    return size, digest.hexdigest()
+
+
 def _sha256_of(handle: BinaryIO) -> str:
     """sha256 of an open unbuffered file from its start: one read when small, else 1 MiB blocks
     into one buffer."""

@@ -15,7 +15,8 @@ from .errors import InvalidIdentifier
 
 _VERSION = re.compile(r"^[1-9][0-9]*$")
 _ALIAS = re.compile(r"^[A-Za-z0-9_\-]+$")
-_RUN_ID = re.compile(r"^[A-Za-z0-9_\-]+$")
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
+_RUN_ID = RUN_ID_PATTERN
 _LOGGED_ID = re.compile(r"^(?:models:/)?(m-[0-9a-f]{32})/?$")
 
 

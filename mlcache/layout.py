@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote, unquote
 
-from .errors import MlcacheError
+from .errors import CacheNotWritable, CorruptMetadata, MlcacheError
+from .names import UnsafePath
 
 LAYOUT_VERSION = 1
 
@@ -19,15 +23,9 @@ CACHEDIR_TAG = (
 )
 
 
-def encode_part(part: str) -> str:
-    """One key part as one safe file name (no separators, no dot names, reversible)."""
-    encoded = quote(part, safe="-_@+=,")
-    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
-
-
-def decode_part(name: str) -> str:
-    """Inverse of `encode_part`."""
-    return unquote(name)
+class IncompatibleCache(MlcacheError):
+    """A cache dir (or bundle) whose layout marker this mlcache cannot read: another layout
+    version, or a marker that is not what mlcache writes."""
 
 
 def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
@@ -45,6 +43,54 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@contextmanager
+def writing(root: Path, what: str) -> Iterator[None]:
+    """Turn a full disk or a read-only cache met while doing `what` into one `CacheNotWritable`
+    saying so and what to do; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, MlcacheError) or exc.errno not in _FULL | _READ_ONLY:
+            raise
+        if exc.errno in _FULL:
+            raise CacheNotWritable(
+                exc.errno,
+                f"cannot {what}: no space left on the filesystem of {root}; free some space "
+                "(`mlcache prune --max-size SIZE`, `mlcache clean`) and try again",
+            ) from exc
+        raise CacheNotWritable(
+            exc.errno,
+            f"cannot {what}: {root} is not writable ({exc.strerror}); use a writable cache dir "
+            "(--cache-dir / MLCACHE_CACHE_DIR), or read it with --offline",
+        ) from exc
+
+
+def read_regular(path: Path, limit: int = 256 << 20) -> tuple[bytes, int] | None:
+    """The bytes and modification time (ns) of a small file mlcache wrote (a document, a manifest),
+    None when absent. Links are not followed; anything but a regular file of at most `limit` bytes
+    is `CorruptMetadata` naming it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise CorruptMetadata(path, f"cannot be read ({exc.strerror or exc})") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptMetadata(path, "is not a regular file")
+        if info.st_size > limit:
+            raise CorruptMetadata(path, f"is {info.st_size} bytes, more than a file of this kind can be ({limit})")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit + 1), info.st_mtime_ns
+    finally:
+        os.close(fd)
+
+
 class CacheLayout:
     """Paths of one cache dir (or bundle); creates its skeleton only when first written to."""
 
@@ -58,23 +104,56 @@ class CacheLayout:
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
         self._ready = False
+        self._version_checked = False
 
     def __repr__(self) -> str:
         return f"CacheLayout({str(self.root)!r})"
 
     def check_version(self) -> None:
-        """Refuse a cache written by a newer, incompatible layout."""
+        """Refuse a cache written in another layout version, for reads and writes alike (checked
+        once per layout object; a cache without marker is new, or a bundle of this version)."""
+        if self._version_checked:
+            return
         marker = self.root / "layout.json"
         try:
-            found = json.loads(marker.read_text())["version"]
-        except FileNotFoundError:
+            found = json.loads(marker.read_bytes()[:4096])["version"]
+        except (FileNotFoundError, NotADirectoryError):
+            self._version_checked = True
             return
-        except (ValueError, KeyError, TypeError) as exc:
-            raise MlcacheError(f"malformed cache file {marker}: {exc}") from exc
-        if found != LAYOUT_VERSION:
-            raise MlcacheError(
-                f"cache at {self.root} has layout version {found}; this mlcache reads version {LAYOUT_VERSION}"
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IncompatibleCache(
+                f'malformed cache file {marker} ({exc}); it should hold {{"version": {LAYOUT_VERSION}}}'
+            ) from exc
+        if found != LAYOUT_VERSION or isinstance(found, bool):
+            raise IncompatibleCache(
+                f"cache at {self.root} has layout version {found!r}; this mlcache reads version {LAYOUT_VERSION}: "
+                "use the mlcache release that wrote it, or point cache_dir (MLCACHE_CACHE_DIR) at another folder"
             )
+        self._version_checked = True
+
+    def guard(self, path: Path) -> Path:
+        """`path`, once checked to lie inside the cache with every existing folder between the root
+        and it a real folder (not a link): mlcache never writes, renames or deletes through a link
+        someone planted in a shared cache."""
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            raise UnsafePath(f"{path} is outside the cache at {self.root}; refusing to touch it") from None
+        node = self.root
+        for part in rel.parts[:-1]:
+            if part in ("", ".", ".."):
+                raise UnsafePath(f"{path} climbs out of the cache at {self.root}; refusing to touch it")
+            node = node / part
+            try:
+                info = os.lstat(node)
+            except FileNotFoundError:
+                break
+            if not stat.S_ISDIR(info.st_mode):
+                raise UnsafePath(
+                    f"{node} is a link or a file where mlcache keeps its own folder; refusing to write through it "
+                    "(remove it, or point cache_dir at another folder)"
+                )
+        return path
 
     def ensure(self) -> None:
         """Create the skeleton (tag, layout version, folders) before the first write."""

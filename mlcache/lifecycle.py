@@ -7,7 +7,7 @@ from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from .identifiers import exp_ref
-from .paths import safe_relative_path
+from .names import safe_relative_path
 from .timeutil import utcnow
 
 if TYPE_CHECKING:

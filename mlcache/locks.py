@@ -12,6 +12,7 @@ Locks only prevent doing the same work twice; correctness comes from the on-disk
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,8 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 from .errors import LockTimeout
-from .layout import CacheLayout, encode_part
+from .layout import CacheLayout
+from .names import file_name
 
 
 def _is_stale(path: Path, max_age: float) -> bool:
@@ -36,9 +38,10 @@ def _is_stale(path: Path, max_age: float) -> bool:
 
 
 def lock_path(layout: CacheLayout, *parts: str) -> Path:
-    """The lock file of one entry, never inside an artifact or metadata tree."""
-    *dirs, last = (encode_part(p) for p in parts)
-    return layout.locks.joinpath(*dirs, f"{last}.lock")
+    """The lock file of one entry, never inside an artifact or metadata tree; each part is one
+    file name (`names.file_name`), so long names and paths get short lock names."""
+    *dirs, last = (file_name(p, "lock name") for p in parts)
+    return layout.guard(layout.locks.joinpath(*dirs, f"{last}.lock"))
 
 
 @contextmanager
@@ -64,6 +67,26 @@ def entry_lock(layout: CacheLayout, *parts: str, timeout: float) -> Iterator[Non
         lock.release()
 
 
+def _acquire_shared(path: Path, timeout: float) -> int | None:
+    """An open descriptor holding `path`'s lock shared, None where it cannot be opened (read-only
+    cache); `LockTimeout` when a writer keeps it exclusively for `timeout` seconds."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError:
+        return None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise LockTimeout(f"lock {path} still held exclusively after {timeout:g}s") from None
+            time.sleep(0.01)
+
+
 @contextmanager
 def shared_entry_lock(layout: CacheLayout, *parts: str, timeout: float) -> Iterator[None]:
     """Hold the entry's lock shared (many readers; no writer, pruner or cleaner meanwhile), where
@@ -71,23 +94,38 @@ def shared_entry_lock(layout: CacheLayout, *parts: str, timeout: float) -> Itera
     if layout.soft_locks or fcntl is None:
         yield
         return
-    path = lock_path(layout, *parts)
+    fd = _acquire_shared(lock_path(layout, *parts), timeout)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield
-        return
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"lock {path} still held exclusively after {timeout:g}s") from None
-                time.sleep(0.01)
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
+
+
+_held: dict[Path, int] = {}
+_held_guard = threading.Lock()
+
+
+def hold_shared(layout: CacheLayout, *parts: str, timeout: float) -> None:
+    """Keep the entry's lock shared until `release_holds` or the end of the process: for callers
+    that hand out the cached path itself (the `mlcache://` loader), so that no prune or clean removes
+    the files while the caller still reads them. Holding the same entry again costs nothing."""
+    if layout.soft_locks or fcntl is None:
+        return
+    path = lock_path(layout, *parts)
+    with _held_guard:
+        if path in _held:
+            return
+        fd = _acquire_shared(path, timeout)
+        if fd is not None:
+            _held[path] = fd
+
+
+def release_holds() -> int:
+    """Release every hold this process keeps; returns how many were released."""
+    with _held_guard:
+        for fd in _held.values():
+            os.close(fd)
+        count = len(_held)
+        _held.clear()
+    return count

@@ -7,26 +7,40 @@ write nothing, so read-only caches and bundles work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from .errors import CacheFallbackWarning, CorruptMetadata
 from .index import IndexEntry, MetadataIndex, file_digest
-from .layout import CacheLayout, decode_part, encode_part, write_atomic
+from .layout import CacheLayout, read_regular, write_atomic, writing
 from .locks import entry_lock
+from .names import UnsafePath, file_name
 from .timeutil import utcnow
 
 KINDS = ("exp", "run", "model", "mv", "alias", "lm")
+KEY_LENGTH = {"exp": 1, "run": 1, "model": 1, "mv": 2, "alias": 2, "lm": 1}
+_IDENTITY = {"exp": ("id",), "run": ("id",), "model": ("name",), "mv": ("model_name", "version"), "lm": ("id",)}
+"""The document fields that repeat its key: when present they must agree with where it is stored."""
+CLOCK_SKEW = timedelta(seconds=5)
+"""How far in the future a file's modification time may lie before its age counts as unknown."""
+
+
+def stored_at(mtime_ns: int) -> datetime:
+    """When the cache stored a file: its modification time, which the cache's own filesystem keeps
+    (a date written inside a document is a claim, never used for freshness)."""
+    return datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc)
 
 
 @dataclass(frozen=True)
 class Record:
-    """One cached entity document with the time it was cached."""
+    """One cached entity document; `cached_at` is when the cache stored it (its file's modification
+    time), `stale` that a write to the server made it outdated."""
 
     kind: str
     key: tuple[str, ...]
@@ -44,18 +58,30 @@ class MetadataStore:
         self.lock_timeout = lock_timeout
         self.index = MetadataIndex(layout, self._scan_for_index)
 
-    def _scan_for_index(self, kind: str) -> Iterator[IndexEntry]:
-        def report(exc: CorruptMetadata) -> None:
-            warnings.warn(f"{exc}; skipped", CacheFallbackWarning, stacklevel=2)
-
-        for record, raw in self._scan_raw(kind, (), report):
-            yield IndexEntry(record.key, record.data, file_digest(raw), record.cached_at.isoformat(), record.stale)
+    def _scan_for_index(self, kind: str, paths: list[Path]) -> Iterator[tuple[Path, IndexEntry | None]]:
+        """Each of these files of a kind with its index entry; None for one that is gone or is not a
+        valid document (warned), so the index records it and reads it again only once it changes."""
+        for path in paths:
+            entry = None
+            try:
+                read = read_regular(path)
+                if read is not None:
+                    record = self._parse(path, read[0], kind, None, read[1])
+                    entry = IndexEntry(
+                        record.key, record.data, file_digest(read[0]), record.cached_at.isoformat(), record.stale
+                    )
+            except CorruptMetadata as exc:
+                warnings.warn(f"{exc}; skipped", CacheFallbackWarning, stacklevel=2)
+            yield path, entry
 
     def path(self, kind: str, key: tuple[str, ...]) -> Path:
-        """File of one entity: `metadata/<kind>/<part>/.../<last>.json`, parts percent-encoded."""
+        """File of one entity: `metadata/<kind>/<part>/.../<last>.json`, each part one file name
+        (`names.file_name`: percent-encoded, long ones under a digest); bad keys are `UnsafePath`."""
         if kind not in KINDS:
-            raise ValueError(f"unknown metadata kind {kind!r}")
-        *dirs, last = (encode_part(p) for p in key)
+            raise UnsafePath(f"unknown metadata kind {kind!r}")
+        if not isinstance(key, tuple) or len(key) != KEY_LENGTH[kind]:
+            raise UnsafePath(f"a {kind} key has {KEY_LENGTH[kind]} part(s), got {key!r}")
+        *dirs, last = (file_name(part, f"{kind} key") for part in key)
         return self.layout.metadata.joinpath(kind, *dirs, f"{last}.json")
 
     def get(self, kind: str, key: tuple[str, ...], indexed: IndexEntry | None = None) -> Record | None:
@@ -63,24 +89,26 @@ class MetadataStore:
         The file is always read; when its bytes are those `indexed` was built from, the indexed
         document is returned instead of parsing them again."""
         path = self.path(kind, key)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        self.layout.check_version()
+        read = read_regular(path)
+        if read is None:
             return None
-        if indexed is not None and indexed.cached_at is not None and indexed.digest == file_digest(raw):
-            return Record(kind, key, indexed.data, datetime.fromisoformat(indexed.cached_at), indexed.stale, path)
-        return self._parse(path, raw, kind, key)
+        raw, mtime_ns = read
+        if indexed is not None and indexed.digest == file_digest(raw):
+            return Record(kind, key, indexed.data, stored_at(mtime_ns), indexed.stale, path)
+        return self._parse(path, raw, kind, key, mtime_ns)
 
     def put(self, kind: str, key: tuple[str, ...], data: dict[str, Any], stale: bool = False) -> Record:
         """Write one entity document atomically, under its lock."""
-        self.layout.ensure()
         path = self.path(kind, key)
         record = Record(kind, key, data, utcnow(), stale, path)
         body = {"kind": kind, "key": list(key), "cached_at": record.cached_at.isoformat(), "stale": stale, "data": data}
         encoded = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode()
-        with entry_lock(self.layout, "metadata", kind, *key, timeout=self.lock_timeout):
-            write_atomic(path, encoded, self.layout.tmp)
-            self.index.upsert(kind, IndexEntry(key, data, file_digest(encoded), body["cached_at"], stale))
+        with writing(self.layout.root, f"cache {kind} {list(key)}"):
+            self.layout.ensure()
+            with entry_lock(self.layout, "metadata", kind, *key, timeout=self.lock_timeout):
+                write_atomic(self.layout.guard(path), encoded, self.layout.tmp)
+                self.index.upsert(kind, IndexEntry(key, data, file_digest(encoded), body["cached_at"], stale), path)
         return record
 
     def mark_stale(self, kind: str, key: tuple[str, ...]) -> None:
@@ -98,8 +126,25 @@ class MetadataStore:
         path = self.path(kind, key)
         if path.exists():
             with entry_lock(self.layout, "metadata", kind, *key, timeout=self.lock_timeout):
-                path.unlink(missing_ok=True)
+                self.layout.guard(path).unlink(missing_ok=True)
                 self.index.delete(kind, key)
+
+    def clear(self) -> int:
+        """Remove every metadata document (the derived index notices and follows); returns how many."""
+        removed = 0
+        for kind in KINDS:
+            base = self.layout.metadata / kind
+            if not base.is_dir() or base.is_symlink():
+                continue
+            for path in sorted(base.rglob("*"), reverse=True):
+                self.layout.guard(path)
+                if path.is_dir() and not path.is_symlink():
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+                else:
+                    path.unlink(missing_ok=True)
+                    removed += path.suffix == ".json"
+        return removed
 
     def scan(
         self,
@@ -114,20 +159,21 @@ class MetadataStore:
     def _scan_raw(
         self, kind: str, prefix: tuple[str, ...], on_error: Callable[[CorruptMetadata], None] | None
     ) -> Iterator[tuple[Record, bytes]]:
-        """`scan`, with the bytes each record was parsed from."""
-        base = self.layout.metadata.joinpath(kind, *(encode_part(p) for p in prefix))
-        if not base.is_dir():
+        """`scan`, with the bytes each record was parsed from. A file's key is the one it holds,
+        accepted only when that key maps back to the file itself."""
+        self.layout.check_version()
+        base = self.layout.metadata.joinpath(kind, *(file_name(p) for p in prefix))
+        if not base.is_dir() or base.is_symlink():
             return
         for path in sorted(base.rglob("*.json")):
             if path.name.startswith("index."):
                 continue
-            rel = path.relative_to(self.layout.metadata / kind)
-            key = tuple(decode_part(p) for p in (*rel.parts[:-1], rel.name[: -len(".json")]))
             try:
-                raw = path.read_bytes()
-                record = self._parse(path, raw, kind, key)
-            except FileNotFoundError:
-                continue
+                read = read_regular(path)
+                if read is None:
+                    continue
+                raw, mtime_ns = read
+                record = self._parse(path, raw, kind, None, mtime_ns)
             except CorruptMetadata as exc:
                 if on_error is None:
                     raise
@@ -135,18 +181,36 @@ class MetadataStore:
                 continue
             yield record, raw
 
-    @staticmethod
-    def _parse(path: Path, raw: bytes, kind: str, key: tuple[str, ...]) -> Record:
+    def parse_document(self, path: Path, raw: bytes, kind: str) -> Record:
+        """The record in the bytes of a `kind` document found at `path` (`CorruptMetadata` unless it
+        is a valid document whose key maps to `path`)."""
+        return self._parse(path, raw, kind, None, 0)
+
+    def _parse(self, path: Path, raw: bytes, kind: str, key: tuple[str, ...] | None, mtime_ns: int) -> Record:
+        """The record in a file's bytes; its key must be `key` (or, when None, any valid key whose
+        file is `path`), and the fields that repeat the key must agree with it."""
         try:
             body = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise CorruptMetadata(path, f"not valid JSON ({exc})") from exc
         if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
             raise CorruptMetadata(path, "expected an object with a 'data' object")
-        if body.get("kind") != kind or tuple(body.get("key") or ()) != key:
-            raise CorruptMetadata(path, f"holds {body.get('kind')} {body.get('key')}, not {kind} {list(key)}")
+        found = body.get("key")
+        if body.get("kind") != kind or not isinstance(found, list) or not all(isinstance(p, str) for p in found):
+            raise CorruptMetadata(path, f"holds {body.get('kind')} {found}, not a {kind} document")
+        held = tuple(found)
+        if key is not None and held != key:
+            raise CorruptMetadata(path, f"holds {kind} {list(held)}, not {list(key)}")
         try:
-            cached_at = datetime.fromisoformat(body["cached_at"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptMetadata(path, f"bad or missing 'cached_at' ({exc})") from exc
-        return Record(kind, key, body["data"], cached_at, bool(body.get("stale")), path)
+            expected = self.path(kind, held)
+        except UnsafePath as exc:
+            raise CorruptMetadata(path, f"holds an unusable key: {exc}") from exc
+        if expected != path:
+            raise CorruptMetadata(path, f"holds {kind} {list(held)}, whose file is {expected}")
+        data = body["data"]
+        for field, part in zip(_IDENTITY.get(kind, ()), held, strict=False):
+            if field in data and data[field] != part:
+                raise CorruptMetadata(path, f"its {field!r} is {data[field]!r}, but it is stored as {part!r}")
+        if kind == "alias" and not isinstance(data.get("version"), str):
+            raise CorruptMetadata(path, "an alias document needs a 'version' string")
+        return Record(kind, held, data, stored_at(mtime_ns), bool(body.get("stale")), path)

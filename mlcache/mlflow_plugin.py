@@ -7,7 +7,8 @@
     mlflow.artifacts.download_artifacts("mlcache://runs/<run_id>/model")
 
 The api comes from the environment (`MLCACHE_CACHE_DIR`, `MLCACHE_OFFLINE=1`, `MLFLOW_TRACKING_URI`).
-When MLflow asks for no destination, the cached directory itself is handed back (no copy).
+When MLflow asks for no destination, the cached directory itself is handed back (no copy), its
+entry held shared until the process ends, so that no prune or clean removes files MLflow still reads.
 """
 
 from __future__ import annotations
@@ -51,17 +52,17 @@ def resolve(uri: str, api: BaseMlflowApi) -> Path:
         run_id, _, path = spec.partition("/")
         if not run_id or not path:
             raise InvalidIdentifier(f"malformed {uri!r}; expected mlcache://runs/<run_id>/<path>")
-        return api.get_run_artifact(run_id, path)
+        return api.get_run_artifact(run_id, path, hold=True)
     if kind == "models" and spec:
         head, _, inner = spec.partition("/")
         if logged_model_id(head) is not None:
-            return _inside(api.get_model_artifact(head), inner, uri)
+            return _inside(api.get_model_artifact(head, hold=True), inner, uri)
         if "@" in head:
             name, _, alias = head.partition("@")
-            return _inside(api.get_model_artifact((name, f"@{alias}")), inner, uri)
+            return _inside(api.get_model_artifact((name, f"@{alias}"), hold=True), inner, uri)
         version, _, inner = inner.partition("/")
         if version:
-            return _inside(api.get_model_artifact((head, version)), inner, uri)
+            return _inside(api.get_model_artifact((head, version), hold=True), inner, uri)
     raise InvalidIdentifier(
         f"malformed {uri!r}; expected mlcache://models/<name>/<version>, mlcache://models/<name>@<alias>, "
         "mlcache://models/m-<id> or mlcache://runs/<run_id>/<path>"
@@ -71,7 +72,7 @@ def resolve(uri: str, api: BaseMlflowApi) -> Path:
 def _inside(root: Path, inner: str, uri: str) -> Path:
     if not inner:
         return root
-    from .paths import safe_relative_path
+    from .names import safe_relative_path
 
     path = root.joinpath(*safe_relative_path(inner, "path").split("/"))
     if not path.exists():

@@ -6,9 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .artifact_store import ArtifactStore, remove_tree
+from .artifact_store import ArtifactStore
 from .errors import MlcacheError
 from .layout import CacheLayout
+from .metadata_store import MetadataStore
+from .staging import remove_tree
 
 
 def _is_inside(path: Path, root: Path) -> bool:
@@ -24,7 +26,7 @@ def place_tree(cache_root: Path, src: Path, target: Path | str, link: bool, over
     if dest.exists() or dest.is_symlink():
         if not overwrite:
             raise MlcacheError(f"{dest} already exists; pass overwrite=True to replace it")
-        remove_tree(dest)
+        remove_tree(dest, strict=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if src.is_file():
         if link:
@@ -46,11 +48,21 @@ def place_tree(cache_root: Path, src: Path, target: Path | str, link: bool, over
     return dest
 
 
-def export_store(cache_root: Path, target: Path | str, lock_timeout: float) -> ArtifactStore:
-    """The artifact store of an export target; refused when it is the cache, inside it or a parent."""
-    layout = CacheLayout(target)
+def check_export_target(cache_root: Path, target: Path | str) -> Path:
+    """The absolute export target, refused when it is the cache, inside it or a parent of it."""
+    dest = Path(target).expanduser().absolute()
     root = cache_root.resolve()
-    dest = layout.root.resolve() if layout.root.exists() else layout.root
-    if _is_inside(dest, root) or _is_inside(root, dest):
-        raise MlcacheError(f"cannot export into {layout.root}: it is the cache at {root}, inside it or a parent of it")
-    return ArtifactStore(layout, lock_timeout)
+    resolved = dest.resolve() if dest.exists() else dest.parent.resolve() / dest.name
+    if _is_inside(resolved, root) or _is_inside(root, resolved):
+        raise MlcacheError(f"cannot export into {target}: it is the cache at {root}, inside it or a parent of it")
+    return dest
+
+
+def export_store(cache_root: Path, target: Path | str, lock_timeout: float) -> ArtifactStore:
+    """The artifact store of an export target (never the cache, inside it or a parent)."""
+    return ArtifactStore(CacheLayout(check_export_target(cache_root, target)), lock_timeout)
+
+
+def export_meta_store(cache_root: Path, target: Path | str, lock_timeout: float) -> MetadataStore:
+    """The metadata store of an export target (never the cache, inside it or a parent)."""
+    return MetadataStore(CacheLayout(check_export_target(cache_root, target)), lock_timeout)

@@ -104,8 +104,9 @@ class RetryPolicy(BaseModel):
         base = min(self.max_wait, self.initial_wait * self.backoff ** (attempt - 1))
         return max(0.0, base * (1 + random.uniform(-self.jitter, self.jitter)))
 
-    def call(self, operation: str, fn: Callable[[], T], what: str = "") -> T:
-        """Run `fn`, retrying transient failures of `operation` as the policy says."""
+    def call(self, operation: str, fn: Callable[[], T], what: str = "", deadline: float | None = None) -> T:
+        """Run `fn`, retrying transient failures of `operation` as the policy says; with a `deadline` (a
+        `time.monotonic()` value) no retry waits past it, so the last failure is raised instead."""
         policy = self.for_operation(operation)
         attempt = 1
         while True:
@@ -115,6 +116,8 @@ class RetryPolicy(BaseModel):
                 if attempt >= policy.attempts or not policy.is_retryable(exc):
                     raise
                 pause = policy.wait(attempt)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise
                 cause = str(exc).splitlines()[0][:300] if str(exc) else ""
                 log.warning(
                     "retrying %s%s in %.1fs (attempt %d of %d) after %s: %s",

@@ -16,7 +16,7 @@ from .entities import RunStatus
 from .errors import EntityExists, EntityNotFound
 from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi
 from .identifiers import ExpRef, ModelVersionRef, exp_ref, model_name, model_version_ref, run_id_of
-from .paths import safe_relative_path
+from .names import safe_relative_path
 from .timeutil import to_ms, utcnow
 
 if TYPE_CHECKING:

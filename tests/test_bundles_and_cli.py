@@ -121,7 +121,7 @@ def test_bundle_round_trip_tamper_and_air_gapped_load(registered: dict, tmp_path
     assert bad.returncode == 1 and bad.stdout.strip() == f"BAD {rel}: sha256 differs"
     refused = cli("--cache-dir", str(tmp_path / "gapped"), "import", str(folder), env=env)
     assert refused.returncode == 1 and "is damaged, nothing imported" in refused.stderr
-    assert not (tmp_path / "gapped" / "artifacts").exists()
+    assert not [p for p in (tmp_path / "gapped").rglob("*") if p.is_file() and "artifacts" in p.parts]
 
     gapped = {"MLCACHE_CACHE_DIR": str(tmp_path / "gapped"), "MLCACHE_OFFLINE": "1"}
     imported = cli("import", str(archive), env=gapped, check=True)
@@ -212,20 +212,27 @@ def test_du_prune_lru_and_a_locked_entry_survives(registered: dict, tmp_path: Pa
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        removed = api.prune(0)
-        assert [r.label for r in removed] == [f"runs:/{run.id}/model"]
+        report = api.prune(0)
+        assert [r.label for r in report.removed] == [f"runs:/{run.id}/model"]
+        assert [r.label for r in report.busy] == [f"runs:/{run.id}/model2"]
         assert api.in_offline_mode.get_run_artifact(run, "model2").exists()
     finally:
         holder.kill()
         holder.wait()
-    assert [r.label for r in api.prune("0")] == [f"runs:/{run.id}/model2"]
+    assert [r.label for r in api.prune("0").removed] == [f"runs:/{run.id}/model2"]
 
-    (tmp_path / "cache" / "tmp" / "leftover").mkdir(parents=True)
+    old, young = tmp_path / "cache" / "tmp" / "leftover", tmp_path / "cache" / "tmp" / "being-written.tmp"
+    old.mkdir(parents=True)
+    young.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert "removed 1 temporary item(s)" in cli("clean", env=env, check=True).stdout
+    assert not old.exists() and young.exists()
     api.get_model_artifact((name, 1))
     assert (
         cli("clean", "--entry", f"models:/{name}/1", env=env, check=True).stdout.strip() == f"removed models:/{name}/1"
     )
-    assert cli("clean", "--all", env=env, check=True).returncode == 0
-    assert not (tmp_path / "cache" / "metadata").exists()
+    cleaned = cli("clean", "--all", env=env, check=True)
+    assert "removed 0 artifact entries, 5 metadata documents" in cleaned.stdout and cleaned.stderr == ""
+    assert not list((tmp_path / "cache" / "metadata").rglob("*.json"))
+    assert not [p for p in (tmp_path / "cache" / "artifacts").rglob("*") if p.is_file()]
     assert cli("verify", env=env, check=True).stdout.startswith("OK")

@@ -37,7 +37,7 @@ def test_demo_with_unreachable_server_prints_one_line(tmp_path: Path) -> None:
     result = mlcache_cli("--tracking-uri", "http://127.0.0.1:9", "demo", home=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: MLflow server at http://127.0.0.1:9 did not answer")
+    assert lines[-1].startswith("error: MLflow server at http://127.0.0.1:9 refused the connection")
     assert all(line.startswith("retrying get experiment mlcache-demo") for line in lines[:-1]) and len(lines) == 4
     assert "Traceback" not in result.stderr
 

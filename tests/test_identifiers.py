@@ -7,7 +7,7 @@ import pytest
 from mlcache.entities import Experiment, Model, ModelVersion, Run
 from mlcache.errors import InvalidIdentifier
 from mlcache.identifiers import ExpRef, ModelVersionRef, exp_ref, model_name, model_version_ref, run_ref
-from mlcache.paths import UnsafePath, safe_relative_path
+from mlcache.names import UnsafePath, safe_relative_path
 
 EXP = Experiment(id="7", name="exp")
 RUN = Run(id="abc123", exp=EXP)

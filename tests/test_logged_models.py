@@ -192,7 +192,7 @@ def test_load_model_through_mlcache_uris_cold_warm_and_offline(tmp_path: Path) -
     fresh_enough = {**env, "MLCACHE_METADATA_MAX_AGE": "3600"}
     online_alias = predict("mlcache://models/plugged@champion", fresh_enough)
     assert online_alias.returncode == 0 and "PREDICT [2.5, 5.0]" in online_alias.stdout, online_alias.stderr[-3000:]
-    assert "did not answer" not in online_alias.stderr and "retrying" not in online_alias.stderr
+    assert "MLflow server at" not in online_alias.stderr and "retrying" not in online_alias.stderr
     miss = predict("mlcache://models/never-cached/1", offline_env)
     assert miss.returncode != 0 and "model version 'models:/never-cached/1' is not in the cache" in miss.stderr
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from mlcache.errors import CorruptMetadata, MlcacheError
-from mlcache.layout import CacheLayout, decode_part, encode_part
+from mlcache.layout import CacheLayout
 from mlcache.metadata_store import MetadataStore
+from mlcache.names import decode_part, encode_part
 
 
 def tree(root: Path) -> set[str]:
@@ -62,7 +63,8 @@ def test_reads_write_nothing(tmp_path: Path) -> None:
         (b'{"kind": "run", "key": ["r1"], "cached_at": "2026-01-01T00:00:00+00:00", "data": {"id"', "not valid JSON"),
         (b"[]", "expected an object with a 'data' object"),
         (b'{"kind": "exp", "key": ["r1"], "cached_at": "2026-01-01T00:00:00+00:00", "data": {}}', "holds exp"),
-        (b'{"kind": "run", "key": ["r1"], "cached_at": "yesterday", "data": {}}', "bad or missing 'cached_at'"),
+        (b'{"kind": "run", "key": ["r2"], "cached_at": "yesterday", "data": {}}', "holds run ['r2'], not ['r1']"),
+        (b'{"kind": "run", "key": ["r1"], "data": {"id": "r9"}}', "its 'id' is 'r9', but it is stored as 'r1'"),
     ],
 )
 def test_malformed_files_are_named_in_the_error(tmp_path: Path, content: bytes, reason: str) -> None:
@@ -183,9 +185,12 @@ def test_a_file_edited_in_place_behind_the_index_is_read_not_the_indexed_copy(tm
     from mlcache.index import sql_filter
     from mlcache.query import compile_query
 
+    def candidates(query: dict) -> list:
+        return list(store.index.candidates("run", sql_filter(compile_query(query)._definition, {})))
+
     store = MetadataStore(CacheLayout(tmp_path))
     store.put("run", ("a",), {"id": "a", "exp_id": "1", "params": {"lr": 1}})
-    [entry] = store.index.candidates("run", sql_filter(compile_query({"params.lr": 1})._definition, {}))
+    [entry] = candidates({"params.lr": 1})
     record = store.get("run", ("a",), entry)
     assert record is not None and record.data is entry.data and not record.stale
     path = store.path("run", ("a",))
@@ -194,10 +199,10 @@ def test_a_file_edited_in_place_behind_the_index_is_read_not_the_indexed_copy(tm
     with path.open("r+b") as handle:  # same name, same folder: the folder's mtime does not change
         handle.truncate(0)
         handle.write(json.dumps(body).encode())
-    [entry] = store.index.candidates("run", sql_filter(compile_query({"params.lr": 1})._definition, {}))
-    assert entry.data["params"]["lr"] == 1
     record = store.get("run", ("a",), entry)
     assert record is not None and record.data["params"]["lr"] == 2
+    assert candidates({"params.lr": 1}) == []
+    assert [e.data["params"]["lr"] for e in candidates({"params.lr": 2})] == [2]
     path.write_text("not json")
     with pytest.raises(CorruptMetadata) as info:
         store.get("run", ("a",), entry)

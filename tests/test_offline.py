@@ -71,12 +71,12 @@ def test_server_stopped_reads_come_from_the_cache(own_server: MlflowServer, tmp_
         retry=RetryPolicy(attempts=2, initial_wait=0.2),
     )
     started = time.monotonic()
-    with pytest.warns(CacheFallbackWarning, match=r"did not answer within 2s.*answering run"):
+    with pytest.warns(CacheFallbackWarning, match=r"refused the connection .*answering run"):
         assert online.get_run(ids["run"]).params == {"lr": 0.1}
     with pytest.warns(CacheFallbackWarning):
         assert online.get_model_version("models:/offline-model@prod").version == "1"
     assert time.monotonic() - started < 10
-    with pytest.raises(ServerUnreachable, match="did not answer"):
+    with pytest.raises(ServerUnreachable, match="refused the connection"):
         online.get_run("0" * 32)
     with pytest.raises(ServerUnreachable):
         online.create_exp("while-down")
@@ -96,7 +96,7 @@ def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path: Path) -> N
     with pytest.raises(ServerUnreachable) as info:
         api.get_exp("1")
     assert time.monotonic() - started < 5
-    assert "did not answer within 1s" in str(info.value) and "MLCACHE_OFFLINE=1" in str(info.value)
+    assert "refused the connection" in str(info.value) and "MLCACHE_OFFLINE=1" in str(info.value)
 
 
 def test_nothing_is_fetched_at_construction(tmp_path: Path) -> None:

@@ -4,11 +4,19 @@ mlflow is imported on first use, never at import or construction time, so this p
 offline mode where mlflow is not installed. mlcache's calls run with bounded HTTP (`connect_timeout`,
 `request_timeout`, `http_max_retries`): an unreachable server fails in seconds instead of MLflow's
 minutes of connection retries, and the base class can then answer from the cache.
+
+Each server call (one get, one search page, one artifact request) has one deadline, `timeout`
+seconds (`MLCACHE_TIMEOUT`, default 10), for all its HTTP requests and retries together: every
+request's connect and read timeouts are cut to the time left, and no retry waits past it. The read
+timeout of one request, `request_timeout`, follows MLflow's `MLFLOW_HTTP_REQUEST_TIMEOUT` (default
+120) but never outlasts the deadline. `http_max_retries` > 0 (urllib3's retries inside one request)
+and a server trickling its answer byte by byte can stretch a call beyond it.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -22,6 +30,7 @@ from ..base import BaseMlflowApi
 from ..entities import RunStatus
 from ..errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
 from ..pushdown import exps_filter, model_versions_filter, models_filter, quote_string, runs_filter
+from ..settings import env_seconds
 from ..timeutil import to_ms
 from ..transfer import Transfer
 from . import mlflow_http
@@ -34,6 +43,7 @@ T = TypeVar("T")
 
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
 _EXISTS = {"RESOURCE_ALREADY_EXISTS"}
+MIN_TIMEOUT = 0.1
 
 
 def default_embedded_dir() -> Path:
@@ -77,13 +87,60 @@ def _root_cause(exc: BaseException) -> str:
     return text.rsplit(": ", 1)[-1].strip("')\"") if "Errno" in text else type(seen).__name__
 
 
+def _seconds(value: float | None) -> str:
+    """Seconds as people write them in a message: `2s`, `1.5s`."""
+    return f"{round(value or 0.0, 1):g}s"
+
+
+def _what_happened(exc: BaseException, sent: mlflow_http.Sent, deadline: float) -> str:
+    """What a failed connection attempt met, in words: refused, unknown host, silence, or its root cause."""
+    import socket
+    from http.client import RemoteDisconnected
+
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError, ReadTimeoutError
+
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+
+    def met(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(item, kinds) for item in chain)
+
+    if met(ConnectionRefusedError):
+        return "refused the connection (is the server running, and at this address and port?)"
+    if met(NameResolutionError, socket.gaierror):
+        return f"could not be found: its host name does not resolve ({_root_cause(exc)})"
+    if met(mlflow_http.DeadlinePassed):
+        return (
+            f"did not answer all requests of this call within its {_seconds(deadline)} deadline "
+            "(if it is only slow, raise timeout= or MLCACHE_TIMEOUT)"
+        )
+    if met(ReadTimeoutError):
+        return (
+            f"accepted the connection but sent no answer within {_seconds(sent.read_timeout)} "
+            "(if it is only slow, raise timeout= or MLCACHE_TIMEOUT)"
+        )
+    if any(isinstance(item, ConnectTimeoutError) and not isinstance(item, NewConnectionError) for item in chain):
+        return f"did not accept the connection within {_seconds(sent.connect_timeout)}"
+    if met(RemoteDisconnected, ConnectionResetError):
+        return "accepted the connection but closed it without an answer"
+    return f"could not be reached ({_root_cause(exc)})"
+
+
 class MlflowApi(BaseMlflowApi):
     """mlcache in front of an MLflow 3 tracking server and model registry."""
 
     tracking_uri: str | None = None
     registry_uri: str | None = None
     connect_timeout: float = 5.0
-    request_timeout: float = 120.0
+    request_timeout: float = Field(
+        default_factory=lambda: env_seconds("MLFLOW_HTTP_REQUEST_TIMEOUT", 120.0, minimum=MIN_TIMEOUT), ge=MIN_TIMEOUT
+    )
+    timeout: float = Field(
+        default_factory=lambda: env_seconds("MLCACHE_TIMEOUT", 10.0, minimum=MIN_TIMEOUT), ge=MIN_TIMEOUT
+    )
     http_max_retries: int = 0
     http_backoff_factor: float = 0.0
     embedded_dir: Path = Field(default_factory=default_embedded_dir)
@@ -116,30 +173,43 @@ class MlflowApi(BaseMlflowApi):
 
     # ----------------------------------------------------------------- calls
     def _call(self, what: str, key: str, fn: Callable[[], T], op: str = "get") -> T:
-        """Run one client call under the retry policy of `op`, translating MLflow's errors."""
-        return self.retry.call(op, lambda: self._call_once(what, key, fn), f"{what} {key}")
+        """Run one client call under the retry policy of `op`, all within one `timeout` deadline."""
+        self.client  # noqa: B018 - builds the client (importing mlflow) before the deadline starts
+        deadline = time.monotonic() + self.timeout
+        return self.retry.call(op, lambda: self._call_once(what, key, fn, deadline), f"{what} {key}", deadline)
 
-    def _call_once(self, what: str, key: str, fn: Callable[[], T]) -> T:
+    def _call_once(self, what: str, key: str, fn: Callable[[], T], deadline: float | None = None) -> T:
+        """One attempt of a client call, its HTTP bounded by `deadline` (default: `timeout` from now)."""
         from mlflow.exceptions import MlflowException
 
         self.client  # noqa: B018 - builds the client (and bounds MLflow's HTTP) before the first call
         limits = mlflow_http.HttpLimits(
-            self.http_max_retries, self.http_backoff_factor, self.connect_timeout, self.request_timeout
+            self.http_max_retries,
+            self.http_backoff_factor,
+            self.connect_timeout,
+            self.request_timeout,
+            time.monotonic() + self.timeout if deadline is None else deadline,
         )
         try:
-            with mlflow_http.bounded(limits):
+            with mlflow_http.bounded(limits) as sent:
                 return fn()
+        except mlflow_http.DeadlinePassed as exc:
+            raise self._unreachable(exc, sent) from exc
         except MlflowException as exc:
             if _is_connection_error(exc):
-                raise ServerUnreachable(
-                    f"MLflow server at {self.resolved_tracking_uri} did not answer within {self.connect_timeout:g}s "
-                    f"({_root_cause(exc)}); use offline_mode=True or MLCACHE_OFFLINE=1 to read the cache only"
-                ) from exc
+                raise self._unreachable(exc, sent) from exc
             if exc.error_code in _NOT_FOUND:
                 raise EntityNotFound(what, key, exc.message) from exc
             if exc.error_code in _EXISTS:
                 raise EntityExists(f"{what} {key!r} already exists: {exc.message}") from exc
             raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}", _http_status(exc)) from exc
+
+    def _unreachable(self, exc: BaseException, sent: mlflow_http.Sent) -> ServerUnreachable:
+        """The error for a server that could not be reached, saying what happened and how to go on without it."""
+        return ServerUnreachable(
+            f"MLflow server at {self.resolved_tracking_uri} {_what_happened(exc, sent, self.timeout)}; "
+            "to read the cache without trying the server, use offline_mode=True or MLCACHE_OFFLINE=1"
+        )
 
     def _impl_transfer_for(self, url: str) -> Transfer | None:
         """Artifacts behind MLflow's artifact proxy go through the MLflow client."""
@@ -228,13 +298,14 @@ class MlflowApi(BaseMlflowApi):
             ids = sorted(pushed.exp_ids)
         if not ids:
             return
-        for run in self._pages(
-            "runs",
-            lambda token: self.client.search_runs(
-                ids, pushed.filter_string, ViewType.ALL, max_results=1000, page_token=token
-            ),
-        ):
-            yield run_doc(run)
+        for filter_string in pushed.filter_strings():
+            for run in self._pages(
+                "runs",
+                lambda token, flt=filter_string: self.client.search_runs(
+                    ids, flt, ViewType.ALL, max_results=1000, page_token=token
+                ),
+            ):
+                yield run_doc(run)
 
     def _impl_find_models(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         pushed = models_filter(query)
@@ -251,18 +322,19 @@ class MlflowApi(BaseMlflowApi):
         model met), so write-through never erases what `get_model_version` stored."""
         pushed = model_versions_filter(query)
         aliases: dict[str, dict[str, str]] = {}
-        for mv in self._pages(
-            "model versions",
-            lambda token: self.client.search_model_versions(
-                pushed.filter_string or None, max_results=1000, page_token=token
-            ),
-        ):
-            doc = mv_doc(mv)
-            name = doc["model_name"]
-            if name not in aliases:
-                aliases[name] = self._impl_fetch_model(name)["aliases"]
-            doc["aliases"] = sorted(a for a, version in aliases[name].items() if version == doc["version"])
-            yield doc
+        for filter_string in pushed.filter_strings():
+            for mv in self._pages(
+                "model versions",
+                lambda token, flt=filter_string: self.client.search_model_versions(
+                    flt or None, max_results=1000, page_token=token
+                ),
+            ):
+                doc = mv_doc(mv)
+                name = doc["model_name"]
+                if name not in aliases:
+                    aliases[name] = self._impl_fetch_model(name)["aliases"]
+                doc["aliases"] = sorted(a for a, version in aliases[name].items() if version == doc["version"])
+                yield doc
 
     # ----------------------------------------------------------------- writes
     def _impl_create_exp(self, name: str, tags: dict[str, str], artifact_location: str | None) -> str:

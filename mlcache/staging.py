@@ -1,0 +1,121 @@
+"""Staging under `tmp/`: private folders of one process, and the rule for removing leftovers.
+
+Protocol: a process takes the lock `locks/tmp/<name>.lock` *before* it creates `tmp/<name>`, holds
+it while it works there, removes the folder, then releases the lock. A cleaner removes
+`tmp/<name>` only after taking that same lock itself (so its owner is gone: locks die with their
+process, soft locks once stale); a temp item without a lock file (an atomic write's temp file)
+only once it is older than the cleaner's age limit. No cleaner ever removes what a live process
+is writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from filelock import BaseFileLock, FileLock, SoftFileLock
+
+from .errors import LockTimeout
+from .layout import CacheLayout
+from .locks import entry_lock, lock_path
+
+LOCKLESS_MIN_AGE = 600.0
+"""Temp items that have no owner lock (atomic writes' temp files) are left alone this long."""
+
+
+def remove_tree(path: Path, strict: bool = False) -> None:
+    """Delete a file or tree of the cache (read-only files included) without following links;
+    `strict` raises what prevented it (else it is best effort, for cleanups after a failure)."""
+    if path.is_symlink() or path.is_file():
+        if strict:
+            path.unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=not strict)
+
+
+class Stage:
+    """A private folder `tmp/<prefix>-<uuid>` held by this process until `close`. As a context
+    manager it is removed on exit; `close(keep=True)` leaves it for the user (a cleaner may take it
+    once this process is gone)."""
+
+    def __init__(self, layout: CacheLayout, prefix: str) -> None:
+        layout.ensure()
+        self.name = f"{prefix}-{uuid.uuid4().hex}"
+        self._layout = layout
+        self._lock_file = lock_path(layout, "tmp", self.name)
+        self._lock_file.parent.mkdir(parents=True, exist_ok=True)
+        self._lock: BaseFileLock = (SoftFileLock if layout.soft_locks else FileLock)(str(self._lock_file), timeout=0)
+        self._lock.acquire()
+        self.path = layout.guard(layout.tmp / self.name)
+        try:
+            self.path.mkdir()
+        except BaseException:
+            self._release()
+            raise
+
+    def close(self, keep: bool = False) -> None:
+        if not keep:
+            remove_tree(self.path)
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release()
+            with contextlib.suppress(OSError):
+                self._lock_file.unlink()
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def clean_tmp(layout: CacheLayout, older_than: float = 0.0) -> tuple[int, int]:
+    """Remove leftovers in `tmp/` whose owner is gone (and, for lockless temp files, that are older
+    than `max(older_than, LOCKLESS_MIN_AGE)`); returns (removed, left because still in use)."""
+    tmp = layout.tmp
+    if not tmp.is_dir() or tmp.is_symlink():
+        return 0, 0
+    removed = busy = 0
+    lockless_cutoff = time.time() - max(older_than, LOCKLESS_MIN_AGE)
+    cutoff = time.time() - older_than
+    for item in sorted(tmp.iterdir()):
+        try:
+            info = item.lstat()
+        except FileNotFoundError:
+            continue
+        if info.st_mtime > cutoff:
+            busy += 1
+            continue
+        owner = lock_path(layout, "tmp", item.name)
+        if not owner.exists():
+            if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
+                if info.st_mtime > lockless_cutoff:
+                    busy += 1
+                    continue
+                remove_tree(item, strict=True)
+            else:
+                item.unlink(missing_ok=True)
+            removed += 1
+            continue
+        try:
+            with entry_lock(layout, "tmp", item.name, timeout=0):
+                remove_tree(item, strict=True)
+            removed += 1
+            with contextlib.suppress(OSError):
+                os.unlink(owner)
+        except LockTimeout:
+            busy += 1
+    return removed, busy
