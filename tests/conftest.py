@@ -87,7 +87,12 @@ def s3_mlflow(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> 
 
 @pytest.fixture(scope="session")
 def proxied_mlflow(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[MlflowServer]:
-    """A real MLflow server serving artifacts itself (`mlflow-artifacts:`), stored on the S3 fixture."""
+    """A real MLflow server serving artifacts itself (`mlflow-artifacts:`), stored on the S3 fixture.
+    The server stores proxied uploads with boto3; without it every upload is an HTTP 500."""
+    try:
+        import boto3  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError("the proxied MLflow server needs boto3: pip install -e '.[mlflow,dev]'") from exc
     server = start_mlflow_server(
         tmp_path_factory.mktemp("mlflow-proxied"),
         artifact_root="mlflow-artifacts:/",
