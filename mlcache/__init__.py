@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-from .artifact_store import UnsafeArtifact
-from .artifacts import ArtifactUploadError
-from .base import BaseMlflowApi, CacheFallbackWarning
-from .bundle import BundleError
+from .base import BaseMlflowApi
+from .bundle import BundleLimits
+from .cache_admin import CleanReport, EntryUsage, PruneReport
 from .entities import Experiment, LoggedModel, Model, ModelVersion, Run, RunStatus
 from .errors import (
+    ArtifactUploadError,
     BackendError,
+    BundleError,
+    CacheFallbackWarning,
     CacheMiss,
     CacheNotWritable,
     CorruptMetadata,
     EntityExists,
     EntityNotFound,
+    IncompatibleCache,
     InvalidIdentifier,
+    InvalidQuery,
     InvalidSetting,
     LockTimeout,
     MlcacheError,
     OfflineModeError,
     PluginNotFound,
     ServerUnreachable,
+    TransferError,
+    UnsafeArtifact,
+    UnsafePath,
+    UnsupportedUrl,
     UntrustedSource,
 )
 from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .locks import release_holds
-from .names import UnsafePath
 from .plugins import get_api
-from .query import InvalidQuery
 from .retry import RetryPolicy
-from .transfer import RcloneTransfer, Transfer, TransferError
+from .transfer import RcloneTransfer, Transfer
 
 __version__ = "0.1.0"
 
@@ -38,14 +44,18 @@ __all__ = [
     "BackendError",
     "BaseMlflowApi",
     "BundleError",
+    "BundleLimits",
     "CacheFallbackWarning",
     "CacheMiss",
     "CacheNotWritable",
+    "CleanReport",
     "CorruptMetadata",
     "EntityExists",
     "EntityNotFound",
+    "EntryUsage",
     "ExpApi",
     "Experiment",
+    "IncompatibleCache",
     "InvalidIdentifier",
     "InvalidQuery",
     "InvalidSetting",
@@ -59,6 +69,7 @@ __all__ = [
     "ModelVersionApi",
     "OfflineModeError",
     "PluginNotFound",
+    "PruneReport",
     "RcloneTransfer",
     "RetryPolicy",
     "Run",
@@ -69,6 +80,7 @@ __all__ = [
     "TransferError",
     "UnsafeArtifact",
     "UnsafePath",
+    "UnsupportedUrl",
     "UntrustedSource",
     "__version__",
     "get_api",

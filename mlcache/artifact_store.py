@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .errors import CorruptMetadata, MlcacheError
+from .errors import CorruptMetadata, MlcacheError, UnsafeArtifact
 from .hashing import PullHasher, StagedFile, copy_hashed, identity, sha256_file, sha256_files
 from .identifiers import RUN_ID_PATTERN as _RUN_ID
 from .layout import CacheLayout, read_regular, write_atomic, writing
@@ -31,13 +31,9 @@ from .locks import entry_lock
 from .names import UnsafePath, decode_part, file_name, safe_relative_path
 from .staging import Stage
 from .timeutil import utcnow
-from .transfer import Listing, TransferError
+from .transfer import Listing, OnFile, TransferError
 
 MANIFEST_VERSION = 1
-
-
-class UnsafeArtifact(MlcacheError):
-    """A pulled tree that holds links pointing outside it, or content that differs from its listing."""
 
 
 ENTRY_KINDS = ("runs", "models", "urls")
@@ -301,7 +297,7 @@ class ArtifactStore:
     def pull(
         self,
         key: EntryKey,
-        fetch: Callable[[Path, Callable[[str], None]], None],
+        fetch: Callable[[Path, OnFile], None],
         list_source: Callable[[], Listing],
         replace: bool = False,
     ) -> Path:

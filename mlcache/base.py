@@ -1,51 +1,59 @@
-"""`BaseMlflowApi`: orchestration only. It decides when to touch the network and the cache;
-plugins implement the `_impl_*` hooks that speak one backend's protocol.
+"""`BaseMlflowApi`: the public façade over mlcache's engines, configured once.
+
+Its methods are short delegations to engines with explicit dependencies, built when the api is:
+- `MetadataResolver` (cache-or-fetch of documents, the offline-first rules) and `Composer`
+  (records to entities bound to the api);
+- `SearchEngine` (MongoDB finds, online with push-down, offline indexed);
+- `TrackingEngine` (writes to the backend, written through);
+- `ArtifactCache` (where files are, hits, atomic pulls, holds, uploads) over an `ArtifactStore`;
+- `Exporter` (closures into another cache dir or a bundle) and `CacheAdmin` (usage, prune, clean).
+Every engine reaches the backend through `Backend`, which calls the plugin's hooks (`hooks.py`)
+under the retry policy and deadline of each call. Configuration is frozen: copies with other
+settings come from `with_cache_dir` and `in_offline_mode`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from typing_extensions import Self
 
+from .artifact_cache import ArtifactCache, ArtifactSettings
 from .artifact_store import ArtifactStore
-from .artifacts import ArtifactsMixin
-from .cache_admin import CacheAdminMixin
-from .entities import Run
-from .errors import (
-    CacheFallbackWarning,
-    CacheMiss,
-    CorruptMetadata,
-    EntityNotFound,
-    InvalidSetting,
-    OfflineModeError,
-    ServerUnreachable,
-)
-from .finders import FindersMixin
-from .handles import ExpApi, ModelApi, ModelVersionApi, RunApi, bind
-from .identifiers import ExpRef, ModelVersionRef, exp_ref, model_name, model_version_ref, run_id_of
+from .backend import Backend
+from .bundle import BundleLimits, ImportReport, Selection, export_bundle, import_bundle
+from .cache_admin import CacheAdmin, CleanReport, EntryUsage, PruneReport
+from .compose import Composer
+from .entities import RunStatus
+from .errors import CacheMiss, EntityNotFound, InvalidSetting
+from .export import Exporter
+from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
+from .hooks import PluginHooks
+from .identifiers import ExpRef, exp_ref, model_name, model_version_ref, require_logged_model_id, run_id_of, run_ref
 from .layout import CacheLayout
-from .lifecycle import LifecycleMixin
-from .logged_models import LoggedModelsMixin
-from .metadata_store import CLOCK_SKEW, MetadataStore, Record
-from .placement import export_meta_store
-from .records import exp_from_record, model_from_record, mv_from_record, run_from_record
+from .metadata_store import MetadataStore
+from .placement import place_tree
+from .query import check_sort as _check_sort
+from .query import compile_query
+from .resolver import Freshness, MetadataResolver
 from .retry import RetryPolicy
+from .search import SearchEngine
 from .settings import env_bool, env_choice, env_list, env_path, env_seconds
 from .timeutil import utcnow
-from .tracking import TrackingMixin
-from .transfer import RcloneTransfer, Transfer
+from .tracking import TrackingEngine
+from .transfer import RcloneTransfer, RemoteFile, Transfer
 
-Freshness = Literal["normal", "force", "nested"]
-"""How a lookup treats the cache: `normal` honours `metadata_max_age`, `force` always fetches
-online, `nested` (an entity composed into another) uses any cached copy before fetching."""
+T = TypeVar("T")
+Query = Mapping[str, Any] | None
+Sort = list[tuple[str, int]] | None
+LOCK_MODES = ("os", "soft")
+DELETED_TAG = "mlcache.deleted"
+MIN_TIMEOUT = 0.1
 
 
 def default_cache_dir() -> Path:
@@ -53,13 +61,12 @@ def default_cache_dir() -> Path:
     return env_path("MLCACHE_CACHE_DIR") or Path(platformdirs.user_cache_dir("mlcache"))
 
 
-LOCK_MODES = ("os", "soft")
+def _fresh(force_refresh: bool) -> Freshness:
+    return "force" if force_refresh else "normal"
 
 
-class BaseMlflowApi(
-    TrackingMixin, ArtifactsMixin, FindersMixin, LoggedModelsMixin, CacheAdminMixin, LifecycleMixin, BaseModel, ABC
-):
-    """Cache-or-fetch access to experiments, runs, models and model versions.
+class BaseMlflowApi(PluginHooks, BaseModel):
+    """Cache-or-fetch access to experiments, runs, models, model versions and their files.
 
     Offline (`offline_mode=True` or `MLCACHE_OFFLINE=1`) nothing touches the network: reads come
     from the cache and a miss raises `CacheMiss`. Online, every entity read is written through to
@@ -67,16 +74,19 @@ class BaseMlflowApi(
     cannot be reached a cached copy is served with a `CacheFallbackWarning`.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True)
 
     cache_dir: Path = Field(default_factory=default_cache_dir)
     offline_mode: bool = Field(default_factory=lambda: env_bool("MLCACHE_OFFLINE"))
     metadata_max_age: timedelta = Field(
         default_factory=lambda: timedelta(seconds=env_seconds("MLCACHE_METADATA_MAX_AGE", 0.0))
     )
+    timeout: float = Field(
+        default_factory=lambda: env_seconds("MLCACHE_TIMEOUT", 10.0, minimum=MIN_TIMEOUT), ge=MIN_TIMEOUT
+    )
     lock_timeout: float = 60.0
     lock_mode: Literal["os", "soft"] = Field(
-        default_factory=lambda: env_choice("MLCACHE_LOCK_MODE", LOCK_MODES, "os")  # type: ignore[arg-type,return-value]
+        default_factory=lambda: env_choice("MLCACHE_LOCK_MODE", LOCK_MODES, "os")  # type: ignore[arg-type]
     )
     stale_lock_age: float = 900.0
     pull_lock_timeout: float = 3600.0
@@ -91,6 +101,13 @@ class BaseMlflowApi(
     _layout: CacheLayout = PrivateAttr()
     _meta: MetadataStore = PrivateAttr()
     _artifacts: ArtifactStore = PrivateAttr()
+    _resolver: MetadataResolver = PrivateAttr()
+    _composer: Composer = PrivateAttr()
+    _search: SearchEngine = PrivateAttr()
+    _tracking: TrackingEngine = PrivateAttr()
+    _files: ArtifactCache = PrivateAttr()
+    _exporter: Exporter = PrivateAttr()
+    _admin: CacheAdmin = PrivateAttr()
 
     def __init__(self, **conf: Any) -> None:
         """Settings are validated here: a bad argument is an `InvalidSetting` naming it."""
@@ -101,306 +118,445 @@ class BaseMlflowApi(
             where = ".".join(str(part) for part in first["loc"]) or "settings"
             raise InvalidSetting(f"{type(self).__name__}: {where}: {first['msg']}") from None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in type(self).model_fields:
+            raise InvalidSetting(
+                f"settings of a live api cannot change ({name}); make a copy: api.with_cache_dir(...), "
+                "api.in_offline_mode, or type(api)(**settings)"
+            )
+        super().__setattr__(name, value)
+
     def model_post_init(self, context: Any) -> None:
-        self._layout = CacheLayout(
-            self.cache_dir, soft_locks=self.lock_mode == "soft", stale_lock_age=self.stale_lock_age
+        """Build the stores and engines this api's settings describe."""
+        layout = CacheLayout(self.cache_dir, soft_locks=self.lock_mode == "soft", stale_lock_age=self.stale_lock_age)
+        self._layout = layout
+        self._meta = MetadataStore(layout, self.lock_timeout)
+        self._artifacts = ArtifactStore(layout, self.pull_lock_timeout)
+        backend = Backend(self, self.retry, self.timeout)
+        self._resolver = MetadataResolver(self._meta, backend, self.offline_mode, self.metadata_max_age, self.cache_dir)
+        self._composer = Composer(self._resolver, self)
+        self._search = SearchEngine(self._resolver, self._composer, self._meta, backend)
+        self._tracking = TrackingEngine(self._resolver, self._composer, self._meta, backend)
+        settings = ArtifactSettings(
+            offline=self.offline_mode,
+            always_pull=self.always_pull_artifacts,
+            pull_offline=self.pull_artifacts_in_offline_mode,
+            keep_uploads=self.cache_local_artifacts,
+            show_progress=self.show_progress,
+            allowed_sources=self.allowed_sources,
+            lock_timeout=self.lock_timeout,
         )
-        self._meta = MetadataStore(self._layout, self.lock_timeout)
-        self._artifacts = ArtifactStore(self._layout, self.pull_lock_timeout)
+        self._files = ArtifactCache(
+            self._artifacts, self._resolver, self._composer, backend, self.transfer, self.retry, settings
+        )
+        self._exporter = Exporter(self._resolver, self._composer, self._files, layout.root, self.lock_timeout)
+        self._admin = CacheAdmin(layout, self._meta, self._artifacts)
 
     @property
     def layout(self) -> CacheLayout:
         return self._layout
 
-    @property
-    def in_offline_mode(self) -> BaseMlflowApi:
-        """A copy of this api that never touches the network."""
-        return self.model_copy(update={"offline_mode": True})
-
-    def with_cache_dir(self, cache_dir: Path | str) -> BaseMlflowApi:
-        """A copy of this api (same backend and settings) over another cache dir or bundle."""
-        clone = self.model_copy(update={"cache_dir": Path(cache_dir)})
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with `update` applied, its stores and engines built for the new settings."""
+        clone = super().model_copy(update=update, deep=deep)
         clone.model_post_init(None)
         return clone
 
-    # ----------------------------------------------------------------- plugin hooks
-    @abstractmethod
-    def _impl_fetch_exp(self, exp_id: str) -> dict[str, Any]: ...
+    def _copy(self, **update: Any) -> BaseMlflowApi:
+        return self.model_copy(update=update)
 
-    @abstractmethod
-    def _impl_fetch_exp_by_name(self, name: str) -> dict[str, Any]: ...
+    @property
+    def in_offline_mode(self) -> BaseMlflowApi:
+        """A copy of this api that never touches the network."""
+        return self._copy(offline_mode=True)
 
-    @abstractmethod
-    def _impl_fetch_run(self, run_id: str) -> dict[str, Any]: ...
+    def with_cache_dir(self, cache_dir: Path | str) -> BaseMlflowApi:
+        """A copy of this api (same backend and settings) over another cache dir or bundle."""
+        return self._copy(cache_dir=Path(cache_dir).expanduser().absolute())
 
-    @abstractmethod
-    def _impl_fetch_model(self, name: str) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def _impl_fetch_model_version(self, name: str, version: str) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def _impl_fetch_model_version_by_alias(self, name: str, alias: str) -> dict[str, Any]: ...
-
-    # ----------------------------------------------------------------- cache-or-fetch core
-    def _require_online(self, action: str) -> None:
-        if self.offline_mode:
-            raise OfflineModeError(f"{action} needs the tracking server, but the api is in offline mode")
-
-    def _resolve(
-        self,
-        what: tuple[str, str],
-        lookup: Callable[[], Record | None],
-        fetch: Callable[[], dict[str, Any]],
-        store: Callable[[dict[str, Any]], Record],
-        freshness: Freshness,
-        hint: str,
-    ) -> Record:
-        """The heart of the offline-first rules: serve the cache, fetch, or fall back with a warning."""
-        kind, key = what
-        try:
-            cached = lookup()
-        except CorruptMetadata as exc:
-            if self.offline_mode:
-                raise
-            warnings.warn(f"{exc}; fetching it again", CacheFallbackWarning, stacklevel=4)
-            cached = None
-        if self.offline_mode:
-            if cached is None:
-                raise CacheMiss(kind, key, self.cache_dir, hint)
-            return cached
-        usable = cached is not None and not cached.stale and freshness != "force"
-        if usable and (freshness == "nested" or self._young(cached)):
-            return cached
-        try:
-            data = fetch()
-        except ServerUnreachable as exc:
-            if cached is None:
-                raise
-            warnings.warn(
-                f"{exc}; answering {kind} {key!r} from the cache (cached at {cached.cached_at:%Y-%m-%d %H:%M:%S} UTC)",
-                CacheFallbackWarning,
-                stacklevel=4,
-            )
-            return cached
-        return store(data)
-
-    def _young(self, record: Record) -> bool:
-        """Younger than `metadata_max_age` by this machine's clock and the cache's own record of when
-        it stored the document; a time in the future (another clock, a planted file) is not young."""
-        age = utcnow() - record.cached_at
-        return -CLOCK_SKEW <= age < self.metadata_max_age
-
-    def _exp_record(self, ref: ExpRef, freshness: Freshness) -> Record:
-        if ref.id is not None:
-            try:
-                return self._resolve(
-                    ("experiment", ref.id),
-                    lambda: self._meta.get("exp", (ref.id,)),
-                    lambda: self._impl_fetch_exp(ref.id),
-                    self._store_exp,
-                    freshness,
-                    f"call api.cache_exp_meta({ref.id!r})",
-                )
-            except (EntityNotFound, CacheMiss):
-                if ref.name is None:
-                    raise
-        name = ref.name or ""
-        return self._resolve(
-            ("experiment", name),
-            lambda: next(
-                (r for r in self._meta.scan("exp", on_error=self._warn_bad) if r.data.get("name") == name), None
-            ),
-            lambda: self._impl_fetch_exp_by_name(name),
-            self._store_exp,
-            freshness,
-            f"call api.cache_exp_meta({name!r})",
-        )
-
-    def _store_exp(self, data: dict[str, Any]) -> Record:
-        return self._meta.put("exp", (data["id"],), data)
-
-    def _run_record(self, run_id: str, freshness: Freshness) -> Record:
-        return self._resolve(
-            ("run", run_id),
-            lambda: self._meta.get("run", (run_id,)),
-            lambda: self._impl_fetch_run(run_id),
-            lambda data: self._meta.put("run", (data["id"],), data),
-            freshness,
-            f"call api.cache_run_meta({run_id!r})",
-        )
-
-    def _model_record(self, name: str, freshness: Freshness) -> Record:
-        return self._resolve(
-            ("model", name),
-            lambda: self._meta.get("model", (name,)),
-            lambda: self._impl_fetch_model(name),
-            self._store_model,
-            freshness,
-            f"call api.cache_model_meta({name!r})",
-        )
-
-    def _store_model(self, data: dict[str, Any]) -> Record:
-        record = self._meta.put("model", (data["name"],), data)
-        for alias, version in (data.get("aliases") or {}).items():
-            self._meta.put("alias", (data["name"], alias), {"version": version})
-        return record
-
-    def _mv_record(self, ref: ModelVersionRef, freshness: Freshness) -> Record:
-        hint = f"call api.cache_model_version_meta({str(ref)!r})"
-        if ref.version is not None:
-            version = ref.version
-            return self._resolve(
-                ("model version", str(ref)),
-                lambda: self._meta.get("mv", (ref.model, version)),
-                lambda: self._impl_fetch_model_version(ref.model, version),
-                self._store_mv,
-                freshness,
-                hint,
-            )
-        alias = ref.alias or ""
-
-        def cached_by_alias() -> Record | None:
-            pointer = self._meta.get("alias", (ref.model, alias))
-            if pointer is None:
-                return None
-            record = self._meta.get("mv", (ref.model, str(pointer.data.get("version"))))
-            if record is None:
-                return None
-            return Record(
-                record.kind,
-                record.key,
-                record.data,
-                min(pointer.cached_at, record.cached_at),
-                pointer.stale or record.stale,
-                record.path,
-            )
-
-        return self._resolve(
-            ("model version", str(ref)),
-            cached_by_alias,
-            lambda: self._impl_fetch_model_version_by_alias(ref.model, alias),
-            self._store_mv,
-            freshness,
-            hint,
-        )
-
-    def _store_mv(self, data: dict[str, Any]) -> Record:
-        record = self._meta.put("mv", (data["model_name"], data["version"]), data)
-        for alias in data.get("aliases") or ():
-            self._meta.put("alias", (data["model_name"], alias), {"version": data["version"]})
-        return record
-
-    def _warn_bad(self, exc: CorruptMetadata) -> None:
-        warnings.warn(f"{exc}; skipped", CacheFallbackWarning, stacklevel=3)
-
-    # ----------------------------------------------------------------- composition
-    def _compose_exp(self, record: Record) -> ExpApi:
-        return bind(ExpApi, exp_from_record(record.data, record.path), self)
-
-    def _compose_run(self, record: Record, freshness: Freshness = "nested") -> RunApi:
-        exp_id = record.data.get("exp_id")
-        if not isinstance(exp_id, str):
-            raise CorruptMetadata(record.path, "run document without 'exp_id'")
-        exp = self._compose_exp(self._exp_record(ExpRef(id=exp_id), freshness))
-        return bind(RunApi, run_from_record(record.data, exp, record.path), self)
-
-    def _compose_model(self, record: Record) -> ModelApi:
-        return bind(ModelApi, model_from_record(record.data, record.path), self)
-
-    def _compose_mv(self, record: Record, freshness: Freshness = "nested") -> ModelVersionApi:
-        model = self._compose_model(self._model_record(record.data["model_name"], freshness))
-        run: Run | None = None
-        run_id = record.data.get("run_id")
-        if run_id:
-            try:
-                run = self._compose_run(self._run_record(run_id, freshness), freshness)
-            except (EntityNotFound, CacheMiss):
-                run = None
-        mv = bind(ModelVersionApi, mv_from_record(record.data, model, run, record.path), self)
-        if mv.logged_model_id and not self.offline_mode:
-            with contextlib.suppress(EntityNotFound):
-                self._logged_record(mv.logged_model_id, freshness)
-        return mv
-
-    # ----------------------------------------------------------------- get
+    # ----------------------------------------------------------------- get and cache
     def get_exp(self, exp: Any, force_refresh: bool = False) -> ExpApi:
         """Experiment by entity, handle, id or name."""
-        return self._compose_exp(self._exp_record(exp_ref(exp), "force" if force_refresh else "normal"))
+        return self._composer.exp(self._resolver.exp(exp_ref(exp), _fresh(force_refresh)))
 
     def get_exp_by_name(self, name: str, force_refresh: bool = False) -> ExpApi:
         """Experiment by exact name (never taken as an id)."""
-        return self._compose_exp(self._exp_record(ExpRef(name=name), "force" if force_refresh else "normal"))
+        return self._composer.exp(self._resolver.exp(ExpRef(name=name), _fresh(force_refresh)))
 
     def get_run(self, run: Any, force_refresh: bool = False) -> RunApi:
         """Run by entity, handle, id or `runs:/<id>/...`."""
-        return self._compose_run(self._run_record(run_id_of(run), "force" if force_refresh else "normal"))
+        return self._composer.run(self._resolver.run(run_id_of(run), _fresh(force_refresh)))
 
     def get_model(self, model: Any, force_refresh: bool = False) -> ModelApi:
         """Registered model by entity, handle, name or `models:/name`."""
-        return self._compose_model(self._model_record(model_name(model), "force" if force_refresh else "normal"))
+        return self._composer.model(self._resolver.model(model_name(model), _fresh(force_refresh)))
 
     def get_model_version(self, model_version: Any, force_refresh: bool = False) -> ModelVersionApi:
         """Model version by entity, handle, `(name, version)`, `(name, "@alias")` or `models:/` URI."""
-        ref = model_version_ref(model_version)
-        return self._compose_mv(self._mv_record(ref, "force" if force_refresh else "normal"))
+        return self._composer.mv(self._resolver.mv(model_version_ref(model_version), _fresh(force_refresh)))
 
-    # ----------------------------------------------------------------- cache
+    def get_logged_model(self, logged_model: Any, force_refresh: bool = False) -> LoggedModelApi:
+        """Logged model (MLflow 3) by entity, handle, `m-<id>` or `models:/m-<id>`."""
+        record = self._resolver.logged(require_logged_model_id(logged_model), _fresh(force_refresh))
+        return self._composer.logged(record)
+
     def cache_exp_meta(self, exp: Any) -> ExpApi:
         """Fetch the experiment into the cache (online); offline, check that it is cached."""
-        return self._compose_exp(self._exp_record(exp_ref(exp), "force"))
+        return self._composer.exp(self._resolver.exp(exp_ref(exp), "force"))
 
     def cache_run_meta(self, run: Any) -> RunApi:
         """Fetch the run and its experiment into the cache."""
-        return self._compose_run(self._run_record(run_id_of(run), "force"), "force")
+        return self._composer.run(self._resolver.run(run_id_of(run), "force"), "force")
 
     def cache_model_meta(self, model: Any) -> ModelApi:
         """Fetch the registered model, aliases included, into the cache."""
-        return self._compose_model(self._model_record(model_name(model), "force"))
+        return self._composer.model(self._resolver.model(model_name(model), "force"))
 
     def cache_model_version_meta(self, model_version: Any) -> ModelVersionApi:
-        """Fetch the model version with its model (aliases included), run and experiment."""
-        return self._compose_mv(self._mv_record(model_version_ref(model_version), "force"), "force")
+        """Fetch the model version with its model (aliases included), run, experiment and logged model."""
+        return self._composer.mv(self._resolver.mv(model_version_ref(model_version), "force"), "force")
 
-    # ----------------------------------------------------------------- export
-    def _target_store(self, target: Path | str) -> MetadataStore:
-        return export_meta_store(self._layout.root, target, self.lock_timeout)
+    def cache_logged_model_meta(self, logged_model: Any) -> LoggedModelApi:
+        """Fetch the logged model and its experiment into the cache."""
+        return self._composer.logged(self._resolver.logged(require_logged_model_id(logged_model), "force"), "force")
+
+    # ----------------------------------------------------------------- export of metadata
+    def _export(self, write: Callable[[Any, Any], T], entity: Any, target: Path | str) -> T:
+        with self._meta.reading_once():
+            return write(entity, self._exporter.open(target))
 
     def export_exp_meta(self, exp: Any, target: Path | str) -> ExpApi:
         """Write the experiment's metadata into the cache dir (or bundle) at `target`."""
-        store = self._target_store(target)
-        found = self.get_exp(exp)
-        store.put("exp", (found.id,), self._exp_record(ExpRef(id=found.id), "nested").data)
-        return found
+        return self._export(self._exporter.exp, exp, target)
 
     def export_run_meta(self, run: Any, target: Path | str) -> RunApi:
         """Write the run's metadata and its experiment's into `target`."""
-        found = self.get_run(run)
-        self.export_exp_meta(found.exp, target)
-        self._target_store(target).put("run", (found.id,), self._run_record(found.id, "nested").data)
-        return found
+        return self._export(self._exporter.run, run, target)
 
     def export_model_meta(self, model: Any, target: Path | str) -> ModelApi:
         """Write the registered model's metadata, aliases included, into `target`."""
-        store = self._target_store(target)
-        found = self.get_model(model)
-        store.put("model", (found.name,), self._model_record(found.name, "nested").data)
-        for alias, version in found.aliases.items():
-            store.put("alias", (found.name, alias), {"version": version})
-        return found
+        return self._export(self._exporter.model, model, target)
 
     def export_model_version_meta(self, model_version: Any, target: Path | str) -> ModelVersionApi:
-        """Write the model version with its model, run and experiment into `target`."""
-        found = self.get_model_version(model_version)
-        self.export_model_meta(found.model, target)
-        if found.run is not None:
-            self.export_run_meta(found.run, target)
-        store = self._target_store(target)
-        store.put(
-            "mv",
-            (found.model.name, found.version),
-            self._mv_record(ModelVersionRef(model=found.model.name, version=found.version), "nested").data,
-        )
-        for alias in found.aliases:
-            store.put("alias", (found.model.name, alias), {"version": found.version})
-        return found
+        """Write the model version with its model, run, experiment and logged model into `target`."""
+        return self._export(self._exporter.model_version, model_version, target)
+
+    def export_logged_model_meta(self, logged_model: Any, target: Path | str) -> LoggedModelApi:
+        """Write the logged model's metadata and its experiment's into `target`."""
+        return self._export(self._exporter.logged_model, logged_model, target)
+
+    # ----------------------------------------------------------------- find
+    def find_exps(self, query: Query = None, sort: Sort = None) -> Iterator[ExpApi]:
+        """Experiments matching a MongoDB query on their documents (lazy)."""
+        return self._search.find("exp", compile_query(query), _check_sort(sort))
+
+    def find_runs(self, query: Query = None, sort: Sort = None, exp: Any = None) -> Iterator[RunApi]:
+        """Runs matching a MongoDB query (`{"params.lr": {"$gt": 0.01}}`), in `exp` or everywhere."""
+        compiled, checked = compile_query(query), _check_sort(sort)
+        exp_ids = None if exp is None else [self._tracking.exp_id(exp)]
+        return self._search.find("run", compiled, checked, exp_ids)
+
+    def find_logged_models(self, query: Query = None, sort: Sort = None, exp: Any = None) -> Iterator[LoggedModelApi]:
+        """Logged models (MLflow 3) matching a MongoDB query, in `exp` or everywhere (lazy)."""
+        compiled, checked = compile_query(query), _check_sort(sort)
+        exp_ids = None if exp is None else [self._tracking.exp_id(exp)]
+        return self._search.find("lm", compiled, checked, exp_ids)
+
+    def find_models(self, query: Query = None, sort: Sort = None) -> Iterator[ModelApi]:
+        """Registered models matching a MongoDB query (lazy)."""
+        return self._search.find("model", compile_query(query), _check_sort(sort))
+
+    def find_model_versions(
+        self, query: Query = None, sort: Sort = None, include_deleted: bool = False
+    ) -> Iterator[ModelVersionApi]:
+        """Model versions matching a MongoDB query (`{"model.name": "fraud", "tags.stage": "prod"}`);
+        versions whose files were deleted (tag `mlcache.deleted`) only with `include_deleted`."""
+        hide_deleted = None if include_deleted else {f"tags.{DELETED_TAG}": {"$exists": False}}
+        return self._search.find("mv", compile_query(query, also=hide_deleted), _check_sort(sort))
+
+    def find_child_runs(self, parent: Any, query: Query = None, sort: Sort = None) -> Iterator[RunApi]:
+        """Runs whose parent is `parent` (lazy)."""
+        found = self.get_run(parent)
+        return self.find_runs({"$and": [{"parent_run_id": found.id}, dict(query or {})]}, sort, exp=found.exp)
+
+    def get_run_by_name(self, exp: Any, name: str) -> RunApi:
+        """The run called `name` in `exp` (the most recently started one if several)."""
+        found = list(self.find_runs({"name": name}, [("start_time", -1)], exp=exp))
+        if not found:
+            raise EntityNotFound("run", name, f"no run of that name in experiment {exp_ref(exp).name or exp}")
+        return found[0]
+
+    def find_runs_with_model_versions(self, query: Query = None, sort: Sort = None) -> Iterator[RunApi]:
+        """Runs from which at least one model version was registered (matching `query`)."""
+        run_ids = sorted({mv.run_id for mv in self.find_model_versions() if mv.run_id})
+        if not run_ids:
+            return iter(())
+        return self.find_runs({"$and": [{"id": {"$in": run_ids}}, dict(query or {})]}, sort)
+
+    def run_artifact_exists(self, run: Any, path_in_run: str) -> bool:
+        """Whether `path_in_run` exists among the run's artifacts (cached or remote)."""
+        try:
+            return bool(self.list_run_artifacts(run_ref(run)[0], path_in_run))
+        except (EntityNotFound, CacheMiss):
+            return False
+
+    # ----------------------------------------------------------------- tracking
+    def create_exp(
+        self, name: str, tags: Mapping[str, Any] | None = None, artifact_location: str | None = None
+    ) -> ExpApi:
+        """Create an experiment; `EntityExists` if the name is taken."""
+        return self._tracking.create_exp(name, tags, artifact_location)
+
+    def get_or_create_exp(
+        self, name: str, tags: Mapping[str, Any] | None = None, artifact_location: str | None = None
+    ) -> ExpApi:
+        """The experiment of that name, created (with `tags`) if it does not exist."""
+        return self._tracking.get_or_create_exp(name, tags, artifact_location)
+
+    def set_tags_on_exp(self, exp: Any, tags: Mapping[str, Any]) -> None:
+        """Set (nested) tags on an experiment."""
+        self._tracking.set_exp_tags(exp, tags)
+
+    def archive_exp(self, exp: Any, suffix: str | None = None) -> ExpApi:
+        """Rename the experiment with a suffix (default `-archived-<UTC date and time>`)."""
+        return self._tracking.archive_exp(exp, suffix)
+
+    def delete_exp(self, exp: Any) -> ExpApi:
+        """Mark the experiment deleted on the server (restorable)."""
+        return self._tracking.delete_exp(exp)
+
+    def restore_exp(self, exp: Any) -> ExpApi:
+        """Restore a deleted experiment."""
+        return self._tracking.restore_exp(exp)
+
+    def create_run(
+        self,
+        exp: Any,
+        name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        parent: Any = None,
+        status: RunStatus | str = RunStatus.RUNNING,
+    ) -> RunApi:
+        """Create a run in `exp` (a child of `parent` if given), left in `status`."""
+        return self._tracking.create_run(exp, name, tags, parent, status)
+
+    def start_run(
+        self, exp: Any, name: str | None = None, tags: Mapping[str, Any] | None = None, parent: Any = None
+    ) -> RunApi:
+        """Create a RUNNING run; use it as a context manager to end it FINISHED (or FAILED on error)."""
+        return self._tracking.create_run(exp, name, tags, parent, RunStatus.RUNNING)
+
+    def end_run(self, run: Any, status: RunStatus | str = RunStatus.FINISHED) -> RunApi:
+        """Terminate a run with `status` (FINISHED, FAILED or KILLED) and return it refreshed."""
+        return self._tracking.set_run_status(run, status, "end_run")
+
+    def resume_run(self, run: Any) -> RunApi:
+        """Set a run back to RUNNING and return it refreshed."""
+        return self._tracking.set_run_status(run, RunStatus.RUNNING, "resume_run")
+
+    def set_tags_on_run(self, run: Any, tags: Mapping[str, Any]) -> None:
+        """Set (nested) tags on a run."""
+        self._tracking.log_batch(run, None, None, tags, None, None)
+
+    def log_params(self, run: Any, params: Mapping[str, Any]) -> None:
+        """Log (nested) params; values are stored JSON-encoded."""
+        self._tracking.log_batch(run, params, None, None, None, None)
+
+    def log_metrics(
+        self, run: Any, metrics: Mapping[str, Any], step: int | None = None, timestamp: datetime | None = None
+    ) -> None:
+        """Log (nested) numeric metrics at `step` (default 0) and `timestamp` (default now)."""
+        self._tracking.log_batch(run, None, metrics, None, step, timestamp)
+
+    def log_batch(
+        self,
+        run: Any,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        step: int | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        """Log params, metrics and tags in one request."""
+        self._tracking.log_batch(run, params, metrics, tags, step, timestamp)
+
+    def create_model(
+        self, name: str, tags: Mapping[str, Any] | None = None, description: str | None = None
+    ) -> ModelApi:
+        """Create a registered model; `EntityExists` if the name is taken."""
+        return self._tracking.create_model(name, tags, description)
+
+    def get_or_create_model(
+        self, name: str, tags: Mapping[str, Any] | None = None, description: str | None = None
+    ) -> ModelApi:
+        """The registered model of that name, created if it does not exist."""
+        return self._tracking.get_or_create_model(name, tags, description)
+
+    def set_tags_on_model(self, model: Any, tags: Mapping[str, Any]) -> None:
+        """Set (nested) tags on a registered model."""
+        self._tracking.set_model_tags(model, tags)
+
+    def register_model_version(
+        self,
+        model: Any,
+        run: Any,
+        path_in_run: str,
+        tags: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        aliases: Iterable[str] = (),
+    ) -> ModelVersionApi:
+        """Register the artifacts at `path_in_run` of `run` as a new version of `model`."""
+        return self._tracking.register_model_version(model, run, path_in_run, tags, description, aliases)
+
+    def set_tags_on_model_version(self, model_version: Any, tags: Mapping[str, Any]) -> None:
+        """Set (nested) tags on a model version."""
+        self._tracking.set_model_version_tags(model_version, tags)
+
+    def set_model_alias(self, model_version: Any, alias: str) -> None:
+        """Point `alias` of the model at this version (moving it from any other version)."""
+        self._tracking.set_model_alias(model_version, alias)
+
+    # ----------------------------------------------------------------- run artifacts
+    def list_run_artifacts(self, run: Any, path_in_run: str = "") -> list[RemoteFile]:
+        """Files under `path_in_run` of the run (relative paths, sizes); offline, from the cache."""
+        run_id, uri_path = run_ref(run)
+        sub = path_in_run or uri_path or ""
+        if not sub:
+            return self._files.list_run_root(run_id)
+        return self._files.list(self._files.run_target(run_id, sub))
+
+    def cache_run_artifact(self, run: Any, path_in_run: str | None = None) -> Path:
+        """Pull the run's artifact at `path_in_run` into the cache (if not complete there) and return its path."""
+        return self._files.ensure(self._files.run_target(run, path_in_run))
+
+    def get_run_artifact(self, run: Any, path_in_run: str | None = None, hold: bool = False) -> Path:
+        """Local path of the run's artifact, pulled on a miss (read-only files). With `hold`, prune and
+        clean leave the entry alone until this process ends (or `mlcache.release_holds()`)."""
+        target = self._files.run_target(run, path_in_run)
+        return self._files.held(target) if hold else self._files.ensure(target)
+
+    def place_run_artifact(
+        self, run: Any, path_in_run: str | None, target: Path | str, link: bool = True, overwrite: bool = False
+    ) -> Path:
+        """Put the artifact at `target`: symlinks per file into the cache, or a copy (`link=False`)."""
+        return place_tree(self._layout.root, self.get_run_artifact(run, path_in_run), target, link, overwrite)
+
+    def load_run_artifact(self, run: Any, path_in_run: str | None, loader: Callable[[Path], T]) -> T:
+        """`loader(local_path)` on the cached artifact; prune and clean leave it alone meanwhile."""
+        return self._files.load(self._files.run_target(run, path_in_run), loader)
+
+    def export_run_artifact(self, run: Any, path_in_run: str | None, target: Path | str) -> Path:
+        """Copy the artifact (and the run's metadata) into the cache dir or bundle at `target`."""
+        with self._meta.reading_once():
+            return self._exporter.run_artifact(run, path_in_run, self._exporter.open(target))
+
+    def clean_cached_run_artifact(self, run: Any, path_in_run: str | None = None) -> bool:
+        """Drop the cached entry (not the remote files); True if something was removed."""
+        return self._files.clean(self._files.run_target(run, path_in_run))
+
+    def log_run_artifact(self, run: Any, source: Path | str | Callable[[Path], None], path_in_run: str) -> Path | None:
+        """Upload a file/folder, or what `source(path)` writes at `path`, to `path_in_run` of the run.
+        With `cache_local_artifacts`, the uploaded files become the cache entry and its path is returned."""
+        self._tracking.require_online("log_run_artifact")
+        return self._files.upload(self._files.run_target(run, path_in_run), source)
+
+    def delete_run_artifact(self, run: Any, path_in_run: str) -> None:
+        """Remove `path_in_run` of the run from the artifact store itself and from the cache."""
+        self._tracking.require_online("delete_run_artifact")
+        self._files.delete(self._files.run_target(run, path_in_run))
+
+    # ----------------------------------------------------------------- model artifacts
+    def list_model_artifacts(self, model_version: Any) -> list[RemoteFile]:
+        """Files of the model version (relative paths, sizes); offline, from the cache."""
+        return self._files.list(self._files.model_target(model_version))
+
+    def cache_model_artifact(self, model_version: Any) -> Path:
+        """Pull the version's files into the cache (if not complete there) and return their path."""
+        return self._files.ensure(self._files.model_target(model_version))
+
+    def get_model_artifact(self, model_version: Any, hold: bool = False) -> Path:
+        """Local path of the version's files, pulled on a miss (read-only files). With `hold`, prune and
+        clean leave the entry alone until this process ends (or `mlcache.release_holds()`)."""
+        target = self._files.model_target(model_version)
+        return self._files.held(target) if hold else self._files.ensure(target)
+
+    def place_model_artifact(
+        self, model_version: Any, target: Path | str, link: bool = True, overwrite: bool = False
+    ) -> Path:
+        """Put the version's files at `target`: symlinks per file, or a copy (`link=False`)."""
+        return place_tree(self._layout.root, self.get_model_artifact(model_version), target, link, overwrite)
+
+    def load_model_artifact(self, model_version: Any, loader: Callable[[Path], T]) -> T:
+        """`loader(local_path)` on the version's cached files; prune and clean leave them alone meanwhile."""
+        return self._files.load(self._files.model_target(model_version), loader)
+
+    def export_model_artifact(self, model_version: Any, target: Path | str) -> Path:
+        """Copy the version's files and metadata (model, run, experiment) into `target`."""
+        with self._meta.reading_once():
+            return self._exporter.model_artifact(model_version, self._exporter.open(target))
+
+    def clean_cached_model_artifact(self, model_version: Any) -> bool:
+        """Drop the version's cached files; True if something was removed."""
+        return self._files.clean(self._files.model_target(model_version))
+
+    def log_model_version(
+        self,
+        model: Any,
+        run: Any,
+        source: Path | str | Callable[[Path], None],
+        path_in_run: str = "model",
+        tags: Mapping[str, Any] | None = None,
+        description: str | None = None,
+        aliases: Iterable[str] = (),
+    ) -> ModelVersionApi:
+        """Upload the model's files to `path_in_run` of `run` and register them as a new version."""
+        self.log_run_artifact(run, source, path_in_run)
+        return self.register_model_version(model, run, path_in_run, tags, description, aliases)
+
+    def delete_model_version_artifact(self, model_version: Any) -> None:
+        """Remove a version's files from the artifact store and the cache, and tag the version
+        `mlcache.deleted` (finders leave such versions out unless asked)."""
+        self._tracking.require_online("delete_model_version_artifact")
+        mv = self.get_model_version(model_version)
+        self._files.delete(self._files.model_target(mv))
+        self.set_tags_on_model_version(mv, {DELETED_TAG: utcnow().isoformat()})
+
+    # ----------------------------------------------------------------- the cache
+    def usage(self) -> list[EntryUsage]:
+        """Every artifact entry with its size on disk, last use and source, largest first."""
+        return self._admin.usage()
+
+    def prune(self, max_size: int | str) -> PruneReport:
+        """Remove least recently used entries until the artifacts fit in `max_size` (`10G`, bytes)."""
+        return self._admin.prune(max_size)
+
+    def clean_temp_artifacts(self, older_than: float = 0.0) -> int:
+        """Remove staging leftovers whose owner process is gone; returns how many."""
+        return self._admin.clean_temp_artifacts(older_than)
+
+    def clean_all_cache(self) -> CleanReport:
+        """Empty the cache, leaving (and reporting) what other processes are using."""
+        return self._admin.clean_all_cache()
+
+    def verify_cache(self) -> list[str]:
+        """Re-hash every entry and re-read every metadata file; each problem as one line."""
+        return self._admin.verify_cache()
+
+    def export_bundle(
+        self,
+        target: Path | str,
+        model_versions: Iterable[Any] = (),
+        runs: Iterable[Any] = (),
+        experiments: Iterable[Any] = (),
+        version_query: dict[str, Any] | None = None,
+    ) -> Path:
+        """A bundle (folder, `.tar` or `.tar.gz`) holding the selection and all it needs offline."""
+        selection = Selection(list(model_versions), list(runs), list(experiments), version_query)
+        versions = list(selection.model_versions)
+        if version_query is not None:
+            versions.extend(self.find_model_versions(version_query))
+        return export_bundle(self._exporter, versions, selection, target)
+
+    def import_bundle(self, source: Path | str, limits: BundleLimits | None = None) -> ImportReport:
+        """Check a bundle and bring it into this cache (idempotent, never replacing other content)."""
+        return import_bundle(self._meta, self._artifacts, source, limits)

@@ -42,7 +42,7 @@ from .staging import Stage, remove_tree
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
-    from .base import BaseMlflowApi
+    from .export import Exporter
 
 __all__ = ["BundleError", "BundleLimits", "ImportReport", "Selection", "export_bundle", "import_bundle", "verify"]
 
@@ -120,12 +120,15 @@ def _clean_partials(parent: Path, name: str) -> None:
                 remove_tree(item)
 
 
-def export_bundle(api: BaseMlflowApi, selection: Selection, target: Path | str) -> Path:
-    """Write the selection, with everything needed offline, to a bundle folder or archive."""
+def export_bundle(exporter: Exporter, versions: list[Any], selection: Selection, target: Path | str) -> Path:
+    """Write the selection (with `versions`, the selected model versions, the query's included),
+    with everything needed offline, to a bundle folder or archive."""
     target = Path(target).expanduser().absolute()
-    check_export_target(api.layout.root, target)
+    check_export_target(exporter.cache_root, target)
     if target.exists() or target.is_symlink():
         raise BundleError(f"{target} already exists; choose a new path for the bundle")
+    if not (versions or selection.runs or selection.experiments):
+        raise BundleError("nothing selected: name model versions, runs or experiments (or a query)")
     with writing(target.parent, f"export a bundle to {target}"):
         target.parent.mkdir(parents=True, exist_ok=True)
         _clean_partials(target.parent, target.name)
@@ -133,30 +136,17 @@ def export_bundle(api: BaseMlflowApi, selection: Selection, target: Path | str) 
         owner = stage.with_name(stage.name + ".lock")
         try:
             with FileLock(str(owner), timeout=0):
-                _export_into(api, selection, stage, target)
+                _export_into(exporter, versions, selection, stage, target)
         finally:
             remove_tree(stage)
             owner.unlink(missing_ok=True)
     return target
 
 
-def _export_into(api: BaseMlflowApi, selection: Selection, stage: Path, target: Path) -> None:
+def _export_into(exporter: Exporter, versions: list[Any], selection: Selection, stage: Path, target: Path) -> None:
     folder = stage if not is_archive(target) else stage / "bundle"
-    contents: dict[str, list[str]] = {"model_versions": [], "runs": [], "experiments": []}
-    versions = list(selection.model_versions)
-    if selection.version_query is not None:
-        versions.extend(api.find_model_versions(selection.version_query))
-    for mv in versions:
-        api.export_model_artifact(mv, folder)
-        contents["model_versions"].append(_label(api, mv))
-    for run in selection.runs:
-        _export_run(api, run, folder)
-        contents["runs"].append(str(run if isinstance(run, str) else run.id))
-    for exp in selection.experiments:
-        found = api.export_exp_meta(exp, folder)
-        contents["experiments"].append(found.id)
-    if not any(contents.values()):
-        raise BundleError("nothing selected: name model versions, runs or experiments (or a query)")
+    to = exporter.open(folder)
+    contents = exporter.selection(versions, list(selection.runs), list(selection.experiments), to)
     CacheLayout(folder).ensure()
     _derived_files(folder)
     document = {
@@ -165,14 +155,14 @@ def _export_into(api: BaseMlflowApi, selection: Selection, stage: Path, target: 
         "created_at": utcnow().isoformat(),
         "creator": f"{getpass.getuser()}@{socket.gethostname()}",
         "mlcache_version": _version(),
-        "contents": contents,
+        "contents": contents.as_dict(),
         "files": _file_rows(folder),
     }
     (folder / BUNDLE_FILE).write_text(json.dumps(document, indent=1, ensure_ascii=False))
     if is_archive(target):
         partial = stage / f"bundle{''.join(Path(target.name).suffixes)}"
-        mode = "w:gz" if target.name.endswith((".gz", ".tgz")) else "w"
-        with tarfile.open(partial, mode) as tar:
+        compressed = target.name.endswith((".gz", ".tgz"))
+        with tarfile.open(partial, "w:gz") if compressed else tarfile.open(partial, "w") as tar:
             tar.add(folder, arcname=".")
         os.replace(partial, target)
     else:
@@ -183,25 +173,6 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def _label(api: BaseMlflowApi, mv: Any) -> str:
-    from .identifiers import logged_model_id
-
-    if logged_model_id(mv) is not None:
-        return f"models:/{logged_model_id(mv)}"
-    found = api.get_model_version(mv)
-    return f"models:/{found.model.name}/{found.version}"
-
-
-def _export_run(api: BaseMlflowApi, run: Any, folder: Path) -> None:
-    from .identifiers import run_ref
-
-    run_id, path = run_ref(run)
-    if path:
-        api.export_run_artifact(run_id, path, folder)
-    else:
-        api.export_run_meta(run_id, folder)
 
 
 def verify(path: Path | str, limits: BundleLimits | None = None) -> list[str]:
@@ -242,14 +213,16 @@ class ImportReport:
     metadata_kept: int = 0
 
 
-def import_bundle(api: BaseMlflowApi, source: Path | str, limits: BundleLimits | None = None) -> ImportReport:
-    """Bring a bundle into the api's cache: read once into a private stage, checked, and exactly
-    that stage installed. Refuses (installing nothing) a damaged bundle, unlisted content and
+def import_bundle(
+    meta: MetadataStore, local: ArtifactStore, source: Path | str, limits: BundleLimits | None = None
+) -> ImportReport:
+    """Bring a bundle into the cache of these stores: read once into a private stage, checked, and
+    exactly that stage installed. Refuses (installing nothing) a damaged bundle, unlisted content and
     entries whose content differs from what the cache holds."""
     source = Path(source).expanduser().absolute()
     if not source.exists():
         raise BundleError(f"no bundle at {source}")
-    layout = api.layout
+    layout = local.layout
     root = layout.root.resolve()
     if source.resolve() == root or root in source.resolve().parents:
         raise BundleError(f"cannot import a bundle into itself: {source} is the cache at {root} or inside it")
@@ -261,7 +234,6 @@ def import_bundle(api: BaseMlflowApi, source: Path | str, limits: BundleLimits |
             shown = "; ".join(checked.problems[:5])
             more = f" (+{len(checked.problems) - 5} more)" if len(checked.problems) > 5 else ""
             raise BundleError(f"bundle {source} is damaged, nothing imported: {shown}{more}")
-        local = api._artifacts
         conflicts = [
             key.label
             for key, (manifest, _) in checked.entries.items()
@@ -281,7 +253,7 @@ def import_bundle(api: BaseMlflowApi, source: Path | str, limits: BundleLimits |
                 continue
             _install_entry(local, key, manifest, stage / rel)
             report.entries_added.append(key.label)
-        _import_metadata(api, tree, checked, report)
+        _import_metadata(meta, tree, checked, report)
         return report
 
 
@@ -305,10 +277,9 @@ def _digest(manifest: Manifest) -> list[tuple[str, str]]:
     return sorted((f.path, f.sha256) for f in manifest.files)
 
 
-def _import_metadata(api: BaseMlflowApi, tree: BundleTree, checked: CheckedBundle, report: ImportReport) -> None:
+def _import_metadata(mine: MetadataStore, tree: BundleTree, checked: CheckedBundle, report: ImportReport) -> None:
     """The bundle's documents replace the cached ones they differ from (the import is the newer
     word); each is stored with the cache's own time. Dates inside documents are never compared."""
-    mine = api._meta
     for rel, kind in sorted(checked.metadata.items()):
         record = mine.parse_document(mine.layout.root / rel, tree.documents[rel], kind)
         try:

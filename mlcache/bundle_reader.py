@@ -18,19 +18,15 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
-from .errors import MlcacheError
+from .errors import BundleError, MlcacheError
 from .names import UnsafePath, safe_relative_path
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 DOCUMENT_PREFIXES = ("metadata/", "manifests/")
 DOCUMENT_FILES = ("bundle.json", "layout.json")
 _BLOCK = 1 << 20
-
-
-class BundleError(MlcacheError):
-    """A bundle that is damaged, unlisted content, or one that would replace different content."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ class _Reader:
             raise BundleError(f"{self.tree.source}: member {rel!r} is both a file and a folder") from None
         return target
 
-    def file(self, rel: str, data: BinaryIO, claimed: int) -> None:
+    def file(self, rel: str, data: IO[bytes], claimed: int) -> None:
         if rel in self.tree.members:
             raise BundleError(f"{self.tree.source}: member {rel!r} appears twice")
         if len(self.tree.members) >= self.limits.max_files:

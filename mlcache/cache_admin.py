@@ -1,5 +1,6 @@
 """Keeping a cache healthy: usage report, prune to a size budget (least recently used first),
-clean, verify, and the bundle operations, as methods of `BaseMlflowApi`."""
+clean and verify. Entries are removed one by one under their exclusive lock, so what another
+process reads or writes is left alone, and reported."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .artifact_store import EntryKey, Manifest
 from .errors import CorruptMetadata, LockTimeout, MlcacheError
@@ -21,7 +21,6 @@ from .staging import clean_tmp
 
 if TYPE_CHECKING:
     from .artifact_store import ArtifactStore
-    from .bundle import ImportReport
     from .layout import CacheLayout
     from .metadata_store import MetadataStore
 
@@ -112,14 +111,13 @@ def _measure(path: Path) -> tuple[int, int]:
     return size, count
 
 
-class CacheAdminMixin:
-    """usage / prune / clean / verify / bundles."""
+class CacheAdmin:
+    """Usage, prune, clean and verify of one cache dir."""
 
-    if TYPE_CHECKING:
-        _layout: CacheLayout
-        _artifacts: ArtifactStore
-        _meta: MetadataStore
-        lock_timeout: float
+    def __init__(self, layout: CacheLayout, meta: MetadataStore, artifacts: ArtifactStore) -> None:
+        self._layout = layout
+        self._meta = meta
+        self._artifacts = artifacts
 
     def usage(self) -> list[EntryUsage]:
         """Every artifact entry with its size on disk, last use and source, largest first; entries
@@ -212,23 +210,3 @@ class CacheAdminMixin:
         from .bundle import verify
 
         return verify(self._layout.root) if self._layout.root.exists() else []
-
-    def export_bundle(
-        self,
-        target: Path | str,
-        model_versions: Iterable[Any] = (),
-        runs: Iterable[Any] = (),
-        experiments: Iterable[Any] = (),
-        version_query: dict[str, Any] | None = None,
-    ) -> Path:
-        """A bundle (folder, `.tar` or `.tar.gz`) holding the selection and all it needs offline."""
-        from .bundle import Selection, export_bundle
-
-        selection = Selection(list(model_versions), list(runs), list(experiments), version_query)
-        return export_bundle(self, selection, target)  # type: ignore[arg-type]
-
-    def import_bundle(self, source: Path | str) -> ImportReport:
-        """Verify a bundle and bring it into this cache (idempotent, never replacing other content)."""
-        from .bundle import import_bundle
-
-        return import_bundle(self, source)  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import MlcacheError
+from .errors import InvalidSetting, MlcacheError
+from .settings import raw
 
 app = typer.Typer(help="Offline-first cache for MLflow metadata and artifacts.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -32,26 +33,38 @@ class Settings:
     """Global options shared by the subcommands."""
 
     def __init__(
-        self, cache_dir: Path | None, offline: bool, tracking_uri: str | None, timeout: float | None = None
+        self,
+        cache_dir: Path | None,
+        offline: bool,
+        tracking_uri: str | None,
+        timeout: float | None = None,
+        plugin: str | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.offline = offline
         self.tracking_uri = tracking_uri
         self.timeout = timeout
+        self.plugin = plugin
 
-    def api(self, **extra: Any) -> Any:
-        from .plugins import get_api
+    def api(self, plugin: str | None = None, **extra: Any) -> Any:
+        """The api these options describe: `--plugin`, else `MLCACHE_PLUGIN`, else `offline` with
+        `--offline` or `MLCACHE_OFFLINE`, else `mlflow`."""
+        from .plugins import default_plugin, load_plugin
 
+        name = plugin or self.plugin or ("offline" if self.offline and not raw("MLCACHE_PLUGIN") else None)
+        cls = load_plugin(name or default_plugin())
         conf: dict[str, Any] = dict(extra)
         if self.cache_dir is not None:
             conf["cache_dir"] = self.cache_dir
         if self.offline:
             conf["offline_mode"] = True
         if self.tracking_uri:
+            if "tracking_uri" not in cls.model_fields:
+                raise InvalidSetting(f"--tracking-uri does not apply to the {name} plugin")
             conf["tracking_uri"] = self.tracking_uri
         if self.timeout is not None:
             conf["timeout"] = self.timeout
-        return get_api("mlflow", **conf)
+        return cls(**conf)
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -85,10 +98,14 @@ def main(
             "(default: MLCACHE_TIMEOUT, else 10).",
         ),
     ] = None,
+    plugin: Annotated[
+        str | None,
+        typer.Option(help="Backend plugin: mlflow, offline, memory or an installed one (default: MLCACHE_PLUGIN)."),
+    ] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
 ) -> None:
     """Global options."""
-    ctx.obj = Settings(cache_dir, offline, tracking_uri, timeout)
+    ctx.obj = Settings(cache_dir, offline, tracking_uri, timeout, plugin)
 
 
 def _is_run_uri(uri: str) -> bool:
@@ -323,9 +340,9 @@ def clean(
 @app.command()
 def demo(ctx: typer.Context) -> None:
     """Run the whole loop on the embedded default: track, log, pull, bundle, import, load offline."""
-    from .demo import run_demo
+    from .plugins.mlflow.demo import run_demo
 
-    run_demo(_settings(ctx).api(), say=lambda line: out.print(f"[green]✓[/green] {line}"))
+    run_demo(_settings(ctx).api(plugin="mlflow"), say=lambda line: out.print(f"[green]✓[/green] {line}"))
 
 
 def _one_line(text: str) -> str:

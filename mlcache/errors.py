@@ -98,3 +98,49 @@ class PluginNotFound(MlcacheError, LookupError):
 
 class CacheFallbackWarning(UserWarning):
     """The server could not be reached (or a cache file was bad), so the answer comes from the cache."""
+
+
+class ArtifactUploadError(MlcacheError):
+    """An upload failed; a temporary artifact made by a dumper is kept at `kept_path`."""
+
+    def __init__(self, message: str, kept_path: Path | None) -> None:
+        super().__init__(message)
+        self.kept_path = kept_path
+
+
+class UnsafeArtifact(MlcacheError):
+    """A pulled tree that holds links pointing outside it, or content that differs from its listing."""
+
+
+class BundleError(MlcacheError):
+    """A bundle that is damaged, unlisted content, or one that would replace different content."""
+
+
+class IncompatibleCache(MlcacheError):
+    """A cache dir (or bundle) whose layout marker this mlcache cannot read: another layout
+    version, or a marker that is not what mlcache writes."""
+
+
+class UnsafePath(MlcacheError, ValueError):
+    """A name or path that is empty, absolute, climbs out of its tree, or cannot be a file name."""
+
+
+class InvalidQuery(MlcacheError, ValueError):
+    """A query with an unknown operator, a malformed argument or a shape mlcache cannot evaluate."""
+
+
+class UnsupportedUrl(MlcacheError, ValueError):
+    """An artifact URL that no transfer can read, or that could be misread as a flag or command."""
+
+
+class TransferError(MlcacheError):
+    """A transfer failed; `retryable` tells transient faults from permanent ones."""
+
+    def __init__(
+        self, message: str, retryable: bool = False, exit_code: int | None = None, errno: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.exit_code = exit_code
+        self.errno = errno
+        """Set when the local side failed: the disk is full (`ENOSPC`, `EDQUOT`) or read-only (`EROFS`)."""

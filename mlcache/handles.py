@@ -35,7 +35,7 @@ class Handle(BaseModel):
 
 def bind(cls: type[HandleT], entity: Entity, api: BaseMlflowApi) -> HandleT:
     """A handle of class `cls` holding the fields of `entity`, bound to `api` (no re-validation)."""
-    handle = cls.model_construct(**{name: getattr(entity, name) for name in type(entity).model_fields})  # type: ignore[attr-defined]
+    handle = cls.model_construct(**{name: getattr(entity, name) for name in type(entity).model_fields})
     handle._api = api
     return handle
 

@@ -62,10 +62,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from .conditions import required_conditions
 from .errors import MlcacheError
 from .layout import CacheLayout
 from .locks import entry_lock
-from .pushdown import required_conditions
 
 _SCHEMA = (
     """CREATE TABLE entities (
@@ -280,11 +280,14 @@ def _leaf_select(kind: str, conditions: list[LeafCondition]) -> tuple[str, list[
     return " ".join(parts), params
 
 
+_SQLITE_LIMIT_VARIABLE_NUMBER = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)
+
+
 def _within_limit(conn: sqlite3.Connection, flt: SqlFilter) -> list[LeafCondition]:
     """The conditions that fit in sqlite's limit of parameters per statement, fewest values first
     (leaving one out only widens the filter)."""
     getlimit = getattr(conn, "getlimit", None)
-    budget = (getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit else 999) - len(flt.params) - 1
+    budget = (getlimit(_SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit else 999) - len(flt.params) - 1
     kept: set[int] = set()
     for i, condition in sorted(enumerate(flt.conditions), key=lambda pair: len(pair[1].values)):
         need = len(condition.values) + 3
@@ -423,7 +426,7 @@ class _Connection(sqlite3.Connection):
 
 
 def _connect(database: str | Path) -> _Connection:
-    return sqlite3.connect(database, timeout=READ_WAIT, isolation_level=None, factory=_Connection)  # type: ignore[return-value]
+    return sqlite3.connect(database, timeout=READ_WAIT, isolation_level=None, factory=_Connection)
 
 
 def _prepare(conn: sqlite3.Connection) -> None:

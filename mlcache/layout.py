@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CacheNotWritable, CorruptMetadata, MlcacheError
+from .errors import CacheNotWritable, CorruptMetadata, IncompatibleCache, MlcacheError
 from .names import UnsafePath
 
 LAYOUT_VERSION = 1
@@ -21,11 +21,6 @@ CACHEDIR_TAG = (
     "# This file is a cache directory tag created by mlcache.\n"
     "# For information about cache directory tags, see https://bford.info/cachedir/\n"
 )
-
-
-class IncompatibleCache(MlcacheError):
-    """A cache dir (or bundle) whose layout marker this mlcache cannot read: another layout
-    version, or a marker that is not what mlcache writes."""
 
 
 def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:

@@ -11,6 +11,8 @@ import contextlib
 import json
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,6 +31,9 @@ _IDENTITY = {"exp": ("id",), "run": ("id",), "model": ("name",), "mv": ("model_n
 """The document fields that repeat its key: when present they must agree with where it is stored."""
 CLOCK_SKEW = timedelta(seconds=5)
 """How far in the future a file's modification time may lie before its age counts as unknown."""
+
+
+_read_once: ContextVar[dict[Path, Record | None] | None] = ContextVar("mlcache_read_once", default=None)
 
 
 def stored_at(mtime_ns: int) -> datetime:
@@ -53,9 +58,12 @@ class Record:
 class MetadataStore:
     """Reads and writes entity documents of one cache dir."""
 
-    def __init__(self, layout: CacheLayout, lock_timeout: float = 60.0) -> None:
+    def __init__(self, layout: CacheLayout, lock_timeout: float = 60.0, indexed: bool = True) -> None:
+        """`indexed=False` for a store that is only written (an export target): its writes keep no
+        search index, which its readers build when they need one."""
         self.layout = layout
         self.lock_timeout = lock_timeout
+        self.indexed = indexed
         self.index = MetadataIndex(layout, self._scan_for_index)
 
     def _scan_for_index(self, kind: str, paths: list[Path]) -> Iterator[tuple[Path, IndexEntry | None]]:
@@ -89,26 +97,49 @@ class MetadataStore:
         The file is always read; when its bytes are those `indexed` was built from, the indexed
         document is returned instead of parsing them again."""
         path = self.path(kind, key)
+        memo = _read_once.get()
+        if memo is not None and path in memo:
+            return memo[path]
         self.layout.check_version()
         read = read_regular(path)
         if read is None:
-            return None
-        raw, mtime_ns = read
-        if indexed is not None and indexed.digest == file_digest(raw):
-            return Record(kind, key, indexed.data, stored_at(mtime_ns), indexed.stale, path)
-        return self._parse(path, raw, kind, key, mtime_ns)
+            record = None
+        else:
+            raw, mtime_ns = read
+            if indexed is not None and indexed.digest == file_digest(raw):
+                record = Record(kind, key, indexed.data, stored_at(mtime_ns), indexed.stale, path)
+            else:
+                record = self._parse(path, raw, kind, key, mtime_ns)
+        if memo is not None:
+            memo[path] = record
+        return record
+
+    @contextmanager
+    def reading_once(self) -> Iterator[None]:
+        """Within this block (this thread), each document is read at most once: an export composes
+        the same experiment, model and run many times over."""
+        token = _read_once.set({})
+        try:
+            yield
+        finally:
+            _read_once.reset(token)
 
     def put(self, kind: str, key: tuple[str, ...], data: dict[str, Any], stale: bool = False) -> Record:
         """Write one entity document atomically, under its lock."""
         path = self.path(kind, key)
         record = Record(kind, key, data, utcnow(), stale, path)
-        body = {"kind": kind, "key": list(key), "cached_at": record.cached_at.isoformat(), "stale": stale, "data": data}
+        cached_at = record.cached_at.isoformat()
+        body = {"kind": kind, "key": list(key), "cached_at": cached_at, "stale": stale, "data": data}
         encoded = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode()
         with writing(self.layout.root, f"cache {kind} {list(key)}"):
             self.layout.ensure()
             with entry_lock(self.layout, "metadata", kind, *key, timeout=self.lock_timeout):
                 write_atomic(self.layout.guard(path), encoded, self.layout.tmp)
-                self.index.upsert(kind, IndexEntry(key, data, file_digest(encoded), body["cached_at"], stale), path)
+                if self.indexed:
+                    self.index.upsert(kind, IndexEntry(key, data, file_digest(encoded), cached_at, stale), path)
+        memo = _read_once.get()
+        if memo is not None:
+            memo.pop(path, None)
         return record
 
     def mark_stale(self, kind: str, key: tuple[str, ...]) -> None:

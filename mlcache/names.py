@@ -19,7 +19,7 @@ import hashlib
 from pathlib import PurePosixPath
 from urllib.parse import quote, unquote
 
-from .errors import MlcacheError
+from .errors import UnsafePath
 
 LONG_NAME = 150
 """Encoded key parts longer than this (bytes) are stored under a digest: with the suffixes the
@@ -29,10 +29,6 @@ MAX_COMPONENT = 255
 """The longest file name common filesystems (ext4, xfs, btrfs, NTFS, APFS) can hold, in bytes."""
 
 DIGEST_PREFIX = "%%"
-
-
-class UnsafePath(MlcacheError, ValueError):
-    """A name or path that is empty, absolute, climbs out of its tree, or cannot be a file name."""
 
 
 def check_part(part: object, what: str = "key part") -> str:

@@ -13,6 +13,7 @@ MongoDB's type order, missing first when ascending, with the entity id breaking 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -26,7 +27,7 @@ from typing import Any
 import re2
 from mongoquery import Query
 
-from .errors import MlcacheError
+from .errors import InvalidQuery, MlcacheError
 
 SortSpec = Sequence[tuple[str, int]]
 
@@ -116,10 +117,6 @@ _shown.maxstring = _shown.maxother = 60
 def _show(value: Any) -> str:
     """A short repr for error messages (a 100,000-item list is not printed whole)."""
     return _shown.repr(value)
-
-
-class InvalidQuery(MlcacheError, ValueError):
-    """A query with an unknown operator, a malformed argument or a shape mlcache cannot evaluate."""
 
 
 class _Missing:
@@ -613,6 +610,12 @@ class MongoQuery(Query):
     def __init__(self, definition: Mapping[str, Any] | None = None, also: Mapping[str, Any] | None = None) -> None:
         super().__init__(_compile(definition, also))
 
+    @property
+    def definition(self) -> dict[str, Any]:
+        """The checked, normalized query (regexes compiled, `$in` lists as choice sets), as a backend's
+        push-down reads it."""
+        return self._definition  # type: ignore[no-any-return]
+
     def match(self, entry: Any) -> bool:
         """Whether the document matches; never raises anything but InvalidQuery."""
         try:
@@ -757,7 +760,7 @@ def _order_scalars(kind: int, a: Any, b: Any) -> int:
         b = b if b.tzinfo else b.replace(tzinfo=timezone.utc)
     if kind == _OTHER:
         a, b = (type(a).__name__, repr(a)), (type(b).__name__, repr(b))
-    return (a > b) - (a < b)
+    return int(a > b) - int(a < b)
 
 
 def _order(a: Any, b: Any) -> int:
@@ -805,13 +808,15 @@ class _SortKey:
         return _order(self.value, other.value) < 0
 
 
+def _sort_key(doc_of: Callable[[Any], Mapping[str, Any]], field: str, direction: int, item: Any) -> _SortKey:
+    return _SortKey(extract(doc_of(item), field), direction)
+
+
 def sort_docs(
     items: list[Any], sort: SortSpec, doc_of: Callable[[Any], Mapping[str, Any]], id_of: Callable[[Any], Any]
 ) -> list[Any]:
     """Items ordered by `sort`, ties broken by id ascending (stable, deterministic)."""
     ordered = sorted(items, key=lambda item: str(id_of(item)))
     for field, direction in reversed(list(sort)):
-        ordered.sort(
-            key=lambda item, f=field, d=direction: _SortKey(extract(doc_of(item), f), d), reverse=direction == -1
-        )
+        ordered.sort(key=functools.partial(_sort_key, doc_of, field, direction), reverse=direction == -1)
     return ordered

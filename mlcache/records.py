@@ -7,15 +7,17 @@ A run's document holds `exp_id` rather than a copy of its experiment, a model ve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .entities import Experiment, LoggedModel, Model, ModelVersion, Run
 from .errors import CorruptMetadata
 
+Entity = TypeVar("Entity", bound=BaseModel)
 
-def _validated(cls: type, data: dict[str, Any], source: Path | None) -> Any:
+
+def _validated(cls: type[Entity], data: dict[str, Any], source: Path | None) -> Entity:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

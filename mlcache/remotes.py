@@ -16,11 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlparse
 
-from .errors import MlcacheError
-
-
-class UnsupportedUrl(MlcacheError, ValueError):
-    """An artifact URL that no transfer can read, or that could be misread as a flag or command."""
+from .errors import UnsupportedUrl
 
 
 @dataclass(frozen=True)

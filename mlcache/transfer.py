@@ -8,6 +8,7 @@ Progress comes from rclone's JSON stats, parsed and drawn with rclone-python's h
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import os
@@ -22,22 +23,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, NamedTuple, Protocol
 
-from .errors import EntityNotFound, MlcacheError
+from .errors import EntityNotFound, MlcacheError, TransferError
 from .remotes import RclonePath, to_rclone
 from .timeutil import canonical_rfc3339
-
-
-class TransferError(MlcacheError):
-    """A transfer failed; `retryable` tells transient faults from permanent ones."""
-
-    def __init__(
-        self, message: str, retryable: bool = False, exit_code: int | None = None, errno: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.exit_code = exit_code
-        self.errno = errno
-        """Set when the local side failed: the disk is full (`ENOSPC`, `EDQUOT`) or read-only (`EROFS`)."""
 
 
 class RemoteFile(NamedTuple):
@@ -55,10 +43,6 @@ class Listing:
     url: str
     is_dir: bool
     files: tuple[RemoteFile, ...]
-
-    @property
-    def total_size(self) -> int:
-        return sum(f.size for f in self.files)
 
     def version(self) -> str:
         """A cheap fingerprint of the remote content (paths, sizes, modification times; one spelling
@@ -162,7 +146,9 @@ class RcloneTransfer(Transfer):
         configured = frozenset() if url.startswith(("/", "file:")) else self.configured_remotes
         return to_rclone(url, configured=configured)
 
-    def _run(self, args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, args: builtins.list[str], env: dict[str, str], check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [self.binary, *args],
             capture_output=True,
@@ -203,7 +189,7 @@ class RcloneTransfer(Transfer):
             raise EntityNotFound("artifact", url, "nothing at that location")
         return Listing(url, True, inside)
 
-    def _lsjson(self, url: str, path: str, env: dict[str, str], filters: list[str]) -> tuple[RemoteFile, ...]:
+    def _lsjson(self, url: str, path: str, env: dict[str, str], filters: builtins.list[str]) -> tuple[RemoteFile, ...]:
         result = self._run(
             ["lsjson", "-R", "--files-only", "--no-mimetype", "--use-server-modtime", *filters, "--", path],
             env,
@@ -263,7 +249,7 @@ class RcloneTransfer(Transfer):
 
     def _transfer(
         self,
-        args: list[str],
+        args: builtins.list[str],
         env: dict[str, str],
         progress: bool,
         title: str,
@@ -291,7 +277,7 @@ class RcloneTransfer(Transfer):
         if bar is not None:
             bar.start()
             task = bar.add_task(title, total=None)
-        errors: list[str] = []
+        errors: builtins.list[str] = []
         tasks: dict = {}
         announced: set[str] = set()
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer, S3Server, start_mlflow_server, start_s3_server
 

@@ -23,7 +23,7 @@ from mlcache import (
     RunApi,
     RunStatus,
 )
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer
 

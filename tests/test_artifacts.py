@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 
 import mlcache
 from mlcache import CacheMiss, EntityNotFound, MlcacheError, UnsafePath, UntrustedSource
-from mlcache.artifacts import ArtifactUploadError
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.errors import ArtifactUploadError
+from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer, S3Server
 

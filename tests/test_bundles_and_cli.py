@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlcache.bundle import BundleError
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer
 

@@ -15,7 +15,7 @@ import pytest
 
 from mlcache import CacheMiss
 from mlcache.artifact_store import EntryKey
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer
 
@@ -67,7 +67,7 @@ def puller_code(url: str, cache_dir: Path, run_id: str, bwlimit: str | None, go_
         textwrap.dedent(
             f"""
         import hashlib, logging, sys, time
-        from mlcache.plugins.mlflow_api import MlflowApi
+        from mlcache.plugins.mlflow import MlflowApi
         from mlcache.transfer import RcloneTransfer
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(name)s %(message)s")
         logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -15,8 +15,8 @@ import pytest
 
 from mlcache import CacheFallbackWarning, RetryPolicy, ServerUnreachable
 from mlcache.errors import InvalidSetting
-from mlcache.plugins import mlflow_http
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
+from mlcache.plugins.mlflow import http as mlflow_http
 
 from servers import SilentServer, free_port, start_silent_server
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from mlcache import InvalidQuery, RunStatus
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
 from mlcache.query import compile_query, sort_docs
 
 from servers import MlflowServer

@@ -27,7 +27,7 @@ from mlcache import index as index_module
 from mlcache.index import INDEX_VERSION, LeafCondition, leaves, sql_filter
 from mlcache.layout import CacheLayout
 from mlcache.metadata_store import MetadataStore
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
 from mlcache.query import compile_query
 
 EXP = {

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 import mlcache
 from mlcache import CacheMiss, LoggedModelApi
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer, S3Server, start_mlflow_server, start_proxy, start_s3_server
 

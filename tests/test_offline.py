@@ -13,8 +13,8 @@ import pytest
 
 import mlcache
 from mlcache import CacheFallbackWarning, CacheMiss, OfflineModeError, PluginNotFound, ServerUnreachable
-from mlcache.plugins.mlflow_api import MlflowApi
-from mlcache.plugins.offline_api import OfflineApi
+from mlcache.plugins.mlflow import MlflowApi
+from mlcache.plugins.offline import OfflineApi
 from mlcache.retry import RetryPolicy
 
 from servers import MlflowServer, free_port
@@ -159,9 +159,9 @@ def test_environment_configures_the_api(tmp_path: Path, monkeypatch: pytest.Monk
 def test_plugins_are_discovered_by_entry_point(tmp_path: Path) -> None:
     from mlcache.plugins import available_plugins
 
-    assert available_plugins()["offline"] == "mlcache.plugins.offline_api:OfflineApi"
+    assert available_plugins()["offline"] == "mlcache.plugins.offline:OfflineApi"
     assert isinstance(mlcache.get_api("offline", cache_dir=tmp_path), OfflineApi)
-    with pytest.raises(PluginNotFound, match="no mlcache plugin named 'nope'; installed: mlflow, offline"):
+    with pytest.raises(PluginNotFound, match="no mlcache plugin named 'nope'; installed: memory, mlflow, offline"):
         mlcache.get_api("nope")
     with pytest.raises(ValueError, match="cannot run with offline_mode=False"):
         OfflineApi(cache_dir=tmp_path, offline_mode=False)

@@ -17,7 +17,7 @@ import pytest
 from mlcache import CacheMiss, EntityNotFound, LockTimeout, RetryPolicy
 from mlcache.layout import CacheLayout
 from mlcache.locks import entry_lock, lock_path
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer, S3Server, ServerProcess, free_port, start_proxy, wait_until
 
@@ -202,7 +202,7 @@ def test_soft_locks_exclude_and_a_stale_one_is_broken(tmp_path: Path) -> None:
 STRESS_WORKER = textwrap.dedent(
     """
     import random, sys, time
-    from mlcache.plugins.mlflow_api import MlflowApi
+    from mlcache.plugins.mlflow import MlflowApi
     from mlcache import RetryPolicy
     url, cache, seed, run_ids = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
     rng = random.Random(seed)

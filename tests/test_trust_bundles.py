@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -21,7 +22,7 @@ import pytest
 
 import mlcache
 from mlcache.artifact_store import ArtifactStore, EntryKey
-from mlcache.bundle import BundleError, BundleLimits, import_bundle, verify
+from mlcache.bundle import BundleError, BundleLimits, verify
 from mlcache.hashing import sha256_file
 from mlcache.layout import CacheLayout
 from mlcache.metadata_store import MetadataStore
@@ -104,12 +105,12 @@ def test_an_intact_bundle_verifies_and_imports_in_both_forms(bundle: Path, tmp_p
     for source in (bundle, archive):
         assert verify(source) == []
         target = new_cache(tmp_path, f"target-{source.name}")
-        report = import_bundle(target, source)
+        report = target.import_bundle(source)
         assert report.entries_added == ["runs:/r1/model"]
         assert (target.get_model_artifact(("m", "@prod")) / "weights.bin").read_bytes() == WEIGHTS
-        assert import_bundle(target, source).entries_present == ["runs:/r1/model"]
+        assert target.import_bundle(source).entries_present == ["runs:/r1/model"]
     with pytest.raises(BundleError, match="cannot import a bundle into itself"):
-        import_bundle(mlcache.get_api("offline", cache_dir=bundle), bundle)
+        mlcache.get_api("offline", cache_dir=bundle).import_bundle(bundle)
 
 
 def _manifest(key: list[str], files: list[dict]) -> dict:
@@ -152,7 +153,7 @@ def test_hostile_manifests_are_refused_by_verify_and_import(
     assert any(p.startswith(f"manifests/runs/r1/{file_name}: ") for p in problems), problems
     target = new_cache(tmp_path)
     with pytest.raises(BundleError, match="is damaged, nothing imported"):
-        import_bundle(target, bundle)
+        target.import_bundle(bundle)
     assert (victim / "precious").read_text() == "keep me"
     assert nothing_installed(tmp_path / "target")
 
@@ -194,7 +195,7 @@ def test_misplaced_and_foreign_documents_are_refused(bundle: Path, tmp_path: Pat
     assert "metadata/evil/x.json: not a metadata document of this layout" in problems
     assert "notes.txt: not part of an mlcache bundle" in problems
     with pytest.raises(BundleError, match="nothing imported"):
-        import_bundle(new_cache(tmp_path), bundle)
+        new_cache(tmp_path).import_bundle(bundle)
 
 
 def test_links_are_refused_in_folder_bundles(bundle: Path, tmp_path: Path) -> None:
@@ -208,7 +209,7 @@ def test_links_are_refused_in_folder_bundles(bundle: Path, tmp_path: Path) -> No
     assert problems == [f"{bundle}: refused artifacts/runs/r1/model/weights.bin: a link; bundles hold only files"]
     target = new_cache(tmp_path)
     with pytest.raises(BundleError, match="a link; bundles hold only files"):
-        import_bundle(target, bundle)
+        target.import_bundle(bundle)
     assert nothing_installed(tmp_path / "target")
 
 
@@ -245,7 +246,7 @@ def test_hostile_archive_members_are_refused_with_one_line(
     problems = verify(archive)
     assert len(problems) == 1 and reason in problems[0] and "\n" not in problems[0], problems
     with pytest.raises(BundleError, match=reason) as info:
-        import_bundle(new_cache(tmp_path), archive)
+        new_cache(tmp_path).import_bundle(archive)
     assert "\n" not in str(info.value)
     assert nothing_installed(tmp_path / "target") and not (tmp_path / "evil").exists()
     assert list((tmp_path / "target" / "tmp").iterdir()) == []
@@ -305,7 +306,7 @@ def test_unlisted_content_is_refused_and_named(api: mlcache.BaseMlflowApi, tmp_p
         assert any(p.startswith(expected) for p in problems), (what, problems)
         target = new_cache(tmp_path, f"target-{folder.name}")
         with pytest.raises(BundleError, match="nothing imported"):
-            import_bundle(target, folder)
+            target.import_bundle(folder)
         assert nothing_installed(tmp_path / f"target-{folder.name}"), what
 
 
@@ -344,7 +345,7 @@ def test_an_archive_swapped_during_imports_never_installs_its_bytes(
         while time.monotonic() < deadline and i < 60:
             target = new_cache(tmp_path, f"t{i}")
             try:
-                import_bundle(target, live)
+                target.import_bundle(live)
             except BundleError as exc:
                 assert "is damaged, nothing imported" in str(exc)
                 assert nothing_installed(tmp_path / f"t{i}")
@@ -381,14 +382,14 @@ def test_reimporting_the_genuine_bundle_undoes_a_planted_document(
     api: mlcache.BaseMlflowApi, bundle: Path, tmp_path: Path
 ) -> None:
     target = new_cache(tmp_path)
-    import_bundle(target, bundle)
+    target.import_bundle(bundle)
     planted = tmp_path / "target" / "metadata" / "alias" / "m" / "prod.json"
     doc = json.loads(planted.read_text())
     doc["data"]["version"], doc["cached_at"] = "9", "2099-01-01T00:00:00+00:00"
     planted.write_text(json.dumps(doc))
     future = time.time() + 3 * 365 * 86400
     os.utime(planted, (future, future))
-    report = import_bundle(target, bundle)
+    report = target.import_bundle(bundle)
     assert report.metadata_written == 1
     assert json.loads(planted.read_text())["data"]["version"] == "1"
     assert planted.stat().st_mtime <= time.time() + 1
@@ -404,7 +405,7 @@ def test_truncated_and_foreign_archives_are_one_line_errors(bundle: Path, tmp_pa
         problems = verify(bad)
         assert len(problems) == 1 and "is truncated or not a readable .tar/.tar.gz archive" in problems[0]
         with pytest.raises(BundleError, match="truncated or not a readable"):
-            import_bundle(new_cache(tmp_path, f"c-{bad.name}"), bad)
+            new_cache(tmp_path, f"c-{bad.name}").import_bundle(bad)
     cli = [sys.executable, "-c", "from mlcache.cli import run; run()"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLCACHE_", "MLFLOW_"))}
     env["MLCACHE_CACHE_DIR"] = str(tmp_path / "cli-cache")
@@ -430,10 +431,10 @@ def test_an_archive_bomb_is_bounded_and_verify_writes_nothing(bundle: Path, tmp_
     assert result.stdout.startswith("artifacts/runs/r1/model/zeros.bin: not listed"), result.stderr
     assert list(scratch.iterdir()) == []
     with pytest.raises(BundleError, match="holds more than 16777216 bytes"):
-        import_bundle(new_cache(tmp_path), archive, BundleLimits(max_bytes=16 << 20))
+        new_cache(tmp_path).import_bundle(archive, BundleLimits(max_bytes=16 << 20))
     assert list((tmp_path / "target" / "tmp").iterdir()) == []
     with pytest.raises(BundleError, match="more than 3 files"):
-        import_bundle(new_cache(tmp_path, "few"), archive, BundleLimits(max_files=3))
+        new_cache(tmp_path, "few").import_bundle(archive, BundleLimits(max_files=3))
 
 
 def test_import_needs_no_tarfile_extraction_filter(bundle: Path, tmp_path: Path) -> None:
@@ -447,10 +448,10 @@ def test_import_needs_no_tarfile_extraction_filter(bundle: Path, tmp_path: Path)
         tarfile.TarFile.extractall = no_filters
         tarfile.TarFile.extract = no_filters
         import mlcache
-        from mlcache.bundle import import_bundle, verify
+        from mlcache.bundle import verify
         assert verify({str(archive)!r}) == []
         api = mlcache.get_api("offline", cache_dir={str(tmp_path / "old-python")!r})
-        print(import_bundle(api, {str(archive)!r}).entries_added)
+        print(api.import_bundle({str(archive)!r}).entries_added)
         """
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -461,27 +462,45 @@ def test_import_needs_no_tarfile_extraction_filter(bundle: Path, tmp_path: Path)
 def test_a_killed_export_leaves_nothing_the_next_one_keeps(api: mlcache.BaseMlflowApi, tmp_path: Path) -> None:
     big = tmp_path / "big"
     big.mkdir()
-    (big / "weights.bin").write_bytes(os.urandom(1 << 20) * 200)
+    for name in ("a.bin", "b.bin"):
+        (big / name).write_bytes(os.urandom(1 << 20))
     store = ArtifactStore(CacheLayout(api.cache_dir))
     source = "s3://bucket/art/1/r1/artifacts/big"
     store.adopt(EntryKey("runs", ("r1", "big")), big, source, "v1", move=False)
     out = tmp_path / "release"
+    ready = tmp_path / "first-file-copied"
+    # The exporter stops for good once its first file is in the bundle, so the kill lands mid-export
+    # on any machine, however fast its disk.
     code = textwrap.dedent(
         f"""
+        import pathlib, time
         import mlcache
+        from mlcache import artifact_store
+
+        copy = artifact_store.copy_hashed
+
+        def copy_then_stop(src, dst):
+            result = copy(src, dst)
+            pathlib.Path({str(ready)!r}).touch()
+            time.sleep(120)
+            return result
+
+        artifact_store.copy_hashed = copy_then_stop
         api = mlcache.get_api("offline", cache_dir={str(api.cache_dir)!r})
         api.export_bundle({str(out)!r}, runs=["runs:/r1/big"])
         """
     )
-    exporter = subprocess.Popen([sys.executable, "-c", code])
+    exporter = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list((tmp_path).glob(".release.*.partial/artifacts/runs/r1/big/*")):
+        while time.monotonic() < deadline and not ready.exists() and exporter.poll() is None:
             time.sleep(0.01)
-        assert list(tmp_path.glob(".release.*.partial")), "the export never started"
+        assert ready.exists(), f"the export never started: {exporter.poll()=}"
+        assert list(tmp_path.glob(".release.*.partial"))
     finally:
         exporter.kill()
-        exporter.wait()
+        _, errors = exporter.communicate()
+    assert exporter.returncode == -signal.SIGKILL, errors
     assert not out.exists() and list(tmp_path.glob(".release.*.partial"))
     api.export_bundle(out, model_versions=[("m", "1")])
     assert verify(out) == []

@@ -19,7 +19,7 @@ from test_trust_bundles import WEIGHTS, fill_cache
 
 import mlcache
 from mlcache.artifact_store import ArtifactStore, EntryKey
-from mlcache.bundle import BundleError, import_bundle
+from mlcache.bundle import BundleError
 from mlcache.layout import CacheLayout, IncompatibleCache
 from mlcache.metadata_store import MetadataStore
 from mlcache.names import LONG_NAME, UnsafePath
@@ -115,7 +115,7 @@ def test_an_entry_handed_out_by_mlcache_uri_survives_prune_while_its_process_rea
         import os, sys, time
         os.environ["MLCACHE_CACHE_DIR"] = sys.argv[1]
         os.environ["MLCACHE_OFFLINE"] = "1"
-        from mlcache.mlflow_plugin import MlcacheArtifactRepository
+        from mlcache.plugins.mlflow.repository import MlcacheArtifactRepository
         path = MlcacheArtifactRepository("mlcache://models/m").download_artifacts("1")
         print(path, flush=True)
         reads = failures = 0
@@ -357,7 +357,7 @@ def test_a_read_only_cache_reads_and_refuses_writes_clearly(read_only_cache: Pat
         tmp_path / "b", model_versions=[("m", "1")]
     )
     with pytest.raises(mlcache.CacheNotWritable, match="is not writable"):
-        import_bundle(api, bundle)
+        api.import_bundle(bundle)
     env = {"MLCACHE_CACHE_DIR": str(read_only_cache), "MLCACHE_OFFLINE": "1"}
     for args in (("clean", "--all"), ("clean",), ("prune", "--max-size", "0"), ("import", str(bundle))):
         result = cli(*args, **env)
@@ -393,7 +393,7 @@ def test_a_bad_setting_is_one_error_naming_it_in_library_cli_and_loader(
         [
             sys.executable,
             "-c",
-            "from mlcache.mlflow_plugin import resolve, api_from_environment\n"
+            "from mlcache.plugins.mlflow.repository import resolve, api_from_environment\n"
             "try:\n    api_from_environment()\nexcept Exception as e:\n    print(type(e).__name__, e)",
         ],
         capture_output=True,
@@ -425,5 +425,5 @@ def test_a_stage_is_held_by_its_process_only(tmp_path: Path) -> None:
 def test_importing_into_a_cache_needs_a_bundle(tmp_path: Path) -> None:
     api = mlcache.get_api("offline", cache_dir=tmp_path / "c")
     with pytest.raises(BundleError, match="no bundle at"):
-        import_bundle(api, tmp_path / "nothing.tar.gz")
+        api.import_bundle(tmp_path / "nothing.tar.gz")
     assert list(ArtifactStore(CacheLayout(tmp_path / "c")).entries()) == []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import mlcache
-from mlcache.plugins.mlflow_api import MlflowApi
+from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
 from ..base import BaseMlflowApi
 from ..errors import PluginNotFound
+from ..settings import env_bool, raw
 
 ENTRY_POINT_GROUP = "mlcache.plugins"
 
 BUILTIN_PLUGINS = {
-    "mlflow": "mlcache.plugins.mlflow_api:MlflowApi",
-    "offline": "mlcache.plugins.offline_api:OfflineApi",
+    "mlflow": "mlcache.plugins.mlflow:MlflowApi",
+    "offline": "mlcache.plugins.offline:OfflineApi",
+    "memory": "mlcache.testing:InMemoryPlugin",
 }
 
 
@@ -38,6 +41,26 @@ def load_plugin(name: str) -> type[BaseMlflowApi]:
     return cls
 
 
-def get_api(plugin: str = "mlflow", **conf: Any) -> BaseMlflowApi:
-    """An api of the named plugin; with no arguments, MLflow on the embedded default (or the env)."""
-    return load_plugin(plugin)(**conf)
+def default_plugin() -> str:
+    """`MLCACHE_PLUGIN` if set, else `mlflow`; `offline` when mlflow is not installed and
+    `MLCACHE_OFFLINE` says to read the cache alone (the MLflow plugin offline never imports mlflow,
+    but it keeps its tracking settings for a later online copy)."""
+    chosen = raw("MLCACHE_PLUGIN")
+    if chosen is not None:
+        return chosen
+    if env_bool("MLCACHE_OFFLINE") and not _mlflow_installed():
+        return "offline"
+    return "mlflow"
+
+
+def _mlflow_installed() -> bool:
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def get_api(plugin: str | None = None, **conf: Any) -> BaseMlflowApi:
+    """An api of the named plugin (default: `default_plugin()`); with no arguments, MLflow on the
+    embedded default or the environment, and the cache alone when `MLCACHE_OFFLINE=1`."""
+    return load_plugin(plugin or default_plugin())(**conf)

@@ -22,21 +22,21 @@ from typing import Any
 from mlflow.entities import FileInfo
 from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
-from .base import BaseMlflowApi
-from .errors import InvalidIdentifier, MlcacheError
-from .identifiers import logged_model_id
+from ...base import BaseMlflowApi
+from ...errors import InvalidIdentifier, MlcacheError
+from ...identifiers import logged_model_id
 
 SCHEME = "mlcache://"
-_apis: dict[tuple[str, ...], BaseMlflowApi] = {}
+_apis: dict[tuple[tuple[str, str], ...], BaseMlflowApi] = {}
 _lock = threading.Lock()
 
 
 def api_from_environment() -> BaseMlflowApi:
     """One api per process and configuration, built from the environment."""
-    key = tuple(os.environ.get(name, "") for name in ("MLCACHE_CACHE_DIR", "MLCACHE_OFFLINE", "MLFLOW_TRACKING_URI"))
+    key = tuple(sorted((name, value) for name, value in os.environ.items() if name.startswith(("MLCACHE_", "MLFLOW_"))))
     with _lock:
         if key not in _apis:
-            from .plugins import get_api
+            from ... import get_api
 
             _apis[key] = get_api()
         return _apis[key]
@@ -72,7 +72,7 @@ def resolve(uri: str, api: BaseMlflowApi) -> Path:
 def _inside(root: Path, inner: str, uri: str) -> Path:
     if not inner:
         return root
-    from .names import safe_relative_path
+    from ...names import safe_relative_path
 
     path = root.joinpath(*safe_relative_path(inner, "path").split("/"))
     if not path.exists():

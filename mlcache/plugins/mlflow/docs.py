@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..encoding import decode_nested, unflatten
-from ..timeutil import from_ms
+from ...encoding import decode_nested, unflatten
+from ...hooks import ExpDoc, LoggedModelDoc, ModelDoc, ModelVersionDoc, RunDoc
+from ...timeutil import from_ms
 
 
 def _iso(ms: int | None) -> str | None:
@@ -14,7 +15,7 @@ def _iso(ms: int | None) -> str | None:
     return when.isoformat() if when else None
 
 
-def exp_doc(exp: Any) -> dict[str, Any]:
+def exp_doc(exp: Any) -> ExpDoc:
     return {
         "id": exp.experiment_id,
         "name": exp.name,
@@ -26,7 +27,7 @@ def exp_doc(exp: Any) -> dict[str, Any]:
     }
 
 
-def run_doc(run: Any) -> dict[str, Any]:
+def run_doc(run: Any) -> RunDoc:
     info, data = run.info, run.data
     return {
         "id": info.run_id,
@@ -44,7 +45,7 @@ def run_doc(run: Any) -> dict[str, Any]:
     }
 
 
-def model_doc(model: Any) -> dict[str, Any]:
+def model_doc(model: Any) -> ModelDoc:
     return {
         "name": model.name,
         "tags": decode_nested(model.tags or {}),
@@ -55,7 +56,7 @@ def model_doc(model: Any) -> dict[str, Any]:
     }
 
 
-def mv_doc(mv: Any) -> dict[str, Any]:
+def mv_doc(mv: Any) -> ModelVersionDoc:
     return {
         "model_name": mv.name,
         "version": str(mv.version),
@@ -71,7 +72,7 @@ def mv_doc(mv: Any) -> dict[str, Any]:
     }
 
 
-def logged_doc(lm: Any) -> dict[str, Any]:
+def logged_doc(lm: Any) -> LoggedModelDoc:
     latest: dict[str, Any] = {}
     for metric in sorted(lm.metrics or [], key=lambda m: (m.step, m.timestamp)):
         latest[metric.key] = metric.value

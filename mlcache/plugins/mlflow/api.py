@@ -15,10 +15,13 @@ and a server trickling its answer byte by byte can stretch a call beyond it.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,15 +29,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import platformdirs
 from pydantic import Field, PrivateAttr
 
-from ..base import BaseMlflowApi
-from ..entities import RunStatus
-from ..errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
-from ..pushdown import exps_filter, model_versions_filter, models_filter, quote_string, runs_filter
-from ..settings import env_seconds
-from ..timeutil import to_ms
-from ..transfer import Transfer
-from . import mlflow_http
-from .mlflow_docs import exp_doc, logged_doc, model_doc, mv_doc, run_doc
+from ... import deadline
+from ...base import BaseMlflowApi
+from ...entities import RunStatus
+from ...errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
+from ...hooks import ExpDoc, LoggedModelDoc, ModelDoc, ModelVersionDoc, Page, RunDoc
+from ...settings import env_seconds
+from ...timeutil import to_ms
+from ...transfer import Transfer
+from . import http as mlflow_http
+from .docs import exp_doc, logged_doc, model_doc, mv_doc, run_doc
+from .filters import exps_filter, model_versions_filter, models_filter, quote_string, runs_filter
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -129,6 +134,34 @@ def _what_happened(exc: BaseException, sent: mlflow_http.Sent, deadline: float) 
     return f"could not be reached ({_root_cause(exc)})"
 
 
+@dataclass(frozen=True)
+class _SearchState:
+    """Where a paged search of several requests stands: the experiments it covers (found once),
+    the chunk of a chunked `IN` list, and MLflow's own page token; carried in the page token."""
+
+    exp_ids: list[str] | None = None
+    chunk: int = 0
+    token: str | None = None
+
+    @classmethod
+    def read(cls, page_token: str | None) -> _SearchState:
+        if not page_token:
+            return cls()
+        try:
+            state = json.loads(page_token)
+            return cls(state.get("exp_ids"), int(state.get("chunk", 0)), state.get("token"))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise BackendError(f"not a page token of this plugin: {page_token[:80]!r}") from exc
+
+    def next(self, chunks: int) -> str | None:
+        """The token of the page after this one: MLflow's next page, else the next chunk, else none."""
+        if self.token:
+            return json.dumps({"exp_ids": self.exp_ids, "chunk": self.chunk, "token": self.token})
+        if self.chunk + 1 < chunks:
+            return json.dumps({"exp_ids": self.exp_ids, "chunk": self.chunk + 1, "token": None})
+        return None
+
+
 class MlflowApi(BaseMlflowApi):
     """mlcache in front of an MLflow 3 tracking server and model registry."""
 
@@ -137,9 +170,6 @@ class MlflowApi(BaseMlflowApi):
     connect_timeout: float = 5.0
     request_timeout: float = Field(
         default_factory=lambda: env_seconds("MLFLOW_HTTP_REQUEST_TIMEOUT", 120.0, minimum=MIN_TIMEOUT), ge=MIN_TIMEOUT
-    )
-    timeout: float = Field(
-        default_factory=lambda: env_seconds("MLCACHE_TIMEOUT", 10.0, minimum=MIN_TIMEOUT), ge=MIN_TIMEOUT
     )
     http_max_retries: int = 0
     http_backoff_factor: float = 0.0
@@ -163,7 +193,13 @@ class MlflowApi(BaseMlflowApi):
     def client(self) -> MlflowClient:
         """The MlflowClient, built on first use (this is where mlflow is imported)."""
         if self._client is None:
-            from mlflow import MlflowClient
+            try:
+                from mlflow import MlflowClient
+            except ImportError as exc:
+                raise BackendError(
+                    "the mlflow plugin needs mlflow, which is not installed: pip install 'mlcache[mlflow]', "
+                    "or read the cache alone with offline_mode=True (MLCACHE_OFFLINE=1)"
+                ) from exc
 
             mlflow_http.install()
             if self.is_embedded:
@@ -172,23 +208,22 @@ class MlflowApi(BaseMlflowApi):
         return self._client
 
     # ----------------------------------------------------------------- calls
-    def _call(self, what: str, key: str, fn: Callable[[], T], op: str = "get") -> T:
-        """Run one client call under the retry policy of `op`, all within one `timeout` deadline."""
-        self.client  # noqa: B018 - builds the client (importing mlflow) before the deadline starts
-        deadline = time.monotonic() + self.timeout
-        return self.retry.call(op, lambda: self._call_once(what, key, fn, deadline), f"{what} {key}", deadline)
-
-    def _call_once(self, what: str, key: str, fn: Callable[[], T], deadline: float | None = None) -> T:
-        """One attempt of a client call, its HTTP bounded by `deadline` (default: `timeout` from now)."""
+    def _call(self, what: str, key: str, fn: Callable[[], T]) -> T:
+        """One client call, its HTTP bounded by the deadline of the backend call in progress (else
+        `timeout` from now; importing mlflow on the first call does not count), MLflow's errors
+        translated to the hooks' error contract."""
         from mlflow.exceptions import MlflowException
 
+        started = time.monotonic()
         self.client  # noqa: B018 - builds the client (and bounds MLflow's HTTP) before the first call
+        building = time.monotonic() - started
+        current = deadline.current()
         limits = mlflow_http.HttpLimits(
             self.http_max_retries,
             self.http_backoff_factor,
             self.connect_timeout,
             self.request_timeout,
-            time.monotonic() + self.timeout if deadline is None else deadline,
+            time.monotonic() + self.timeout if current is None else current + building,
         )
         try:
             with mlflow_http.bounded(limits) as sent:
@@ -214,167 +249,189 @@ class MlflowApi(BaseMlflowApi):
     def _impl_transfer_for(self, url: str) -> Transfer | None:
         """Artifacts behind MLflow's artifact proxy go through the MLflow client."""
         if url.startswith(("mlflow-artifacts:", "http://", "https://")):
-            from .mlflow_transfer import MlflowArtifactsTransfer
+            from .transfer import MlflowArtifactsTransfer
 
-            return MlflowArtifactsTransfer(self.resolved_tracking_uri, self._call_once)
+            return MlflowArtifactsTransfer(self.resolved_tracking_uri, self._call)
         return None
 
     # ----------------------------------------------------------------- documents
     # ----------------------------------------------------------------- reads
-    def _impl_fetch_exp(self, exp_id: str) -> dict[str, Any]:
+    def _impl_fetch_exp(self, exp_id: str) -> ExpDoc:
         if not exp_id.isdigit():
             raise EntityNotFound("experiment", exp_id, "MLflow experiment ids are numbers")
         return exp_doc(self._call("experiment", exp_id, lambda: self.client.get_experiment(exp_id)))
 
-    def _impl_fetch_exp_by_name(self, name: str) -> dict[str, Any]:
+    def _impl_fetch_exp_by_name(self, name: str) -> ExpDoc:
         exp = self._call("experiment", name, lambda: self.client.get_experiment_by_name(name))
         if exp is None:
             raise EntityNotFound("experiment", name)
         return exp_doc(exp)
 
-    def _impl_fetch_run(self, run_id: str) -> dict[str, Any]:
+    def _impl_fetch_run(self, run_id: str) -> RunDoc:
         return run_doc(self._call("run", run_id, lambda: self.client.get_run(run_id)))
 
-    def _impl_fetch_model(self, name: str) -> dict[str, Any]:
+    def _impl_fetch_model(self, name: str) -> ModelDoc:
         return model_doc(self._call("model", name, lambda: self.client.get_registered_model(name)))
 
-    def _impl_fetch_model_version(self, name: str, version: str) -> dict[str, Any]:
+    def _impl_fetch_model_version(self, name: str, version: str) -> ModelVersionDoc:
         key = f"models:/{name}/{version}"
         return mv_doc(self._call("model version", key, lambda: self.client.get_model_version(name, version)))
 
-    def _impl_fetch_model_version_by_alias(self, name: str, alias: str) -> dict[str, Any]:
+    def _impl_fetch_model_version_by_alias(self, name: str, alias: str) -> ModelVersionDoc:
         key = f"models:/{name}@{alias}"
-        return mv_doc(self._call("model version", key, lambda: self.client.get_model_version_by_alias(name, alias)))
+        try:
+            found = self._call("model version", key, lambda: self.client.get_model_version_by_alias(name, alias))
+        except BackendError as exc:
+            if exc.status == 400 and "alias" in str(exc) and "not found" in str(exc):
+                raise EntityNotFound("model version", key, f"model {name!r} has no alias {alias!r}") from exc
+            raise
+        return mv_doc(found)
 
-    def _pages(self, what: str, search: Callable[[str | None], Any]) -> Iterator[Any]:
-        """Items of a paged MLflow search, one request per page, fetched only as they are consumed."""
-        token: str | None = None
-        while True:
-            page = self._call("search", what, lambda page_token=token: search(page_token), op="search")
-            yield from page
-            token = page.token
-            if not token:
-                return
-
-    def _impl_fetch_logged_model(self, model_id: str) -> dict[str, Any]:
+    def _impl_fetch_logged_model(self, model_id: str) -> LoggedModelDoc:
         return logged_doc(self._call("logged model", model_id, lambda: self.client.get_logged_model(model_id)))
 
-    def _impl_find_logged_models(self, exp_ids: list[str] | None, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        ids = sorted(exp_ids) if exp_ids is not None else sorted(doc["id"] for doc in self._impl_find_exps({}))
-        if not ids:
-            return
-        name = query.get("name")
-        literal = quote_string(name) if isinstance(name, str) else None
-        filter_string = f"name = {literal}" if literal else None
-        for lm in self._pages(
-            "logged models",
-            lambda token: self.client.search_logged_models(
-                ids, filter_string=filter_string, max_results=100, page_token=token
-            ),
-        ):
-            yield logged_doc(lm)
+    # ----------------------------------------------------------------- searches
+    def _all_exp_ids(self) -> list[str]:
+        """Ids of every experiment (deleted ones included), for searches over all of them."""
+        from mlflow.entities import ViewType
 
-    def _impl_find_exps(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        ids: list[str] = []
+        token: str | None = None
+        while True:
+            page = self._call(
+                "search",
+                "experiments",
+                functools.partial(self.client.search_experiments, ViewType.ALL, max_results=1000, page_token=token),
+            )
+            ids.extend(exp.experiment_id for exp in page)
+            token = page.token
+            if not token:
+                return sorted(ids)
+
+    def _impl_search_exps(self, query: dict[str, Any], page_token: str | None) -> Page[ExpDoc]:
         from mlflow.entities import ViewType
 
         pushed = exps_filter(query)
-        for exp in self._pages(
+        page = self._call(
+            "search",
             "experiments",
-            lambda token: self.client.search_experiments(
-                ViewType.ALL, max_results=1000, filter_string=pushed.filter_string or None, page_token=token
+            lambda: self.client.search_experiments(
+                ViewType.ALL, max_results=1000, filter_string=pushed.filter_string or None, page_token=page_token
             ),
-        ):
-            yield exp_doc(exp)
+        )
+        return Page([exp_doc(exp) for exp in page], page.token or None)
 
-    def _impl_find_runs(self, exp_ids: list[str] | None, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _impl_search_logged_models(
+        self, exp_ids: list[str] | None, query: dict[str, Any], page_token: str | None
+    ) -> Page[LoggedModelDoc]:
+        state = _SearchState.read(page_token)
+        ids = state.exp_ids if state.exp_ids is not None else (sorted(exp_ids) if exp_ids else self._all_exp_ids())
+        if not ids:
+            return Page()
+        name = query.get("name")
+        literal = quote_string(name) if isinstance(name, str) else None
+        filter_string = f"name = {literal}" if literal else None
+        page = self._call(
+            "search",
+            "logged models",
+            lambda: self.client.search_logged_models(
+                ids, filter_string=filter_string, max_results=100, page_token=state.token
+            ),
+        )
+        return Page([logged_doc(lm) for lm in page], _SearchState(ids, 0, page.token).next(1))
+
+    def _impl_search_runs(
+        self, exp_ids: list[str] | None, query: dict[str, Any], page_token: str | None
+    ) -> Page[RunDoc]:
         from mlflow.entities import ViewType
 
         pushed = runs_filter(query)
         if exp_ids is not None:
             pushed.narrow_exp_ids(set(exp_ids))
-        if pushed.exp_ids is None:
-            ids = sorted(doc["id"] for doc in self._impl_find_exps({}))
-        else:
-            ids = sorted(pushed.exp_ids)
-        if not ids:
-            return
-        for filter_string in pushed.filter_strings():
-            for run in self._pages(
-                "runs",
-                lambda token, flt=filter_string: self.client.search_runs(
-                    ids, flt, ViewType.ALL, max_results=1000, page_token=token
-                ),
-            ):
-                yield run_doc(run)
+        state = _SearchState.read(page_token)
+        ids = state.exp_ids
+        if ids is None:
+            ids = self._all_exp_ids() if pushed.exp_ids is None else sorted(pushed.exp_ids)
+        chunks = list(pushed.filter_strings())
+        if not ids or not chunks:
+            return Page()
+        flt = chunks[state.chunk]
+        page = self._call(
+            "search",
+            "runs",
+            lambda: self.client.search_runs(ids, flt, ViewType.ALL, max_results=1000, page_token=state.token),
+        )
+        return Page([run_doc(run) for run in page], _SearchState(ids, state.chunk, page.token).next(len(chunks)))
 
-    def _impl_find_models(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _impl_search_models(self, query: dict[str, Any], page_token: str | None) -> Page[ModelDoc]:
         pushed = models_filter(query)
-        for model in self._pages(
+        page = self._call(
+            "search",
             "models",
-            lambda token: self.client.search_registered_models(
-                pushed.filter_string or None, max_results=1000, page_token=token
+            lambda: self.client.search_registered_models(
+                pushed.filter_string or None, max_results=1000, page_token=page_token
             ),
-        ):
-            yield model_doc(model)
+        )
+        return Page([model_doc(model) for model in page], page.token or None)
 
-    def _impl_find_model_versions(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _impl_search_model_versions(self, query: dict[str, Any], page_token: str | None) -> Page[ModelVersionDoc]:
         """MLflow's version search leaves out aliases; they are taken from each model (one request per
-        model met), so write-through never erases what `get_model_version` stored."""
+        model a page meets), so write-through never erases what `get_model_version` stored."""
         pushed = model_versions_filter(query)
+        chunks = list(pushed.filter_strings())
+        if not chunks:
+            return Page()
+        state = _SearchState.read(page_token)
+        flt = chunks[state.chunk]
+        page = self._call(
+            "search",
+            "model versions",
+            lambda: self.client.search_model_versions(flt or None, max_results=1000, page_token=state.token),
+        )
         aliases: dict[str, dict[str, str]] = {}
-        for filter_string in pushed.filter_strings():
-            for mv in self._pages(
-                "model versions",
-                lambda token, flt=filter_string: self.client.search_model_versions(
-                    flt or None, max_results=1000, page_token=token
-                ),
-            ):
-                doc = mv_doc(mv)
-                name = doc["model_name"]
-                if name not in aliases:
-                    aliases[name] = self._impl_fetch_model(name)["aliases"]
-                doc["aliases"] = sorted(a for a, version in aliases[name].items() if version == doc["version"])
-                yield doc
+        docs = []
+        for mv in page:
+            doc = mv_doc(mv)
+            name = doc["model_name"]
+            if name not in aliases:
+                aliases[name] = self._impl_fetch_model(name).get("aliases") or {}
+            doc["aliases"] = sorted(a for a, version in aliases[name].items() if version == doc["version"])
+            docs.append(doc)
+        return Page(docs, _SearchState(None, state.chunk, page.token).next(len(chunks)))
 
     # ----------------------------------------------------------------- writes
-    def _impl_create_exp(self, name: str, tags: dict[str, str], artifact_location: str | None) -> str:
+    def _impl_create_exp(self, name: str, tags: dict[str, str], artifact_location: str | None) -> ExpDoc:
         if artifact_location is None and self.is_embedded:
             folder = self.embedded_dir / "artifacts" / uuid.uuid4().hex
             artifact_location = folder.as_uri()
-        return self._call(
-            "experiment",
-            name,
-            lambda: self.client.create_experiment(name, artifact_location, tags or None),
-            op="create",
+        exp_id = self._call(
+            "experiment", name, lambda: self.client.create_experiment(name, artifact_location, tags or None)
         )
+        return exp_doc(self._call("experiment", exp_id, lambda: self.client.get_experiment(exp_id)))
 
     def _impl_rename_exp(self, exp_id: str, name: str) -> None:
-        self._call("experiment", exp_id, lambda: self.client.rename_experiment(exp_id, name), op="update")
+        self._call("experiment", exp_id, lambda: self.client.rename_experiment(exp_id, name))
 
     def _impl_delete_exp(self, exp_id: str) -> None:
-        self._call("experiment", exp_id, lambda: self.client.delete_experiment(exp_id), op="delete")
+        self._call("experiment", exp_id, lambda: self.client.delete_experiment(exp_id))
 
     def _impl_restore_exp(self, exp_id: str) -> None:
-        self._call("experiment", exp_id, lambda: self.client.restore_experiment(exp_id), op="update")
+        self._call("experiment", exp_id, lambda: self.client.restore_experiment(exp_id))
 
     def _impl_set_exp_tags(self, exp_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self._call(
-                "experiment", exp_id, lambda k=key, v=value: self.client.set_experiment_tag(exp_id, k, v), op="update"
-            )
+            self._call("experiment", exp_id, functools.partial(self.client.set_experiment_tag, exp_id, key, value))
 
-    def _impl_create_run(self, exp_id: str, name: str | None, tags: dict[str, str]) -> dict[str, Any]:
-        run = self._call(
-            "run in experiment", exp_id, lambda: self.client.create_run(exp_id, tags=tags, run_name=name), op="create"
-        )
+    def _impl_create_run(self, exp_id: str, name: str | None, tags: dict[str, str]) -> RunDoc:
+        run = self._call("run in experiment", exp_id, lambda: self.client.create_run(exp_id, tags=tags, run_name=name))
         return run_doc(run)
 
     def _impl_update_run(self, run_id: str, status: RunStatus, end_time: datetime | None) -> None:
         if status.is_terminal:
             end_ms = to_ms(end_time) if end_time else None
-            self._call("run", run_id, lambda: self.client.set_terminated(run_id, status.value, end_ms), op="update")
+            self._call("run", run_id, lambda: self.client.set_terminated(run_id, status.value, end_ms))
         else:
-            self._call("run", run_id, lambda: self.client.update_run(run_id, status=status.value), op="update")
+            self._call("run", run_id, lambda: self.client.update_run(run_id, status=status.value))
 
     def _impl_log_batch(
         self, run_id: str, params: dict[str, str], metrics: list[tuple[str, float, int, int]], tags: dict[str, str]
@@ -390,24 +447,19 @@ class MlflowApi(BaseMlflowApi):
                 params=[Param(key, value) for key, value in params.items()],
                 tags=[RunTag(key, value) for key, value in tags.items()],
             ),
-            op="log",
         )
 
-    def _impl_create_model(self, name: str, tags: dict[str, str], description: str | None) -> dict[str, Any]:
-        model = self._call(
-            "model", name, lambda: self.client.create_registered_model(name, tags or None, description), op="create"
-        )
+    def _impl_create_model(self, name: str, tags: dict[str, str], description: str | None) -> ModelDoc:
+        model = self._call("model", name, lambda: self.client.create_registered_model(name, tags or None, description))
         return model_doc(model)
 
     def _impl_set_model_tags(self, name: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self._call(
-                "model", name, lambda k=key, v=value: self.client.set_registered_model_tag(name, k, v), op="update"
-            )
+            self._call("model", name, functools.partial(self.client.set_registered_model_tag, name, key, value))
 
     def _impl_create_model_version(
         self, name: str, source: str, run_id: str | None, tags: dict[str, str], description: str | None
-    ) -> dict[str, Any]:
+    ) -> ModelVersionDoc:
         mv = self._call(
             "model version of",
             name,
@@ -419,14 +471,9 @@ class MlflowApi(BaseMlflowApi):
         key = f"models:/{name}/{version}"
         for tag, value in tags.items():
             self._call(
-                "model version",
-                key,
-                lambda k=tag, v=value: self.client.set_model_version_tag(name, version, k, v),
-                op="update",
+                "model version", key, functools.partial(self.client.set_model_version_tag, name, version, tag, value)
             )
 
     def _impl_set_model_alias(self, name: str, alias: str, version: str) -> None:
         key = f"models:/{name}/{version}"
-        self._call(
-            "model version", key, lambda: self.client.set_registered_model_alias(name, alias, version), op="register"
-        )
+        self._call("model version", key, lambda: self.client.set_registered_model_alias(name, alias, version))

@@ -95,7 +95,7 @@ def install() -> None:
         module = importlib.import_module(name)
         current = getattr(module, "http_request", None)
         if current is not None and not getattr(current, "__mlcache_bounded__", False):
-            module.http_request = _bounded(current)
+            setattr(module, "http_request", _bounded(current))  # noqa: B010 - not every module declares it
     from mlflow.tracking.request_header.registry import resolve_request_headers
 
     resolve_request_headers()

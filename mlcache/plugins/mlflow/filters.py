@@ -1,4 +1,4 @@
-"""Push-down: the parts of a MongoDB query that a backend can evaluate, as a *superset* filter.
+"""Push-down to MLflow: the parts of a MongoDB query MLflow's filter syntax can evaluate, as a *superset*.
 
 Whatever is pushed down may only drop entities the full query would drop too; the full query is
 always applied locally afterwards, so a condition that cannot be expressed exactly is widened or
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .encoding import is_mlflow_key
+from ...conditions import required_conditions
+from ...encoding import is_mlflow_key
 
 _UNSAFE_TEXT = re.compile(r"[\\\x00-\x1f\x7f]")
 _ESCAPED_BY_SOME_JSON = frozenset("\"\\/<>&'+`")
@@ -33,21 +34,6 @@ IN_CHUNK = 100
 URL_IN_CHUNK = 50
 """The same for searches MLflow's client sends as a GET (model versions): the list travels in the URL,
 which servers such as gunicorn cap at 4 KB."""
-
-
-def required_conditions(query: Mapping[str, Any]) -> Iterator[tuple[str, str, Any]]:
-    """(field, operator, argument) for every condition all matches must meet."""
-    for key, value in query.items():
-        if key == "$and":
-            for sub in value:
-                yield from required_conditions(sub)
-        elif key.startswith("$"):
-            continue
-        elif isinstance(value, Mapping) and any(str(k).startswith("$") for k in value):
-            for op, arg in value.items():
-                yield key, op, arg
-        else:
-            yield key, "$eq", value
 
 
 def is_number(value: Any) -> bool:

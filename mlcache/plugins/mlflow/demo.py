@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .base import BaseMlflowApi
-from .errors import MlcacheError
+from ...base import BaseMlflowApi
+from ...errors import MlcacheError
 
 MODEL = "mlcache-demo-model"
 
@@ -46,9 +46,9 @@ _LOAD_OFFLINE = (
 
 def _linear_model() -> Any:
     """A tiny pyfunc model (y = w * x + b) whose weights live in a file artifact."""
-    import mlflow
+    from mlflow.pyfunc.model import PythonModel
 
-    class Linear(mlflow.pyfunc.PythonModel):
+    class Linear(PythonModel):
         def load_context(self, context: Any) -> None:
             self.weights = json.loads(Path(context.artifacts["weights"]).read_text())
 
@@ -76,7 +76,7 @@ def _log_model_the_mlflow3_way(api: BaseMlflowApi, run_id: str, scratch: Path) -
 
 
 def _verify(path: Path) -> list[str]:
-    from .bundle import verify
+    from ...bundle import verify
 
     return verify(path)
 

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import EntityNotFound
-from ..transfer import Listing, OnFile, RemoteFile, Transfer
+from ...errors import EntityNotFound
+from ...transfer import Listing, OnFile, RemoteFile, Transfer
 
 T = TypeVar("T")
 
@@ -53,7 +54,9 @@ class MlflowArtifactsTransfer(Transfer):
         if listing.is_dir:
             repo = self._repo(listing.url)
             for item in listing.files:
-                self._call("artifact", listing.url, lambda p=item.path: repo.download_artifacts(p, dst_path=str(dest)))
+                self._call(
+                    "artifact", listing.url, functools.partial(repo.download_artifacts, item.path, dst_path=str(dest))
+                )
         else:
             parent, _, name = listing.url.rstrip("/").rpartition("/")
             self._call("artifact", listing.url, lambda: self._repo(parent).download_artifacts(name, dst_path=str(dest)))

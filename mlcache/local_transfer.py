@@ -1,0 +1,86 @@
+"""`LocalTransfer`: artifact trees on a local (or mounted) disk, copied in Python, no subprocess.
+
+For `file://` URLs and absolute paths; a pull copies each file into the destination and reports
+it, so the artifact store verifies and hashes it as it would after rclone. The in-memory plugin
+keeps its artifacts this way; any api can use it (`transfer=LocalTransfer()`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from .errors import EntityNotFound, UnsupportedUrl
+from .transfer import Listing, OnFile, RemoteFile, Transfer
+
+
+def local_path(url: str) -> Path:
+    """The local path of a `file://` URL or an absolute path."""
+    if url.startswith("/"):
+        return Path(url)
+    parsed = urlparse(url)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise UnsupportedUrl(f"not a local path or file:// URL: {url!r}")
+    return Path(unquote(parsed.path))
+
+
+def _mtime(info: os.stat_result) -> str:
+    when = datetime.fromtimestamp(info.st_mtime_ns // 1_000_000_000, tz=timezone.utc)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{info.st_mtime_ns % 1_000_000_000:09d}Z"
+
+
+class LocalTransfer(Transfer):
+    """List, pull, push and delete trees of the local filesystem (links are not followed)."""
+
+    def list(self, url: str) -> Listing:
+        root = local_path(url)
+        try:
+            info = root.lstat()
+        except FileNotFoundError:
+            raise EntityNotFound("artifact", url, "nothing at that location") from None
+        if stat.S_ISREG(info.st_mode):
+            return Listing(url, False, (RemoteFile(root.name, info.st_size, _mtime(info)),))
+        files = []
+        for folder, dirs, names in os.walk(root):
+            dirs.sort()
+            for name in sorted(names):
+                path = Path(folder) / name
+                item = path.lstat()
+                if stat.S_ISREG(item.st_mode):
+                    files.append(RemoteFile(path.relative_to(root).as_posix(), item.st_size, _mtime(item)))
+        if not files:
+            raise EntityNotFound("artifact", url, "nothing at that location")
+        return Listing(url, True, tuple(files))
+
+    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
+        listing = self.list(url)
+        root = local_path(url)
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in listing.files:
+            src = root.joinpath(*item.path.split("/")) if listing.is_dir else root
+            out = dest.joinpath(*item.path.split("/"))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, out, follow_symlinks=False)
+            if on_file is not None:
+                on_file(item.path)
+
+    def push(self, src: Path, url: str, progress: bool = False) -> None:
+        target = local_path(url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(src, target)
+
+    def delete(self, url: str) -> None:
+        target = local_path(url)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        else:
+            raise EntityNotFound("artifact", url, "nothing at that location")

@@ -1,0 +1,79 @@
+"""Exporting on the in-memory plugin: each document read once, one target store, nothing extra."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mlcache import export as export_module
+from mlcache import metadata_store
+from mlcache.bundle import verify
+from mlcache.testing import InMemoryPlugin, MemoryBackend
+
+
+def _files(path: Path) -> None:
+    path.mkdir()
+    (path / "MLmodel").write_text("flavors: {}\n")
+    (path / "weights.bin").write_bytes(b"w" * 4096)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> MemoryBackend:
+    return MemoryBackend(tmp_path / "server")
+
+
+def test_exporting_one_version_reads_each_document_once_and_opens_one_target(
+    backend: MemoryBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = InMemoryPlugin(cache_dir=tmp_path / "cache", backend=backend)
+    exp = api.create_exp("fraud")
+    run = api.create_run(exp, "train")
+    model_id, version = backend.add_logged_model(exp.id, "model", _make(tmp_path), run.id, "fraud")
+    api.set_model_alias(("fraud", version), "champion")
+    api.get_model_artifact(("fraud", "@champion"))
+
+    reads: Counter[str] = Counter()
+    opened: list[Path] = []
+    real_read = metadata_store.read_regular
+    real_init = export_module.ExportTarget.__init__
+
+    def counting_read(path: Path) -> tuple[bytes, int] | None:
+        reads[path.relative_to(api.cache_dir).as_posix()] += 1
+        return real_read(path)
+
+    def counting_init(self: export_module.ExportTarget, cache_root: Path, target: Path | str, timeout: float) -> None:
+        opened.append(Path(target))
+        real_init(self, cache_root, target, timeout)
+
+    monkeypatch.setattr(metadata_store, "read_regular", counting_read)
+    monkeypatch.setattr(export_module.ExportTarget, "__init__", counting_init)
+    calls = backend.calls.copy()
+    out = tmp_path / "release"
+    api.in_offline_mode.export_bundle(out, model_versions=[("fraud", "@champion")])
+
+    assert len(opened) == 1
+    assert reads and max(reads.values()) == 1, reads
+    assert sorted(reads) == sorted(
+        [
+            "metadata/alias/fraud/champion.json",
+            f"metadata/exp/{exp.id}.json",
+            "metadata/lm/" + model_id + ".json",
+            "metadata/model/fraud.json",
+            f"metadata/mv/fraud/{version}.json",
+            f"metadata/run/{run.id}.json",
+        ]
+    )
+    assert verify(out) == []
+    listed = json.loads((out / "bundle.json").read_text())
+    assert listed["contents"]["model_versions"] == [f"models:/fraud/{version}"]
+    assert not (out / "index.sqlite").exists()
+    assert backend.calls == calls
+
+
+def _make(tmp_path: Path) -> Path:
+    files = tmp_path / "files"
+    _files(files)
+    return files
