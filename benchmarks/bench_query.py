@@ -48,7 +48,7 @@ from typing import Any
 from common import calls_per_second
 
 import mlcache
-from mlcache.index import sql_filter
+from mlcache.index_sql import sql_filter
 from mlcache.layout import CacheLayout
 from mlcache.metadata_store import MetadataStore
 from mlcache.query import compile_query, sort_docs

@@ -21,7 +21,7 @@ from .compose import Composer
 from .errors import CacheMiss, CorruptMetadata, EntityNotFound
 from .handles import ExpApi
 from .identifiers import ExpRef
-from .index import sql_filter
+from .index_sql import sql_filter
 from .metadata_store import MetadataStore, Record
 from .query import MongoQuery, sort_docs
 from .resolver import MetadataResolver

@@ -24,7 +24,8 @@ from mlflow import MlflowClient
 
 import mlcache
 from mlcache import index as index_module
-from mlcache.index import INDEX_VERSION, LeafCondition, leaves, sql_filter
+from mlcache.index import INDEX_VERSION
+from mlcache.index_sql import LeafCondition, leaves, sql_filter
 from mlcache.layout import CacheLayout
 from mlcache.metadata_store import MetadataStore
 from mlcache.plugins.mlflow import MlflowApi

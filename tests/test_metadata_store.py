@@ -146,7 +146,7 @@ def test_index_of_another_version_is_rebuilt_and_stale_index_is_refreshed(tmp_pa
     store.put("run", ("a",), {"id": "a", "exp_id": "1", "params": {"lr": 1}})
 
     def found(query: dict) -> list:
-        from mlcache.index import sql_filter
+        from mlcache.index_sql import sql_filter
 
         return [entry.key for entry in store.index.candidates("run", sql_filter(compile_query(query)._definition, {}))]
 
@@ -167,7 +167,7 @@ def test_index_of_another_version_is_rebuilt_and_stale_index_is_refreshed(tmp_pa
 
 
 def test_an_index_that_cannot_be_written_falls_back_to_memory(tmp_path: Path) -> None:
-    from mlcache.index import sql_filter
+    from mlcache.index_sql import sql_filter
     from mlcache.query import compile_query
 
     store = MetadataStore(CacheLayout(tmp_path))
@@ -182,7 +182,7 @@ def test_an_index_that_cannot_be_written_falls_back_to_memory(tmp_path: Path) ->
 
 
 def test_a_file_edited_in_place_behind_the_index_is_read_not_the_indexed_copy(tmp_path: Path) -> None:
-    from mlcache.index import sql_filter
+    from mlcache.index_sql import sql_filter
     from mlcache.query import compile_query
 
     def candidates(query: dict) -> list:
@@ -210,7 +210,7 @@ def test_a_file_edited_in_place_behind_the_index_is_read_not_the_indexed_copy(tm
 
 
 def test_conditions_are_probed_from_the_most_selective_one(tmp_path: Path) -> None:
-    from mlcache.index import _ordered, sql_filter
+    from mlcache.index_sql import _ordered, sql_filter
     from mlcache.query import compile_query
 
     store = MetadataStore(CacheLayout(tmp_path))

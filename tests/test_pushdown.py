@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mlcache.index import LeafCondition, leaves, sql_filter
+from mlcache.index_sql import LeafCondition, leaves, sql_filter
 from mlcache.plugins.mlflow.filters import exps_filter, is_number, model_versions_filter, models_filter, runs_filter
 from mlcache.query import compile_query
 

@@ -212,9 +212,9 @@ class MlflowApi(BaseMlflowApi):
         """One client call, its HTTP bounded by the deadline of the backend call in progress (else
         `timeout` from now; importing mlflow on the first call does not count), MLflow's errors
         translated to the hooks' error contract."""
+        started = time.monotonic()
         from mlflow.exceptions import MlflowException
 
-        started = time.monotonic()
         self.client  # noqa: B018 - builds the client (and bounds MLflow's HTTP) before the first call
         building = time.monotonic() - started
         current = deadline.current()
