@@ -16,6 +16,7 @@ import mlcache
 from mlcache import CacheMiss, EntityNotFound, MlcacheError, UnsafePath, UntrustedSource
 from mlcache.errors import ArtifactUploadError
 from mlcache.plugins.mlflow import MlflowApi
+from mlcache.testing import InMemoryPlugin, MemoryBackend
 
 from servers import MlflowServer, S3Server
 
@@ -352,35 +353,28 @@ def test_manifest_times_are_utc(s3_api: MlflowApi, logged: dict) -> None:
     assert manifest.pulled_at.utcoffset() == timezone.utc.utcoffset(None)
 
 
-def test_complete_entries_are_served_with_server_and_store_stopped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_complete_entries_are_served_with_server_and_store_stopped(tmp_path: Path) -> None:
+    import shutil
     import warnings
 
-    from servers import start_mlflow_server, start_s3_server
-
-    s3 = start_s3_server(tmp_path / "s3")
-    s3.bucket("bucket")
-    server = start_mlflow_server(tmp_path / "ml", artifact_root="s3://bucket/mlartifacts", env=s3.env)
-    try:
-        for name, value in s3.env.items():
-            monkeypatch.setenv(name, value)
-        api = MlflowApi(tracking_uri=server.url, cache_dir=tmp_path / "cache", connect_timeout=1)
-        run = api.create_exp("stopped").start_run("r")
-        mv = api.log_model_version("stopped-model", run, write_model, "model", aliases=["prod"])
-        fresh = MlflowApi(tracking_uri=server.url, cache_dir=tmp_path / "fresh", connect_timeout=1)
-        expected = files_of(fresh.get_model_artifact(mv))
-        fresh.get_run_artifact(run, "model")
-    finally:
-        server.stop()
-        s3.stop()
+    backend = MemoryBackend(tmp_path / "store")
+    api = InMemoryPlugin(backend=backend, cache_dir=tmp_path / "cache")
+    run = api.create_exp("stopped").start_run("r")
+    mv = api.log_model_version("stopped-model", run, write_model, "model", aliases=["prod"])
+    fresh = InMemoryPlugin(backend=backend, cache_dir=tmp_path / "fresh")
+    expected = files_of(fresh.get_model_artifact(mv))
+    fresh.get_run_artifact(run, "model")
+    backend.down = True
+    shutil.rmtree(tmp_path / "store")
+    calls = sum(backend.calls.values())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for form in [mv, ("stopped-model", 1), "models:/stopped-model/1"]:
             assert files_of(fresh.get_model_artifact(form)) == expected
         assert files_of(fresh.get_run_artifact(run.id, "model")) == expected
         assert files_of(fresh.in_offline_mode.get_model_artifact(("stopped-model", "@prod"))) == expected
-    with pytest.warns(mlcache.CacheFallbackWarning, match="refused the connection"):
+    assert sum(backend.calls.values()) == calls
+    with pytest.warns(mlcache.CacheFallbackWarning, match="in-memory server is down"):
         assert files_of(fresh.get_model_artifact(("stopped-model", "@prod"))) == expected
 
 

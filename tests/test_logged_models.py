@@ -49,9 +49,9 @@ LOG_MODEL = textwrap.dedent(
 PREDICT = textwrap.dedent(
     """
     import sys, mlflow, pandas
-    model = mlflow.pyfunc.load_model(sys.argv[1])
-    print("PREDICT", model.predict(pandas.DataFrame({"x": [1.0, 2.0]})))
-    print("PATH", model.metadata.artifact_path if hasattr(model.metadata, "artifact_path") else "")
+    for uri in sys.argv[1:]:
+        model = mlflow.pyfunc.load_model(uri)
+        print("PREDICT", uri, model.predict(pandas.DataFrame({"x": [1.0, 2.0]})))
     """
 )
 
@@ -72,10 +72,16 @@ def files_of(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def predict(uri: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def predict(uris: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Load each model in turn with `mlflow.pyfunc.load_model` in one new process, and predict."""
     return subprocess.run(
-        [sys.executable, "-c", PREDICT, uri], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+        [sys.executable, "-c", PREDICT, *uris], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
     )
+
+
+def predicted(result: subprocess.CompletedProcess) -> list[str]:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [line for line in result.stdout.splitlines() if line.startswith("PREDICT")]
 
 
 @pytest.fixture(scope="module")
@@ -170,30 +176,23 @@ def test_load_model_through_mlcache_uris_cold_warm_and_offline(tmp_path: Path) -
             "mlcache://models/plugged@champion",
             f"mlcache://models/{info['model_id']}",
         ]
-        cold = predict(uris[0], env)
-        assert cold.returncode == 0, cold.stderr[-3000:]
-        assert "PREDICT [2.5, 5.0]" in cold.stdout
+        answers = [f"PREDICT {uri} [2.5, 5.0]" for uri in uris]
+        assert predicted(predict(uris[:1], env)) == answers[:1]
         pulled = proxy.requests
         assert pulled > 0
-        for uri in uris:
-            warm = predict(uri, env)
-            assert warm.returncode == 0 and "PREDICT [2.5, 5.0]" in warm.stdout, warm.stderr[-3000:]
+        assert predicted(predict(uris, env)) == answers
         assert proxy.requests == pulled, "a warm load reached the store"
-        run_uri = f"mlcache://runs/{info['run_id']}/x"
-        assert "no such" not in run_uri
     finally:
         server.stop()
         s3.stop()
         proxy.stop()
     offline_env = {**env, "MLCACHE_OFFLINE": "1"}
-    for uri in uris:
-        result = predict(uri, offline_env)
-        assert result.returncode == 0 and "PREDICT [2.5, 5.0]" in result.stdout, result.stderr[-3000:]
+    assert predicted(predict(uris, offline_env)) == answers
     fresh_enough = {**env, "MLCACHE_METADATA_MAX_AGE": "3600"}
-    online_alias = predict("mlcache://models/plugged@champion", fresh_enough)
-    assert online_alias.returncode == 0 and "PREDICT [2.5, 5.0]" in online_alias.stdout, online_alias.stderr[-3000:]
+    online_alias = predict([uris[1]], fresh_enough)
+    assert predicted(online_alias) == answers[1:2]
     assert "MLflow server at" not in online_alias.stderr and "retrying" not in online_alias.stderr
-    miss = predict("mlcache://models/never-cached/1", offline_env)
+    miss = predict(["mlcache://models/never-cached/1"], offline_env)
     assert miss.returncode != 0 and "model version 'models:/never-cached/1' is not in the cache" in miss.stderr
 
 

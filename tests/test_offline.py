@@ -16,6 +16,7 @@ from mlcache import CacheFallbackWarning, CacheMiss, OfflineModeError, PluginNot
 from mlcache.plugins.mlflow import MlflowApi
 from mlcache.plugins.offline import OfflineApi
 from mlcache.retry import RetryPolicy
+from mlcache.testing import InMemoryPlugin, MemoryBackend
 
 from servers import MlflowServer, free_port
 
@@ -41,8 +42,7 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 12
     )
 
 
-def fill_cache(server: MlflowServer, cache_dir: Path) -> dict[str, str]:
-    api = MlflowApi(tracking_uri=server.url, cache_dir=cache_dir)
+def fill_cache(api: mlcache.BaseMlflowApi) -> dict[str, str]:
     exp = api.create_exp("offline-exp", tags={"team": "a"})
     run = exp.start_run("r", tags={"k": "v"})
     run.log_params({"lr": 0.1})
@@ -54,18 +54,41 @@ def fill_cache(server: MlflowServer, cache_dir: Path) -> dict[str, str]:
     return {"exp": exp.id, "run": run.id, "child": child.id, "model": mv.model.name}
 
 
-def test_server_stopped_reads_come_from_the_cache(own_server: MlflowServer, tmp_path: Path) -> None:
-    ids = fill_cache(own_server, tmp_path / "cache")
-    own_server.stop()
+def test_server_down_reads_come_from_the_cache(tmp_path: Path) -> None:
+    backend = MemoryBackend(tmp_path / "server")
+    ids = fill_cache(InMemoryPlugin(backend=backend, cache_dir=tmp_path / "cache"))
+    backend.down = True
 
-    offline = MlflowApi(tracking_uri=own_server.url, cache_dir=tmp_path / "cache", offline_mode=True)
+    offline = InMemoryPlugin(backend=backend, cache_dir=tmp_path / "cache", offline_mode=True)
     assert offline.get_run(ids["run"]).params == {"lr": 0.1}
     assert offline.get_exp("offline-exp").tags == {"team": "a"}
     assert offline.get_model_version(("offline-model", "@prod")).run.id == ids["run"]
     assert [r.id for r in offline.find_child_runs(ids["run"])] == [ids["child"]]
+    calls = sum(backend.calls.values())
 
+    online = InMemoryPlugin(
+        backend=backend, cache_dir=tmp_path / "cache", retry=RetryPolicy(attempts=2, initial_wait=0)
+    )
+    with pytest.warns(CacheFallbackWarning, match=r"in-memory server is down.*answering run"):
+        assert online.get_run(ids["run"]).params == {"lr": 0.1}
+    with pytest.warns(CacheFallbackWarning):
+        assert online.get_model_version("models:/offline-model@prod").version == "1"
+    assert sum(backend.calls.values()) > calls
+    with pytest.raises(ServerUnreachable, match="down"):
+        online.get_run("0" * 32)
+    with pytest.raises(ServerUnreachable):
+        online.create_exp("while-down")
+    assert not list(offline.find_exps({"name": "while-down"}))
+
+    backend.down = False
+    backend.runs[ids["run"]].params["lr"] = "0.2"
+    assert online.get_run(ids["run"]).params == {"lr": 0.2}
+
+
+def test_a_refused_mlflow_connection_falls_back_to_the_cache(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    ids = fill_cache(MlflowApi(tracking_uri=mlflow_server.url, cache_dir=tmp_path / "cache"))
     online = MlflowApi(
-        tracking_uri=own_server.url,
+        tracking_uri=f"http://127.0.0.1:{free_port()}",
         cache_dir=tmp_path / "cache",
         connect_timeout=2,
         retry=RetryPolicy(attempts=2, initial_wait=0.2),
@@ -80,9 +103,6 @@ def test_server_stopped_reads_come_from_the_cache(own_server: MlflowServer, tmp_
         online.get_run("0" * 32)
     with pytest.raises(ServerUnreachable):
         online.create_exp("while-down")
-
-    own_server.start()
-    assert online.get_run(ids["run"]).params == {"lr": 0.1}
 
 
 def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
@@ -105,9 +125,8 @@ def test_nothing_is_fetched_at_construction(tmp_path: Path) -> None:
     assert not (tmp_path / "c").exists()
 
 
-def test_offline_plugin_works_without_mlflow(own_server: MlflowServer, tmp_path: Path) -> None:
-    ids = fill_cache(own_server, tmp_path / "cache")
-    own_server.stop()
+def test_offline_plugin_works_without_mlflow(tmp_path: Path) -> None:
+    ids = fill_cache(InMemoryPlugin(backend=MemoryBackend(tmp_path / "server"), cache_dir=tmp_path / "cache"))
     code = BLOCK_MLFLOW + textwrap.dedent(
         f"""
         import mlcache
