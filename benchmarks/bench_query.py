@@ -242,7 +242,7 @@ PROFILE_ROWS = (
     ("    _compose_exp", "base.py", "_compose_exp"),
     ("    pydantic model_validate (records)", "records.py", "_validated"),
     ("    handles.bind (model_construct)", "handles.py", "bind"),
-    ("  sort_docs", "query.py", "sort_docs"),
+    ("  sort_docs", "query/sort.py", "sort_docs"),
 )
 
 

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from .artifact_store import ArtifactStore, EntryKey
+from .artifact_store import ArtifactStore
 from .backend import Backend
 from .compose import Composer
 from .errors import ArtifactUploadError, CacheFallbackWarning, CacheMiss, MlcacheError, ServerUnreachable
 from .identifiers import ExpRef, logged_model_id, model_version_ref, run_ref
-from .locks import hold_shared, shared_entry_lock
+from .manifest import EntryKey
 from .names import safe_relative_path
+from .progress import ProgressFactory, TransferProgress
 from .remotes import join_url
 from .resolver import Freshness, MetadataResolver
 from .retry import RetryPolicy
@@ -45,7 +46,7 @@ class ArtifactSettings:
     always_pull: bool
     pull_offline: bool
     keep_uploads: bool
-    show_progress: bool
+    progress: ProgressFactory | None
     allowed_sources: tuple[str, ...]
     lock_timeout: float
 
@@ -80,6 +81,9 @@ class ArtifactCache:
         self.transfer = transfer
         self.retry = retry
         self.settings = settings
+
+    def _reporter(self, label: str) -> TransferProgress | None:
+        return self.settings.progress(label) if self.settings.progress is not None else None
 
     def transfer_for(self, url: str) -> Transfer:
         return self.backend.hooks._impl_transfer_for(url) or self.transfer
@@ -157,14 +161,14 @@ class ArtifactCache:
         try:
             source = target.url() if entry == key else self._entry_source(entry, target.url)
             with self.store.lock(entry):
-                return self._pull(key, entry, source)
+                return self._pull(key, entry, source, target.label)
         except (ServerUnreachable, TransferError) as exc:
             if found is None:
                 raise
             warnings.warn(f"{exc}; serving the cached {key.label}", CacheFallbackWarning, stacklevel=3)
             return found[1]
 
-    def _pull(self, key: EntryKey, entry: EntryKey, source: str) -> Path:
+    def _pull(self, key: EntryKey, entry: EntryKey, source: str, label: str) -> Path:
         """Under the entry's lock: serve what another process finished meanwhile, skip a re-sync whose
         remote is unchanged, else pull."""
         transfer = self.transfer_for(source)
@@ -186,7 +190,7 @@ class ArtifactCache:
             "pull",
             lambda: self.store.pull(
                 entry,
-                lambda stage, on_file: transfer.pull(source, stage, self.settings.show_progress, on_file),
+                lambda stage, on_file: transfer.pull(source, stage, self._reporter(label), on_file),
                 list_source,
                 replace=found is not None,
             ),
@@ -209,9 +213,7 @@ class ArtifactCache:
         for _ in range(3):
             path = self.ensure(target)
             entry = self._entry_of(target.key)
-            with shared_entry_lock(
-                self.store.layout, "artifacts", entry.kind, *entry.parts, timeout=self.settings.lock_timeout
-            ):
+            with self.store.shared_lock(entry, self.settings.lock_timeout):
                 if path.exists():
                     return loader(path)
         raise MlcacheError(f"{target.key.label} kept disappearing from the cache while loading it")
@@ -221,7 +223,7 @@ class ArtifactCache:
         for _ in range(3):
             path = self.ensure(target)
             entry = self._entry_of(target.key)
-            hold_shared(self.store.layout, "artifacts", entry.kind, *entry.parts, timeout=self.settings.lock_timeout)
+            self.store.hold(entry, self.settings.lock_timeout)
             if path.exists():
                 return path
         raise MlcacheError(f"{target.key.label} kept disappearing from the cache while loading it")
@@ -297,7 +299,7 @@ class ArtifactCache:
                 raise MlcacheError(f"artifact source {local} does not exist")
         transfer = self.transfer_for(url)
         try:
-            self.retry.call("push", lambda: transfer.push(local, url, progress=self.settings.show_progress), url)
+            self.retry.call("push", lambda: transfer.push(local, url, progress=self._reporter(url)), url)
         except Exception as exc:
             if stage is not None:
                 stage.close(keep=True)

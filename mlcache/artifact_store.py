@@ -11,111 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from .errors import CorruptMetadata, MlcacheError, UnsafeArtifact
 from .hashing import PullHasher, StagedFile, copy_hashed, identity, sha256_file, sha256_files
-from .identifiers import RUN_ID_PATTERN as _RUN_ID
 from .layout import CacheLayout, read_regular, write_atomic, writing
-from .locks import entry_lock
-from .names import UnsafePath, decode_part, file_name, safe_relative_path
+from .locks import entry_lock, hold_shared, shared_entry_lock
+from .manifest import EntryKey, Manifest, ManifestFile
+from .names import UnsafePath, decode_part, file_name
 from .staging import Stage
 from .timeutil import utcnow
 from .transfer import Listing, OnFile, TransferError
-
-MANIFEST_VERSION = 1
-
-
-ENTRY_KINDS = ("runs", "models", "urls")
-_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
-_URL_DIGEST = re.compile(r"[0-9a-f]{32}")
-
-
-@dataclass(frozen=True)
-class EntryKey:
-    """One cache entry: `("runs", (run_id, path_in_run))`, `("models", (model_id,))` or
-    `("urls", (digest,))`. Every key is validated when made, whatever its source (a server's
-    answer, a manifest, a bundle), so no key can name a path outside the cache."""
-
-    kind: str
-    parts: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if self.kind not in ENTRY_KINDS or not isinstance(self.parts, tuple):
-            raise UnsafePath(f"unknown artifact entry {self.kind!r} {self.parts!r}")
-        if self.kind == "runs":
-            if len(self.parts) != 2:
-                raise UnsafePath(f"a run artifact entry is (run_id, path_in_run), got {self.parts!r}")
-            run_id, path = self.parts
-            if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
-                raise UnsafePath(f"malformed run id {run_id!r} in an artifact entry")
-            if safe_relative_path(path) != path:
-                raise UnsafePath(
-                    f"artifact path {path!r} is not in normal form (expected {safe_relative_path(path)!r})"
-                )
-            return
-        pattern = _MODEL_ID if self.kind == "models" else _URL_DIGEST
-        if len(self.parts) != 1 or not isinstance(self.parts[0], str) or not pattern.fullmatch(self.parts[0]):
-            raise UnsafePath(f"malformed {self.kind} entry {self.parts!r}")
-
-    @property
-    def label(self) -> str:
-        if self.kind == "runs":
-            return f"runs:/{self.parts[0]}/{self.parts[1]}"
-        return f"models:/{'/'.join(self.parts)}"
-
-
-class ManifestFile(BaseModel):
-    path: str
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-    @field_validator("path")
-    @classmethod
-    def _safe(cls, value: str) -> str:
-        if safe_relative_path(value, "manifest file path") != value:
-            raise ValueError(f"file path {value!r} is not a normalized relative path")
-        return value
-
-
-class Manifest(BaseModel):
-    """What an entry holds and where it came from; written last, as the 'complete' marker. Sizes
-    and dates in it are claims: reports measure the files, and last use is the stamp's own time."""
-
-    version: int = MANIFEST_VERSION
-    kind: str
-    key: list[str]
-    source: str
-    is_dir: bool
-    files: list[ManifestFile]
-    size: int = Field(ge=0)
-    source_version: str
-    pulled_at: datetime
-    last_used: datetime
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Manifest:
-        paths = [f.path for f in self.files]
-        if len(set(paths)) != len(paths):
-            raise ValueError("a file is listed twice")
-        if not self.is_dir and len(paths) != 1:
-            raise ValueError("a single-file entry lists exactly one file")
-        if self.size != sum(f.size for f in self.files):
-            raise ValueError("size is not the sum of the file sizes")
-        return self
-
-    def entry_key(self) -> EntryKey:
-        return EntryKey(self.kind, tuple(self.key))
 
 
 def _make_read_only(path: str, mode: int) -> None:
@@ -286,9 +200,23 @@ class ArtifactStore:
         return key if self.manifest_path(key) == path else None
 
     # ----------------------------------------------------------------- writes
-    def lock(self, key: EntryKey) -> AbstractContextManager[None]:
+    def lock(self, key: EntryKey, timeout: float | None = None) -> AbstractContextManager[None]:
+        """The entry's exclusive lock (writers: pull, install, remove), within `timeout` seconds."""
         self.layout.ensure()
-        return entry_lock(self.layout, "artifacts", key.kind, *key.parts, timeout=self.lock_timeout)
+        wait = self.lock_timeout if timeout is None else timeout
+        return entry_lock(self.layout, *self._lock_name(key), timeout=wait)
+
+    def shared_lock(self, key: EntryKey, timeout: float) -> AbstractContextManager[None]:
+        """The entry's shared lock, held by readers so that no prune or clean removes it meanwhile."""
+        return shared_entry_lock(self.layout, *self._lock_name(key), timeout=timeout)
+
+    def hold(self, key: EntryKey, timeout: float) -> None:
+        """Hold the entry's shared lock until the process ends (`locks.release_holds`)."""
+        hold_shared(self.layout, *self._lock_name(key), timeout=timeout)
+
+    @staticmethod
+    def _lock_name(key: EntryKey) -> tuple[str, ...]:
+        return ("artifacts", key.kind, *key.parts)
 
     def new_stage(self, prefix: str) -> Stage:
         """A private, owner-locked folder under `tmp/` (see `staging`)."""

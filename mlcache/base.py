@@ -15,14 +15,13 @@ settings come from `with_cache_dir` and `in_offline_mode`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
-from typing_extensions import Self
+from pydantic import PrivateAttr
 
+from .api_settings import ApiSettings
 from .artifact_cache import ArtifactCache, ArtifactSettings
 from .artifact_store import ArtifactStore
 from .backend import Backend
@@ -30,7 +29,7 @@ from .bundle import BundleLimits, ImportReport, Selection, export_bundle, import
 from .cache_admin import CacheAdmin, CleanReport, EntryUsage, PruneReport
 from .compose import Composer
 from .entities import RunStatus
-from .errors import CacheMiss, EntityNotFound, InvalidSetting
+from .errors import CacheMiss, EntityNotFound
 from .export import Exporter
 from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .hooks import PluginHooks
@@ -38,34 +37,26 @@ from .identifiers import ExpRef, exp_ref, model_name, model_version_ref, require
 from .layout import CacheLayout
 from .metadata_store import MetadataStore
 from .placement import place_tree
+from .progress import auto_progress
 from .query import check_sort as _check_sort
 from .query import compile_query
 from .resolver import Freshness, MetadataResolver
-from .retry import RetryPolicy
 from .search import SearchEngine
-from .settings import env_bool, env_choice, env_list, env_path, env_seconds
 from .timeutil import utcnow
 from .tracking import TrackingEngine
-from .transfer import RcloneTransfer, RemoteFile, Transfer
+from .transfer import RemoteFile
 
 T = TypeVar("T")
 Query = Mapping[str, Any] | None
 Sort = list[tuple[str, int]] | None
-LOCK_MODES = ("os", "soft")
 DELETED_TAG = "mlcache.deleted"
-MIN_TIMEOUT = 0.1
-
-
-def default_cache_dir() -> Path:
-    """`MLCACHE_CACHE_DIR`, else the user's cache dir."""
-    return env_path("MLCACHE_CACHE_DIR") or Path(platformdirs.user_cache_dir("mlcache"))
 
 
 def _fresh(force_refresh: bool) -> Freshness:
     return "force" if force_refresh else "normal"
 
 
-class BaseMlflowApi(PluginHooks, BaseModel):
+class BaseMlflowApi(PluginHooks, ApiSettings):
     """Cache-or-fetch access to experiments, runs, models, model versions and their files.
 
     Offline (`offline_mode=True` or `MLCACHE_OFFLINE=1`) nothing touches the network: reads come
@@ -73,30 +64,6 @@ class BaseMlflowApi(PluginHooks, BaseModel):
     the cache, cached metadata younger than `metadata_max_age` is served as is, and when the server
     cannot be reached a cached copy is served with a `CacheFallbackWarning`.
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True)
-
-    cache_dir: Path = Field(default_factory=default_cache_dir)
-    offline_mode: bool = Field(default_factory=lambda: env_bool("MLCACHE_OFFLINE"))
-    metadata_max_age: timedelta = Field(
-        default_factory=lambda: timedelta(seconds=env_seconds("MLCACHE_METADATA_MAX_AGE", 0.0))
-    )
-    timeout: float = Field(
-        default_factory=lambda: env_seconds("MLCACHE_TIMEOUT", 10.0, minimum=MIN_TIMEOUT), ge=MIN_TIMEOUT
-    )
-    lock_timeout: float = 60.0
-    lock_mode: Literal["os", "soft"] = Field(
-        default_factory=lambda: env_choice("MLCACHE_LOCK_MODE", LOCK_MODES, "os")  # type: ignore[arg-type]
-    )
-    stale_lock_age: float = 900.0
-    pull_lock_timeout: float = 3600.0
-    transfer: Transfer = Field(default_factory=RcloneTransfer)
-    always_pull_artifacts: bool = False
-    allowed_sources: tuple[str, ...] = Field(default_factory=lambda: env_list("MLCACHE_ALLOWED_SOURCES"))
-    pull_artifacts_in_offline_mode: bool = False
-    cache_local_artifacts: bool = True
-    show_progress: bool = False
-    retry: RetryPolicy = Field(default_factory=RetryPolicy.from_env)
 
     _layout: CacheLayout = PrivateAttr()
     _meta: MetadataStore = PrivateAttr()
@@ -108,23 +75,6 @@ class BaseMlflowApi(PluginHooks, BaseModel):
     _files: ArtifactCache = PrivateAttr()
     _exporter: Exporter = PrivateAttr()
     _admin: CacheAdmin = PrivateAttr()
-
-    def __init__(self, **conf: Any) -> None:
-        """Settings are validated here: a bad argument is an `InvalidSetting` naming it."""
-        try:
-            super().__init__(**conf)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "settings"
-            raise InvalidSetting(f"{type(self).__name__}: {where}: {first['msg']}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in type(self).model_fields:
-            raise InvalidSetting(
-                f"settings of a live api cannot change ({name}); make a copy: api.with_cache_dir(...), "
-                "api.in_offline_mode, or type(api)(**settings)"
-            )
-        super().__setattr__(name, value)
 
     def model_post_init(self, context: Any) -> None:
         """Build the stores and engines this api's settings describe."""
@@ -142,7 +92,7 @@ class BaseMlflowApi(PluginHooks, BaseModel):
             always_pull=self.always_pull_artifacts,
             pull_offline=self.pull_artifacts_in_offline_mode,
             keep_uploads=self.cache_local_artifacts,
-            show_progress=self.show_progress,
+            progress=self.progress or (auto_progress if self.show_progress else None),
             allowed_sources=self.allowed_sources,
             lock_timeout=self.lock_timeout,
         )
@@ -155,12 +105,6 @@ class BaseMlflowApi(PluginHooks, BaseModel):
     @property
     def layout(self) -> CacheLayout:
         return self._layout
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy with `update` applied, its stores and engines built for the new settings."""
-        clone = super().model_copy(update=update, deep=deep)
-        clone.model_post_init(None)
-        return clone
 
     def _copy(self, **update: Any) -> BaseMlflowApi:
         return self.model_copy(update=update)

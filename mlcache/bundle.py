@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from .artifact_store import ArtifactStore, EntryKey, Manifest
+from .artifact_store import ArtifactStore
 from .bundle_check import BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_VERSION, CheckedBundle, check_bundle
 from .bundle_reader import BundleError, BundleLimits, BundleTree, is_archive, read_bundle
 from .errors import CorruptMetadata
 from .hashing import sha256_file
 from .layout import CacheLayout, writing
+from .manifest import EntryKey, Manifest
 from .metadata_store import KINDS, MetadataStore
 from .placement import check_export_target
 from .staging import Stage, remove_tree

@@ -19,10 +19,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .artifact_store import ArtifactStore, EntryKey, Manifest
+from .artifact_store import ArtifactStore
 from .bundle_reader import BundleTree
 from .errors import CorruptMetadata
 from .layout import LAYOUT_VERSION, CacheLayout
+from .manifest import EntryKey, Manifest
 from .metadata_store import KINDS, MetadataStore
 from .names import UnsafePath, safe_relative_path
 

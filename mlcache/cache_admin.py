@@ -13,10 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .artifact_store import EntryKey, Manifest
 from .errors import CorruptMetadata, LockTimeout, MlcacheError
 from .layout import writing
-from .locks import entry_lock
+from .manifest import EntryKey, Manifest
 from .staging import clean_tmp
 
 if TYPE_CHECKING:
@@ -169,7 +168,7 @@ class CacheAdmin:
                 self._layout.guard(row.manifest_path).unlink(missing_ok=True)
             return True
         try:
-            with entry_lock(self._layout, "artifacts", row.key.kind, *row.key.parts, timeout=0):
+            with self._artifacts.lock(row.key, timeout=0):
                 self._artifacts.remove(row.key)
                 if row.manifest_path is not None:
                     self._layout.guard(row.manifest_path).unlink(missing_ok=True)

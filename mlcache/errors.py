@@ -8,6 +8,13 @@ from pathlib import Path
 class MlcacheError(Exception):
     """Base class of every error mlcache raises on purpose."""
 
+    cli_text: str | None = None
+    """The message in CLI terms, where it differs from the library's."""
+
+    def for_cli(self) -> str:
+        """The message as a command-line user should read it (hints in CLI terms, not Python's)."""
+        return self.cli_text or str(self)
+
 
 class InvalidIdentifier(MlcacheError, ValueError):
     """An identifier (id, name, URI, tuple) that cannot name an entity of the expected kind."""
@@ -48,6 +55,12 @@ class CacheMiss(MlcacheError, LookupError):
             "while online (or import a bundle that holds it)"
         )
 
+    def for_cli(self) -> str:
+        return (
+            f"{self.kind} {self.key!r} is not in the cache at {self.cache_dir}; to fill it, run the same command "
+            "online (without --offline or MLCACHE_OFFLINE), or `mlcache import` a bundle that holds it"
+        )
+
 
 class CorruptMetadata(MlcacheError):
     """A metadata file of the cache cannot be parsed; the message names the file."""
@@ -59,7 +72,17 @@ class CorruptMetadata(MlcacheError):
 
 
 class ServerUnreachable(MlcacheError, ConnectionError):
-    """The tracking server did not answer within the configured timeout."""
+    """The tracking server did not answer within the configured timeout; `what` says what happened."""
+
+    LIBRARY_HINT = "to read the cache without trying the server, use offline_mode=True or MLCACHE_OFFLINE=1"
+    CLI_HINT = "to read the cache without trying the server, add --offline (or set MLCACHE_OFFLINE=1)"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(f"{what}; {self.LIBRARY_HINT}")
+
+    def for_cli(self) -> str:
+        return f"{self.what}; {self.CLI_HINT}"
 
 
 class OfflineModeError(MlcacheError):

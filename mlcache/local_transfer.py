@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from .errors import EntityNotFound, UnsupportedUrl
-from .transfer import Listing, OnFile, RemoteFile, Transfer
+from .transfer import Listing, OnFile, Progress, RemoteFile, Transfer, file_by_file
 
 
 def local_path(url: str) -> Path:
@@ -56,19 +56,21 @@ class LocalTransfer(Transfer):
             raise EntityNotFound("artifact", url, "nothing at that location")
         return Listing(url, True, tuple(files))
 
-    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
+    def pull(self, url: str, dest: Path, progress: Progress = False, on_file: OnFile | None = None) -> None:
         listing = self.list(url)
         root = local_path(url)
         dest.mkdir(parents=True, exist_ok=True)
-        for item in listing.files:
-            src = root.joinpath(*item.path.split("/")) if listing.is_dir else root
-            out = dest.joinpath(*item.path.split("/"))
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, out, follow_symlinks=False)
-            if on_file is not None:
-                on_file(item.path)
+        with file_by_file(progress, url, sum(f.size for f in listing.files)) as advanced:
+            for item in listing.files:
+                src = root.joinpath(*item.path.split("/")) if listing.is_dir else root
+                out = dest.joinpath(*item.path.split("/"))
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, out, follow_symlinks=False)
+                if on_file is not None:
+                    on_file(item.path)
+                advanced(item.size)
 
-    def push(self, src: Path, url: str, progress: bool = False) -> None:
+    def push(self, src: Path, url: str, progress: Progress = False) -> None:
         target = local_path(url)
         target.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():

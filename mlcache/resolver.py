@@ -162,31 +162,21 @@ class MetadataResolver:
         )
 
     def run(self, run_id: str, freshness: Freshness) -> Record:
-        return self.resolve(
-            "run",
-            run_id,
-            lambda: self.meta.get("run", (run_id,)),
-            lambda: self.backend.call(f"run {run_id}", self.backend.hooks._impl_fetch_run, run_id),
-            freshness,
-        )
+        return self._by_key("run", run_id, self.backend.hooks._impl_fetch_run, freshness)
 
     def model(self, name: str, freshness: Freshness) -> Record:
-        return self.resolve(
-            "model",
-            name,
-            lambda: self.meta.get("model", (name,)),
-            lambda: self.backend.call(f"model {name}", self.backend.hooks._impl_fetch_model, name),
-            freshness,
-        )
+        return self._by_key("model", name, self.backend.hooks._impl_fetch_model, freshness)
 
     def logged(self, model_id: str, freshness: Freshness) -> Record:
+        return self._by_key("lm", model_id, self.backend.hooks._impl_fetch_logged_model, freshness)
+
+    def _by_key(self, kind: str, key: str, fetch: Callable[[str], Mapping[str, Any]], freshness: Freshness) -> Record:
+        """An entity of a one-part key: its cached document, or `fetch(key)` through the backend."""
         return self.resolve(
-            "lm",
-            model_id,
-            lambda: self.meta.get("lm", (model_id,)),
-            lambda: self.backend.call(
-                f"logged model {model_id}", self.backend.hooks._impl_fetch_logged_model, model_id
-            ),
+            kind,
+            key,
+            lambda: self.meta.get(kind, (key,)),
+            lambda: self.backend.call(f"{KINDS[kind].label} {key}", fetch, key),
             freshness,
         )
 

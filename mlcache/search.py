@@ -10,10 +10,8 @@ the backend's (online) or the index's (offline).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from .backend import Backend
@@ -25,6 +23,7 @@ from .index_sql import sql_filter
 from .metadata_store import MetadataStore, Record
 from .query import MongoQuery, sort_docs
 from .resolver import MetadataResolver
+from .timeutil import parse_iso
 
 MatchDoc = dict[str, Any]
 
@@ -33,9 +32,8 @@ def with_times(data: Mapping[str, Any]) -> dict[str, Any]:
     """A stored document with its `*_time` fields as datetimes, as queries compare them."""
     doc = dict(data)
     for key, value in data.items():
-        if key.endswith("_time") and isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                doc[key] = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if key.endswith("_time") and isinstance(value, str) and (when := parse_iso(value)) is not None:
+            doc[key] = when
     return doc
 
 

@@ -25,6 +25,14 @@ def to_ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
+def parse_iso(text: str) -> datetime | None:
+    """An ISO 8601 time as MLflow and the cache write it (`Z` or an offset), None when it is not one."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
 
 

@@ -3,7 +3,7 @@
 
 rclone runs as a subprocess with an argument list (never through a shell), so a path from a user
 or a server is passed literally, and with its own environment (credentials, remote definitions).
-Progress comes from rclone's JSON stats, parsed and drawn with rclone-python's helpers.
+Progress comes from rclone's JSON stats, fed to a `progress.TransferProgress` (always on stderr).
 """
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from .errors import EntityNotFound, MlcacheError, TransferError
+from .progress import TransferProgress, auto_progress
 from .remotes import RclonePath, to_rclone
 from .timeutil import canonical_rfc3339
 
@@ -55,6 +59,10 @@ class Listing:
         return digest.hexdigest()
 
 
+Progress = bool | TransferProgress | None
+"""What a transfer reports progress to: True for the default reporter on stderr, False/None for none."""
+
+
 class OnFile(Protocol):
     """Told about each pulled file: `rel` is its path under the destination; `staged`, when given,
     is where its complete bytes already sit (its own name or a temporary one) while the transfer
@@ -71,14 +79,15 @@ class Transfer(ABC):
         """What `url` holds; `EntityNotFound` if nothing."""
 
     @abstractmethod
-    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
+    def pull(self, url: str, dest: Path, progress: Progress = False, on_file: OnFile | None = None) -> None:
         """Copy what `url` holds into the folder `dest` (a single file lands as `dest/<name>`);
         `on_file(relative_path)` may be called as each file completes, so hashing can overlap
         (and `on_file(relative_path, staged=name)` as soon as its bytes are complete at `name`).
+        `progress` is told how the copy advances (True: the default reporter on stderr).
         The caller lists `url` at the same time and checks the result against it."""
 
     @abstractmethod
-    def push(self, src: Path, url: str, progress: bool = False) -> None:
+    def push(self, src: Path, url: str, progress: Progress = False) -> None:
         """Upload a file or folder `src` so that it is found at `url`."""
 
     @abstractmethod
@@ -206,7 +215,7 @@ class RcloneTransfer(Transfer):
             raise EntityNotFound("artifact", url, "nothing at that location")
         return files
 
-    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
+    def pull(self, url: str, dest: Path, progress: Progress = False, on_file: OnFile | None = None) -> None:
         target = self.resolve(url)
         dest.mkdir(parents=True, exist_ok=True)
         args = [
@@ -223,9 +232,9 @@ class RcloneTransfer(Transfer):
             target.path,
             str(dest),
         ]
-        self._transfer(args, target.env, progress, f"pull {url}", on_file, dest)
+        self._transfer(args, target.env, reporter(progress, url), on_file, dest)
 
-    def push(self, src: Path, url: str, progress: bool = False) -> None:
+    def push(self, src: Path, url: str, progress: Progress = False) -> None:
         target = self.resolve(url)
         command = "copy" if src.is_dir() else "copyto"
         args = [
@@ -239,7 +248,7 @@ class RcloneTransfer(Transfer):
             str(src),
             target.path,
         ]
-        self._transfer(args, target.env, progress, f"push {url}")
+        self._transfer(args, target.env, reporter(progress, url))
 
     def delete(self, url: str) -> None:
         listing = self.list(url)
@@ -251,17 +260,14 @@ class RcloneTransfer(Transfer):
         self,
         args: builtins.list[str],
         env: dict[str, str],
-        progress: bool,
-        title: str,
+        progress: TransferProgress | None,
         on_file: OnFile | None = None,
         dest: Path | None = None,
     ) -> None:
         """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats.
         With `on_file`, stats every 0.1 s also show when a big file's bytes are all in `dest`, while
         rclone re-reads it for its own checksum, so hashing can overlap that."""
-        from rclone_python.utils import complete_task, create_progress_bar, extract_rclone_progress, update_tasks
-
-        every = "0.1s" if on_file is not None else "0.2s" if progress else "0"
+        every = "0.1s" if on_file is not None else "0.2s" if progress is not None else "0"
         stats = ["--stats", every, "--stats-unit", "bytes"]
         command = [self.binary, args[0], *stats, "--use-json-log", "-v", *args[1:]]
         proc = subprocess.Popen(
@@ -272,14 +278,9 @@ class RcloneTransfer(Transfer):
             env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
         )
-        bar = create_progress_bar() if progress else None
-        task = None
-        if bar is not None:
-            bar.start()
-            task = bar.add_task(title, total=None)
         errors: builtins.list[str] = []
-        tasks: dict = {}
         announced: set[str] = set()
+        code: int | None = None
         try:
             for line in proc.stderr or ():
                 try:
@@ -288,25 +289,63 @@ class RcloneTransfer(Transfer):
                     continue
                 if not isinstance(item, dict):
                     continue
+                figures = item.get("stats")
                 if on_file is not None:
                     if str(item.get("msg", "")).startswith(_COPIED) and isinstance(item.get("object"), str):
                         on_file(item["object"])
-                    elif dest is not None and isinstance(item.get("stats"), dict):
-                        _announce_complete_files(item["stats"], dest, on_file, announced)
+                    elif dest is not None and isinstance(figures, dict):
+                        _announce_complete_files(figures, dest, on_file, announced)
                 if item.get("level") in ("error", "critical"):
                     errors.append(f"{item.get('object', '')}: {item.get('msg', '')}".strip(": "))
-                elif bar is not None and task is not None:
-                    valid, update = extract_rclone_progress(line)
-                    if valid and update:
-                        update_tasks(bar, task, update, tasks)
+                elif progress is not None and isinstance(figures, dict):
+                    _report(progress, figures)
         finally:
             code = proc.wait()
-            if bar is not None and task is not None:
-                if code == 0:
-                    complete_task(task, bar)
-                bar.stop()
+            if progress is not None:
+                progress.close(ok=code == 0)
         if code != 0:
             raise self._error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
+
+
+def _report(progress: TransferProgress, figures: dict[str, Any]) -> None:
+    """Feed one of rclone's stats blocks (`bytes`, `totalBytes`, `speed`) to a reporter."""
+    done, total, speed = figures.get("bytes"), figures.get("totalBytes"), figures.get("speed")
+    if isinstance(done, int) and not isinstance(done, bool):
+        known = total if isinstance(total, int) and total > 0 else None
+        progress.update(done, known, float(speed) if isinstance(speed, (int, float)) and speed > 0 else None)
+
+
+@contextmanager
+def file_by_file(progress: Progress, label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Progress of a transfer that moves whole files one after another: call what this yields with
+    the size of each file done."""
+    sink = reporter(progress, label)
+    started = time.monotonic()
+    done = 0
+
+    def advanced(size: int) -> None:
+        nonlocal done
+        done += size
+        if sink is not None:
+            elapsed = time.monotonic() - started
+            sink.update(done, total, done / elapsed if elapsed > 0 else None)
+
+    ok = False
+    try:
+        yield advanced
+        ok = True
+    finally:
+        if sink is not None:
+            sink.close(ok)
+
+
+def reporter(progress: Progress, label: str) -> TransferProgress | None:
+    """The reporter a transfer feeds: the one given, the default one for True, none for False."""
+    if progress is True:
+        return auto_progress(label)
+    if progress is False or progress is None:
+        return None
+    return progress
 
 
 _COPIED = ("Copied", "Multi-thread Copied")

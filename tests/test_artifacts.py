@@ -346,7 +346,7 @@ def test_proxied_artifacts_go_through_the_mlflow_client(
 
 
 def test_manifest_times_are_utc(s3_api: MlflowApi, logged: dict) -> None:
-    from mlcache.artifact_store import EntryKey
+    from mlcache.manifest import EntryKey
 
     manifest = s3_api._artifacts.read_manifest(EntryKey("runs", (logged["run"].id, "model")))
     assert manifest is not None and manifest.pulled_at.tzinfo is not None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlcache import CacheMiss
-from mlcache.artifact_store import EntryKey
+from mlcache.manifest import EntryKey
 from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 import mlcache
-from mlcache.artifact_store import ArtifactStore, EntryKey
+from mlcache.artifact_store import ArtifactStore
 from mlcache.bundle import BundleError, BundleLimits, verify
 from mlcache.hashing import sha256_file
 from mlcache.layout import CacheLayout
+from mlcache.manifest import EntryKey
 from mlcache.metadata_store import MetadataStore
 
 WEIGHTS = b"w" * 4096

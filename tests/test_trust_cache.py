@@ -18,9 +18,10 @@ import pytest
 from test_trust_bundles import WEIGHTS, fill_cache
 
 import mlcache
-from mlcache.artifact_store import ArtifactStore, EntryKey
+from mlcache.artifact_store import ArtifactStore
 from mlcache.bundle import BundleError
 from mlcache.layout import CacheLayout, IncompatibleCache
+from mlcache.manifest import EntryKey
 from mlcache.metadata_store import MetadataStore
 from mlcache.names import LONG_NAME, UnsafePath
 from mlcache.plugins.mlflow.repository import api_from_environment

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..base import BaseMlflowApi
 from ..errors import PluginNotFound
-from ..settings import env_bool, raw
+from ..settings import raw
 
 ENTRY_POINT_GROUP = "mlcache.plugins"
 
@@ -42,15 +42,13 @@ def load_plugin(name: str) -> type[BaseMlflowApi]:
 
 
 def default_plugin() -> str:
-    """`MLCACHE_PLUGIN` if set, else `mlflow`; `offline` when mlflow is not installed and
-    `MLCACHE_OFFLINE` says to read the cache alone (the MLflow plugin offline never imports mlflow,
-    but it keeps its tracking settings for a later online copy)."""
+    """`MLCACHE_PLUGIN` if set, else `mlflow` when mlflow is installed (offline too, with
+    `MLCACHE_OFFLINE`: it never imports mlflow then, and keeps its tracking settings for an online
+    copy), else `offline`, the cache alone."""
     chosen = raw("MLCACHE_PLUGIN")
     if chosen is not None:
         return chosen
-    if env_bool("MLCACHE_OFFLINE") and not _mlflow_installed():
-        return "offline"
-    return "mlflow"
+    return "mlflow" if _mlflow_installed() else "offline"
 
 
 def _mlflow_installed() -> bool:

@@ -73,9 +73,7 @@ class MemoryBackend:
         with self._lock:
             self.calls[hook] += 1
             if self.down:
-                raise ServerUnreachable(
-                    "the in-memory server is down (MemoryBackend.down); offline_mode=True reads the cache"
-                )
+                raise ServerUnreachable("the in-memory server is down (MemoryBackend.down)")
             if self._failures:
                 raise self._failures.pop(0)
 

@@ -30,6 +30,7 @@ import platformdirs
 from pydantic import Field, PrivateAttr
 
 from ... import deadline
+from ...api_settings import MIN_TIMEOUT
 from ...base import BaseMlflowApi
 from ...entities import RunStatus
 from ...errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
@@ -48,7 +49,6 @@ T = TypeVar("T")
 
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
 _EXISTS = {"RESOURCE_ALREADY_EXISTS"}
-MIN_TIMEOUT = 0.1
 
 
 def default_embedded_dir() -> Path:
@@ -196,10 +196,15 @@ class MlflowApi(BaseMlflowApi):
             try:
                 from mlflow import MlflowClient
             except ImportError as exc:
-                raise BackendError(
+                missing = BackendError(
                     "the mlflow plugin needs mlflow, which is not installed: pip install 'mlcache[mlflow]', "
                     "or read the cache alone with offline_mode=True (MLCACHE_OFFLINE=1)"
-                ) from exc
+                )
+                missing.cli_text = (
+                    "the mlflow plugin needs mlflow, which is not installed: pip install 'mlcache[mlflow]', "
+                    "or read the cache alone with --offline (MLCACHE_OFFLINE=1)"
+                )
+                raise missing from exc
 
             mlflow_http.install()
             if self.is_embedded:
@@ -242,8 +247,7 @@ class MlflowApi(BaseMlflowApi):
     def _unreachable(self, exc: BaseException, sent: mlflow_http.Sent) -> ServerUnreachable:
         """The error for a server that could not be reached, saying what happened and how to go on without it."""
         return ServerUnreachable(
-            f"MLflow server at {self.resolved_tracking_uri} {_what_happened(exc, sent, self.timeout)}; "
-            "to read the cache without trying the server, use offline_mode=True or MLCACHE_OFFLINE=1"
+            f"MLflow server at {self.resolved_tracking_uri} {_what_happened(exc, sent, self.timeout)}"
         )
 
     def _impl_transfer_for(self, url: str) -> Transfer | None:

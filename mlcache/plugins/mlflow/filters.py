@@ -22,6 +22,7 @@ from typing import Any
 
 from ...conditions import required_conditions
 from ...encoding import is_mlflow_key
+from ...timeutil import parse_iso
 
 _UNSAFE_TEXT = re.compile(r"[\\\x00-\x1f\x7f]")
 _ESCAPED_BY_SOME_JSON = frozenset("\"\\/<>&'+`")
@@ -79,10 +80,7 @@ def quote_key(key: str) -> str | None:
 
 def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
+        value = parse_iso(value)
     if not isinstance(value, datetime):
         return None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import EntityNotFound
-from ...transfer import Listing, OnFile, RemoteFile, Transfer
+from ...transfer import Listing, OnFile, Progress, RemoteFile, Transfer, file_by_file
 
 T = TypeVar("T")
 
@@ -48,20 +48,24 @@ class MlflowArtifactsTransfer(Transfer):
                 return Listing(url, False, (RemoteFile(name, int(info.file_size or 0)),))
         raise EntityNotFound("artifact", url, "nothing at that location")
 
-    def pull(self, url: str, dest: Path, progress: bool = False, on_file: OnFile | None = None) -> None:
+    def pull(self, url: str, dest: Path, progress: Progress = False, on_file: OnFile | None = None) -> None:
         listing = self.list(url)
         dest.mkdir(parents=True, exist_ok=True)
-        if listing.is_dir:
-            repo = self._repo(listing.url)
-            for item in listing.files:
+        with file_by_file(progress, url, sum(f.size for f in listing.files)) as advanced:
+            if listing.is_dir:
+                repo = self._repo(listing.url)
+                for item in listing.files:
+                    download = functools.partial(repo.download_artifacts, item.path, dst_path=str(dest))
+                    self._call("artifact", listing.url, download)
+                    advanced(item.size)
+            else:
+                parent, _, name = listing.url.rstrip("/").rpartition("/")
                 self._call(
-                    "artifact", listing.url, functools.partial(repo.download_artifacts, item.path, dst_path=str(dest))
+                    "artifact", listing.url, lambda: self._repo(parent).download_artifacts(name, dst_path=str(dest))
                 )
-        else:
-            parent, _, name = listing.url.rstrip("/").rpartition("/")
-            self._call("artifact", listing.url, lambda: self._repo(parent).download_artifacts(name, dst_path=str(dest)))
+                advanced(listing.files[0].size)
 
-    def push(self, src: Path, url: str, progress: bool = False) -> None:
+    def push(self, src: Path, url: str, progress: Progress = False) -> None:
         if src.is_dir():
             self._call("artifact", url, lambda: self._repo(url).log_artifacts(str(src)))
             return
