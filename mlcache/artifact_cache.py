@@ -11,6 +11,7 @@ no prune or clean removes it meanwhile.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import logging
 import warnings
@@ -36,6 +37,13 @@ from .transfer import Listing, RemoteFile, Transfer, TransferError
 
 log = logging.getLogger("mlcache.artifacts")
 T = TypeVar("T")
+
+
+def _waiting(label: str, holder: str | None) -> None:
+    """Say that a pull waits for another process's pull of the same entry, and for whom."""
+    log.warning(
+        "waiting for %s to finish pulling %s", f"another process ({holder})" if holder else "another process", label
+    )
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,23 @@ class ArtifactCache:
 
         return Target(EntryKey("urls", (digest,)), url, label, f"call api.cache_model_artifact({label!r})")
 
+    def versions_by_entry(self) -> dict[EntryKey, tuple[str, ...]]:
+        """For each complete entry, the cached model versions whose files it holds
+        (`fraud/3@champion`), as far as the cached metadata tells; nothing is fetched."""
+        held: dict[EntryKey, list[str]] = {}
+        for record in self.resolver.meta.scan("mv"):
+            name, version = record.key
+            try:
+                target = self.model_target((name, version))
+                found = self.store.covering(target.key)
+                mv = self.composer.mv(record)
+            except MlcacheError:
+                continue
+            if found is not None:
+                aliases = "".join(f"@{alias}" for alias in sorted(mv.aliases))
+                held.setdefault(found[0], []).append(f"{name}/{version}{aliases}")
+        return {key: tuple(sorted(names)) for key, names in held.items()}
+
     # ----------------------------------------------------------------- the cache-or-pull core
     def ensure(self, target: Target) -> Path:
         """A complete entry holding the target (itself or, for runs, a parent path's entry) is
@@ -160,7 +185,7 @@ class ArtifactCache:
         entry = found[0] if found is not None else key
         try:
             source = target.url() if entry == key else self._entry_source(entry, target.url)
-            with self.store.lock(entry):
+            with self.store.lock(entry, on_wait=functools.partial(_waiting, target.label)):
                 return self._pull(key, entry, source, target.label)
         except (ServerUnreachable, TransferError) as exc:
             if found is None:

@@ -200,11 +200,14 @@ class ArtifactStore:
         return key if self.manifest_path(key) == path else None
 
     # ----------------------------------------------------------------- writes
-    def lock(self, key: EntryKey, timeout: float | None = None) -> AbstractContextManager[None]:
-        """The entry's exclusive lock (writers: pull, install, remove), within `timeout` seconds."""
+    def lock(
+        self, key: EntryKey, timeout: float | None = None, on_wait: Callable[[str | None], None] | None = None
+    ) -> AbstractContextManager[None]:
+        """The entry's exclusive lock (writers: pull, install, remove), within `timeout` seconds;
+        `on_wait(holder)` is told when another process holds it first."""
         self.layout.ensure()
         wait = self.lock_timeout if timeout is None else timeout
-        return entry_lock(self.layout, *self._lock_name(key), timeout=wait)
+        return entry_lock(self.layout, *self._lock_name(key), timeout=wait, on_wait=on_wait)
 
     def shared_lock(self, key: EntryKey, timeout: float) -> AbstractContextManager[None]:
         """The entry's shared lock, held by readers so that no prune or clean removes it meanwhile."""

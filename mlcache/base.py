@@ -14,6 +14,7 @@ settings come from `with_cache_dir` and `in_offline_mode`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from .artifact_cache import ArtifactCache, ArtifactSettings
 from .artifact_store import ArtifactStore
 from .backend import Backend
 from .bundle import BundleLimits, ImportReport, Selection, export_bundle, import_bundle
-from .cache_admin import CacheAdmin, CleanReport, EntryUsage, PruneReport
+from .cache_admin import AliasStatus, CacheAdmin, CleanReport, EntryUsage, PruneReport
 from .compose import Composer
 from .entities import RunStatus
 from .errors import CacheMiss, EntityNotFound
@@ -467,12 +468,33 @@ class BaseMlflowApi(PluginHooks, ApiSettings):
 
     # ----------------------------------------------------------------- the cache
     def usage(self) -> list[EntryUsage]:
-        """Every artifact entry with its size on disk, last use and source, largest first."""
-        return self._admin.usage()
+        """Every artifact entry with its size on disk, last use, source and the cached model
+        versions it holds, largest first."""
+        held = (
+            self.in_offline_mode._files.versions_by_entry()
+            if not self.offline_mode
+            else self._files.versions_by_entry()
+        )
+        rows = self._admin.usage()
+        return [dataclasses.replace(row, versions=held[row.key]) if row.key in held else row for row in rows]
 
-    def prune(self, max_size: int | str) -> PruneReport:
-        """Remove least recently used entries until the artifacts fit in `max_size` (`10G`, bytes)."""
-        return self._admin.prune(max_size)
+    def prune(self, max_size: int | str, dry_run: bool = False) -> PruneReport:
+        """Remove least recently used entries until the artifacts fit in `max_size` (`10G`, bytes);
+        with `dry_run`, only report what would be removed."""
+        return self._admin.prune(max_size, dry_run)
+
+    def alias_status(self) -> list[AliasStatus]:
+        """Every alias the cache holds next to where the server has it now (nothing is written)."""
+        rows = []
+        for model in self.in_offline_mode.find_models():
+            try:
+                current = self._resolver.peek_model(model.name).get("aliases") or {}
+            except EntityNotFound:
+                current = {}
+            for alias, version in sorted(model.aliases.items()):
+                server = current.get(alias)
+                rows.append(AliasStatus(model.name, alias, version, None if server is None else str(server)))
+        return rows
 
     def clean_temp_artifacts(self, older_than: float = 0.0) -> int:
         """Remove staging leftovers whose owner process is gone; returns how many."""

@@ -121,13 +121,31 @@ def _clean_partials(parent: Path, name: str) -> None:
                 remove_tree(item)
 
 
+_OTHER_ARCHIVES = (".zip", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".7z", ".rar", ".bz2", ".xz", ".zst")
+
+
+def _unsupported_archive(name: str) -> str | None:
+    """The archive suffix of `name` that bundles cannot be written as (`.zip`, `.tar.xz`, ...)."""
+    lowered = name.lower()
+    if lowered.endswith((".tar", ".tar.gz", ".tgz")):
+        return None
+    found = next((suffix for suffix in _OTHER_ARCHIVES if lowered.endswith(suffix)), None)
+    if found is None and lowered.endswith(".gz"):
+        found = ".gz"
+    return found
+
+
 def export_bundle(exporter: Exporter, versions: list[Any], selection: Selection, target: Path | str) -> Path:
     """Write the selection (with `versions`, the selected model versions, the query's included),
     with everything needed offline, to a bundle folder or archive."""
+    given = target
+    check_export_target(exporter.cache_root, given)
     target = Path(target).expanduser().absolute()
-    check_export_target(exporter.cache_root, target)
+    unsupported = _unsupported_archive(target.name)
+    if unsupported:
+        raise BundleError(f"{given}: a bundle is a folder, a .tar or a .tar.gz archive; {unsupported} is not supported")
     if target.exists() or target.is_symlink():
-        raise BundleError(f"{target} already exists; choose a new path for the bundle")
+        raise BundleError(f"{given} already exists; choose a new path for the bundle")
     if not (versions or selection.runs or selection.experiments):
         raise BundleError("nothing selected: name model versions, runs or experiments (or a query)")
     with writing(target.parent, f"export a bundle to {target}"):
@@ -162,7 +180,7 @@ def _export_into(exporter: Exporter, versions: list[Any], selection: Selection, 
     (folder / BUNDLE_FILE).write_text(json.dumps(document, indent=1, ensure_ascii=False))
     if is_archive(target):
         partial = stage / f"bundle{''.join(Path(target.name).suffixes)}"
-        compressed = target.name.endswith((".gz", ".tgz"))
+        compressed = target.name.lower().endswith((".gz", ".tgz"))
         with tarfile.open(partial, "w:gz") if compressed else tarfile.open(partial, "w") as tar:
             tar.add(folder, arcname=".")
         os.replace(partial, target)
@@ -179,9 +197,10 @@ def _version() -> str:
 def verify(path: Path | str, limits: BundleLimits | None = None) -> list[str]:
     """Every problem of a bundle (folder or archive) or cache dir, one line each: missing, resized,
     changed or unlisted files, misplaced or unreadable documents. An empty list means intact."""
+    given = path
     path = Path(path).expanduser().absolute()
     if not path.exists():
-        raise BundleError(f"nothing to verify at {path}: no bundle or cache dir there")
+        raise BundleError(f"no bundle or cache dir at {given}: no such file or folder")
     if is_archive(path) or (path / BUNDLE_FILE).exists():
         try:
             return check_bundle(read_bundle(path, limits)).problems

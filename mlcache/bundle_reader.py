@@ -58,7 +58,7 @@ class BundleTree:
 
 
 def is_archive(path: Path) -> bool:
-    return path.name.endswith(ARCHIVE_SUFFIXES)
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def is_document(rel: str) -> bool:

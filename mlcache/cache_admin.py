@@ -66,6 +66,22 @@ class EntryUsage:
     source: str
     damaged: str | None = None
     manifest_path: Path | None = None
+    versions: tuple[str, ...] = ()
+    """The cached model versions whose files this entry holds: `fraud/3@champion`."""
+
+
+@dataclass(frozen=True)
+class AliasStatus:
+    """A cached alias next to the server's: `state` is `current`, `moved` or `removed`."""
+
+    model: str
+    alias: str
+    cached: str
+    server: str | None
+
+    @property
+    def state(self) -> str:
+        return "current" if self.server == self.cached else "removed" if self.server is None else "moved"
 
 
 @dataclass
@@ -142,14 +158,21 @@ class CacheAdmin:
         epoch = datetime.fromtimestamp(0, tz=timezone.utc)
         return EntryUsage(label, key, size, files, epoch, None, "", str(error), error.path)
 
-    def prune(self, max_size: int | str) -> PruneReport:
+    def prune(self, max_size: int | str, dry_run: bool = False) -> PruneReport:
         """Remove least recently used entries (damaged ones first) until the artifacts fit in
         `max_size` bytes. Each entry is removed under its exclusive lock; one that a reader or
-        writer holds is left alone and reported as busy."""
+        writer holds is left alone and reported as busy. `dry_run` only says what would go."""
         budget = parse_size(max_size)
         rows = sorted(self.usage(), key=lambda row: (row.damaged is None, row.last_used))
         total = sum(row.size for row in rows)
         report = PruneReport()
+        if dry_run:
+            for row in rows:
+                if total <= budget:
+                    break
+                report.removed.append(row)
+                total -= row.size
+            return report
         with writing(self._layout.root, "prune the cache"):
             for row in rows:
                 if total <= budget:

@@ -82,7 +82,7 @@ class ServerUnreachable(MlcacheError, ConnectionError):
         super().__init__(f"{what}; {self.LIBRARY_HINT}")
 
     def for_cli(self) -> str:
-        return f"{self.what}; {self.CLI_HINT}"
+        return f"{self.what.replace('raise timeout=', 'raise --timeout')}; {self.CLI_HINT}"
 
 
 class OfflineModeError(MlcacheError):

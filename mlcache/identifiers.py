@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .entities import Experiment, LoggedModel, Model, ModelVersion, Run
-from .errors import InvalidIdentifier
+from .errors import EntityNotFound, InvalidIdentifier
 
 _VERSION = re.compile(r"^[1-9][0-9]*$")
 _ALIAS = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -118,6 +118,10 @@ def model_version_ref(value: Any) -> ModelVersionRef:
         return _version_or_alias(model_name(value[0]), value[1], value)
     text = _text(value, "model version")
     match = re.fullmatch(r"models:/(.+?)(?:/([^/@]+)|@([^/@]+))", text)
+    if not match and re.fullmatch(r"models:/m-[^/@]*", text):
+        raise EntityNotFound(
+            "logged model", text.removeprefix("models:/"), "no logged model has that id (ids are m- and 32 hex digits)"
+        )
     if not match:
         raise InvalidIdentifier(
             f"malformed model version {text!r}; expected models:/<name>/<version>, models:/<name>@<alias>, "

@@ -11,10 +11,12 @@ Locks only prevent doing the same work twice; correctness comes from the on-disk
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,15 +46,34 @@ def lock_path(layout: CacheLayout, *parts: str) -> Path:
     return layout.guard(layout.locks.joinpath(*dirs, f"{last}.lock"))
 
 
+def _owner(path: Path) -> str | None:
+    """Who holds the lock at `path`, as its holder wrote it (`pid 123 on host`), if known."""
+    try:
+        return path.with_name(path.name + ".owner").read_text()[:200].strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 @contextmanager
-def entry_lock(layout: CacheLayout, *parts: str, timeout: float) -> Iterator[None]:
-    """Hold the exclusive lock of one entry; `LockTimeout` names it if it stays busy."""
+def entry_lock(
+    layout: CacheLayout, *parts: str, timeout: float, on_wait: Callable[[str | None], None] | None = None
+) -> Iterator[None]:
+    """Hold the exclusive lock of one entry; `LockTimeout` names it if it stays busy. When it is
+    busy at first, `on_wait(holder)` is told who holds it (`pid 123 on host`, None if unknown)."""
     path = lock_path(layout, *parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     soft = layout.soft_locks
     lock = (filelock.SoftFileLock if soft else filelock.FileLock)(str(path), timeout=timeout)
+    owner = path.with_name(path.name + ".owner")
     try:
-        lock.acquire()
+        if on_wait is not None:
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                on_wait(_owner(path))
+                lock.acquire()
+        else:
+            lock.acquire()
     except filelock.Timeout as exc:
         if not (soft and _is_stale(path, layout.stale_lock_age)):
             raise LockTimeout(f"lock {path} still held by another process after {timeout:g}s") from exc
@@ -61,9 +82,15 @@ def entry_lock(layout: CacheLayout, *parts: str, timeout: float) -> Iterator[Non
             lock.acquire(timeout=timeout)
         except filelock.Timeout as again:
             raise LockTimeout(f"lock {path} still held by another process after {timeout:g}s") from again
+    if on_wait is not None:
+        with contextlib.suppress(OSError):
+            owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}")
     try:
         yield
     finally:
+        if on_wait is not None:
+            with contextlib.suppress(OSError):
+                owner.unlink()
         lock.release()
 
 

@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
+from .settings import env_seconds
+
 PLAIN_EVERY = 5.0
-"""Seconds between two progress lines when stderr is not a terminal."""
+"""Seconds between two progress lines when stderr is not a terminal (`MLCACHE_PROGRESS_INTERVAL`)."""
 BAR_EVERY = 0.1
 """Seconds between two redraws of the bar."""
 
@@ -136,10 +138,10 @@ class BarProgress:
 class LineProgress:
     """Plain lines for a log: one every `every` seconds while the transfer runs, one when it ends."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, every: float = PLAIN_EVERY) -> None:
+    def __init__(self, label: str, stream: TextIO | None = None, every: float | None = None) -> None:
         self.label = label
         self.stream = stream or sys.stderr
-        self.every = every
+        self.every = env_seconds("MLCACHE_PROGRESS_INTERVAL", PLAIN_EVERY, minimum=0.1) if every is None else every
         self._started = time.monotonic()
         self._printed = self._started
         self._state: tuple[int, int | None, float | None] = (0, None, None)

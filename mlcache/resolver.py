@@ -109,6 +109,10 @@ class MetadataResolver:
             return cached
         return self.store(kind, data)
 
+    def peek_model(self, name: str) -> Mapping[str, Any]:
+        """The server's current document of a registered model, not written to the cache."""
+        return self.backend.call(f"model {name}", self.backend.hooks._impl_fetch_model, name)
+
     def young(self, record: Record) -> bool:
         """Younger than `metadata_max_age` by this machine's clock and the cache's own record of when
         it stored the document; a time in the future (another clock, a planted file) is not young."""

@@ -154,7 +154,7 @@ class SearchEngine:
             "mv": (hooks._impl_search_model_versions, (query,)),
         }
         hook, args = searches[spec.kind]
-        for data in self.backend.pages(f"search {spec.label}", hook, *args):
+        for data in self.backend.pages(spec.label, hook, *args):
             yield self.resolver.store(spec.kind, data)
 
     def _offline(

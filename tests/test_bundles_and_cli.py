@@ -56,7 +56,11 @@ def test_pull_ls_find_and_errors(registered: dict, tmp_path: Path) -> None:
     assert Path(cli("pull", f"runs:/{run.id}/model2", env=env, check=True).stdout.strip()).is_dir()
 
     listed = cli("ls", f"models:/{name}/1", env=env, check=True).stdout.split("\n")
-    assert [line.split() for line in listed if line] == [["12", "MLmodel"], ["4096", "weights.bin"]]
+    assert [line.split() for line in listed if line] == [
+        ["size", "path"],
+        ["12", "B", "MLmodel"],
+        ["4.0", "KiB", "weights.bin"],
+    ]
 
     found = cli("find", "runs", '{"tags.team": "a", "params.lr": {"$gt": 0.01}}', "--json", env=env, check=True)
     docs = [json.loads(line) for line in found.stdout.splitlines()]

@@ -1,0 +1,186 @@
+"""`du`, `prune`, `clean`, `doctor` and `demo`: looking after the cache."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..progress import human_size
+from .core import JsonOption, app, data, is_run_uri, json_line, note, settings, table
+
+
+@app.command()
+def du(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Usage of the cache: each artifact entry, the model versions it holds, its size and last use."""
+    rows = settings(ctx).api().usage()
+    if as_json:
+        for row in rows:
+            json_line(
+                {
+                    "entry": row.label,
+                    "versions": list(row.versions),
+                    "size": row.size,
+                    "files": row.files,
+                    "last_used": row.last_used.isoformat(),
+                    "source": row.source,
+                    "damaged": row.damaged,
+                }
+            )
+        return
+    table(
+        ["entry", "versions", "size", "files", "last used"],
+        [
+            [
+                row.label,
+                ", ".join(row.versions) or ("damaged: " + row.damaged if row.damaged else "-"),
+                human_size(row.size),
+                str(row.files),
+                f"{row.last_used:%Y-%m-%d %H:%M}",
+            ]
+            for row in rows
+        ],
+    )
+    note(ctx, f"total {human_size(sum(r.size for r in rows))} in {len(rows)} entries")
+
+
+@app.command()
+def prune(
+    ctx: typer.Context,
+    max_size: Annotated[str, typer.Option("--max-size", help="Budget for artifacts, e.g. 500M, 10G.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove least recently used artifact entries until the cache fits the budget."""
+    from ..cache_admin import parse_size
+
+    try:
+        budget = parse_size(max_size)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    report = settings(ctx).api().prune(budget, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for row in report.removed:
+        if as_json:
+            json_line({"entry": row.label, "size": row.size, "removed": not dry_run})
+        else:
+            data(f"{verb} {row.label} ({human_size(row.size)})")
+    for row in report.busy:
+        note(ctx, f"kept {row.label} ({human_size(row.size)}): another process is using it")
+    note(ctx, f"{'would free' if dry_run else 'freed'} {human_size(report.freed)}")
+
+
+def _confirm_all(ctx: typer.Context, cache_dir: Path, yes: bool) -> None:
+    """On a terminal, `clean --all` asks first; scripts (no terminal) and `--yes` do not."""
+    if yes or not sys.stdin.isatty():
+        return
+    sys.stderr.write(f"remove everything in the cache at {cache_dir}? [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        note(ctx, "nothing removed")
+        raise typer.Exit(1)
+
+
+@app.command()
+def clean(
+    ctx: typer.Context,
+    everything: Annotated[bool, typer.Option("--all", help="Empty the whole cache (asks on a terminal).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --all.")] = False,
+    entry: Annotated[str | None, typer.Option("--entry", help="Drop one cached model or run artifact.")] = None,
+) -> None:
+    """Remove temporary leftovers (default), one entry (--entry) or everything (--all)."""
+    api = settings(ctx).api()
+    if everything:
+        _confirm_all(ctx, api.cache_dir, yes)
+        report = api.clean_all_cache()
+        data(
+            f"removed {report.entries_removed} artifact entries, {report.metadata_removed} metadata documents and "
+            f"{report.temp_removed} temporary item(s) from {api.cache_dir}"
+        )
+        for label in report.entries_busy:
+            note(ctx, f"kept {label}: another process is using it")
+    elif entry:
+        removed = api.clean_cached_run_artifact(entry) if is_run_uri(entry) else api.clean_cached_model_artifact(entry)
+        data(f"{'removed' if removed else 'not cached:'} {entry}")
+    else:
+        data(f"removed {api.clean_temp_artifacts()} temporary item(s)")
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _rclone_version(api: Any) -> str:
+    binary = getattr(api.transfer, "binary", None) or shutil.which("rclone")
+    if not binary:
+        return "not found"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=20)
+        if result.returncode == 0 and result.stdout:
+            return f"{result.stdout.splitlines()[0].removeprefix('rclone ').strip()} ({binary})"
+    return f"not working ({binary})"
+
+
+def _hardlinks(cache_dir: Path) -> str:
+    """Whether files of the cache can be hardlinked (what deduplicated storage needs)."""
+    probe_dir = cache_dir / "tmp"
+    if not probe_dir.is_dir():
+        return "unknown (the cache dir does not exist yet)"
+    first = probe_dir / f".doctor-{uuid.uuid4().hex}"
+    second = first.with_name(first.name + ".link")
+    try:
+        first.write_bytes(b"")
+        os.link(first, second)
+        return "yes"
+    except OSError as exc:
+        return f"no ({exc.strerror or exc})"
+    finally:
+        for path in (first, second):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@app.command()
+def doctor(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """What this mlcache would use and whether it works: cache dir, server, offline state, tools."""
+    api = settings(ctx).api()
+    cache_dir = api.cache_dir
+    writable = os.access(cache_dir, os.W_OK) if cache_dir.exists() else os.access(cache_dir.parent, os.W_OK)
+    facts: dict[str, Any] = {
+        "mlcache": _package_version("mlcache"),
+        "plugin": type(api).__name__,
+        "cache dir": str(cache_dir),
+        "cache writable": "yes" if writable else "no",
+        "tracking uri": getattr(api, "resolved_tracking_uri", None) or "-",
+        "offline": "yes" if api.offline_mode else "no",
+        "server deadline": f"{api.timeout:g} s",
+        "lock mode": api.lock_mode,
+        "hardlinks": _hardlinks(cache_dir),
+        "rclone": _rclone_version(api),
+        "mlflow": _package_version("mlflow"),
+        "python": sys.version.split()[0],
+    }
+    if as_json:
+        json_line(facts)
+        return
+    for key, value in facts.items():
+        data(f"{key + ':':<17}{value}")
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """Run the whole loop on its own embedded store: track, log, pull, bundle, import, load offline."""
+    from ..plugins.mlflow.demo import run_demo
+
+    run_demo(settings(ctx).api(plugin="mlflow"), say=lambda line: data(f"✓ {line}"))

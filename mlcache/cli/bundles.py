@@ -1,0 +1,91 @@
+"""`export`, `import` and `verify`: bundles that cross an air gap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .artifacts import parse_json
+from .core import JsonOption, app, data, json_line, note, settings, status
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    items: Annotated[
+        list[str] | None, typer.Argument(help="models:/name/3, models:/name@alias, m-<id>, runs:/id/path, exp:<id>")
+    ] = None,
+    to: Annotated[Path, typer.Option("--to", help="A new bundle folder, or a .tar / .tar.gz archive.")] = Path(
+        "bundle"
+    ),
+    query: Annotated[
+        str | None, typer.Option("--query", help="Also every model version matching this JSON query.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Export model versions, runs and experiments with everything needed offline into a bundle."""
+    from ..bundle import selection_from
+
+    selection = selection_from(items or [])
+    version_query = parse_json(query, "--query") if query else None
+    api = settings(ctx).api()
+    status(f"exporting to {to}")
+    path = api.export_bundle(to, selection.model_versions, selection.runs, selection.experiments, version_query)
+    if as_json:
+        json_line({"bundle": str(path)})
+    else:
+        data(str(path))
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="Bundle folder or archive.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Verify a bundle and bring it into the cache."""
+    api = settings(ctx).api()
+    status(f"importing {source}")
+    report = api.import_bundle(source)
+    if as_json:
+        json_line(
+            {
+                "added": report.entries_added,
+                "present": report.entries_present,
+                "metadata_written": report.metadata_written,
+                "metadata_kept": report.metadata_kept,
+            }
+        )
+        return
+    data(
+        f"imported {len(report.entries_added)} artifact entries ({len(report.entries_present)} already present), "
+        f"{report.metadata_written} metadata documents ({report.metadata_kept} kept)"
+    )
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    path: Annotated[
+        Path | None, typer.Argument(help="Bundle (folder or archive) or cache dir; default: the cache.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-hash every file of a bundle or cache; list each bad file; exit 1 if any."""
+    from ..bundle import verify as verify_path
+
+    target = path or settings(ctx).api().cache_dir
+    status(f"verifying {target}")
+    problems = verify_path(target)
+    if as_json:
+        json_line({"path": str(target), "ok": not problems, "problems": problems})
+    else:
+        for problem in problems:
+            data(f"BAD {problem}")
+        if not problems:
+            data(f"OK {target}")
+    if problems:
+        note(ctx, f"{len(problems)} problem(s) in {target}")
+        raise typer.Exit(1)
