@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import BaseMlflowApi
 from .bundle import BundleLimits
-from .cache_admin import CleanReport, EntryUsage, PruneReport
+from .cache_admin import AliasStatus, CleanReport, EntryUsage, PruneReport, RepairReport
 from .entities import Experiment, LoggedModel, Model, ModelVersion, Run, RunStatus
 from .errors import (
     ArtifactUploadError,
@@ -40,6 +40,7 @@ from .transfer import RcloneTransfer, Transfer
 __version__ = "0.1.0"
 
 __all__ = [
+    "AliasStatus",
     "ArtifactUploadError",
     "BackendError",
     "BaseMlflowApi",
@@ -71,6 +72,7 @@ __all__ = [
     "PluginNotFound",
     "PruneReport",
     "RcloneTransfer",
+    "RepairReport",
     "RetryPolicy",
     "Run",
     "RunApi",

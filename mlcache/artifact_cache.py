@@ -153,6 +153,20 @@ class ArtifactCache:
 
         return Target(EntryKey("urls", (digest,)), url, label, f"call api.cache_model_artifact({label!r})")
 
+    def target_of(self, key: EntryKey, versions: tuple[str, ...] = ()) -> Target:
+        """The target that fills entry `key` again: its run path, its logged model, or (for an
+        entry of another URL) the first of the cached `versions` (`name/3@alias`) it holds."""
+        if key.kind == "runs":
+            return self.run_target(key.parts[0], key.parts[1])
+        if key.kind == "models":
+            return self._logged_target(key.parts[0], key.label)
+        for held in versions:
+            name, _, version = held.partition("@")[0].rpartition("/")
+            target = self.model_target((name, version))
+            if target.key == key:
+                return target
+        raise MlcacheError(f"no cached model version names {key.label}; pull that version again instead")
+
     def versions_by_entry(self) -> dict[EntryKey, tuple[str, ...]]:
         """For each complete entry, the cached model versions whose files it holds
         (`fraud/3@champion`), as far as the cached metadata tells; nothing is fetched."""

@@ -14,6 +14,7 @@ settings come from `with_cache_dir` and `in_offline_mode`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
@@ -27,10 +28,10 @@ from .artifact_cache import ArtifactCache, ArtifactSettings
 from .artifact_store import ArtifactStore
 from .backend import Backend
 from .bundle import BundleLimits, ImportReport, Selection, export_bundle, import_bundle
-from .cache_admin import AliasStatus, CacheAdmin, CleanReport, EntryUsage, PruneReport
+from .cache_admin import AliasStatus, CacheAdmin, CleanReport, EntryUsage, PruneReport, RepairReport
 from .compose import Composer
 from .entities import RunStatus
-from .errors import CacheMiss, EntityNotFound
+from .errors import CacheMiss, EntityNotFound, MlcacheError, OfflineModeError
 from .export import Exporter
 from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .hooks import PluginHooks
@@ -482,6 +483,39 @@ class BaseMlflowApi(PluginHooks, ApiSettings):
         """Remove least recently used entries until the artifacts fit in `max_size` (`10G`, bytes);
         with `dry_run`, only report what would be removed."""
         return self._admin.prune(max_size, dry_run)
+
+    def repair_cache(self, bundle: Path | str | None = None) -> RepairReport:
+        """Remove every entry that fails verification and fill it again: from `bundle` when given
+        (an import), else pulled from its source (online)."""
+        report = RepairReport()
+        bad = {row.label for row in self._admin.damaged()}
+        rows = [row for row in self.usage() if row.label in bad]
+        if bundle is None and self.offline_mode and rows:
+            raise OfflineModeError("repairing needs the server to pull again, or a bundle to import from")
+        targets = {}
+        for row in rows:
+            if row.key is not None:
+                with contextlib.suppress(MlcacheError):
+                    targets[row.label] = self._files.target_of(row.key, row.versions)
+            if not self._admin.remove(row):
+                report.failed.append(f"{row.label}: another process is using it")
+        if bundle is not None and rows:
+            self.import_bundle(bundle)
+        for row in rows:
+            if any(line.startswith(row.label) for line in report.failed):
+                continue
+            try:
+                if bundle is None:
+                    target = targets.get(row.label)
+                    if target is None:
+                        raise MlcacheError("its source is not known from the cached metadata")
+                    self._files.ensure(target)
+                elif row.key is None or self._artifacts.lookup(row.key) is None:
+                    raise MlcacheError(f"{bundle} does not hold it")
+                report.repaired.append(row.label)
+            except MlcacheError as exc:
+                report.failed.append(f"{row.label}: {exc}")
+        return report
 
     def alias_status(self) -> list[AliasStatus]:
         """Every alias the cache holds next to where the server has it now (nothing is written)."""

@@ -97,6 +97,14 @@ class PruneReport:
 
 
 @dataclass
+class RepairReport:
+    """What `repair_cache` did with each damaged entry: pulled or imported again, or not."""
+
+    repaired: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+@dataclass
 class CleanReport:
     """What `clean_all_cache` removed, and what it left because other processes were using it."""
 
@@ -226,6 +234,24 @@ class CacheAdmin:
             report.metadata_removed = self._meta.clear()
             report.temp_removed, report.temp_busy = clean_tmp(self._layout)
         return report
+
+    def damaged(self) -> list[EntryUsage]:
+        """The entries that fail verification: a file missing, resized, changed or unlisted, or a
+        manifest that cannot be read."""
+        rows = []
+        for row in self.usage():
+            if row.damaged is not None or row.key is None:
+                rows.append(row)
+                continue
+            manifest = self._artifacts.read_manifest(row.key)
+            if manifest is None or self._artifacts.verify(row.key, manifest):
+                rows.append(row)
+        return rows
+
+    def remove(self, row: EntryUsage) -> bool:
+        """Remove one entry (a damaged one too) under its exclusive lock; False when it is busy."""
+        with writing(self._layout.root, f"remove {row.label}"):
+            return self._remove_row(row)
 
     def verify_cache(self) -> list[str]:
         """Re-hash every entry and re-read every metadata file; each problem as one line."""

@@ -234,3 +234,19 @@ def test_a_cli_offline_hint_speaks_cli(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "without --offline" in result.stderr and "api." not in result.stderr
+
+
+def test_verify_repair_pulls_a_damaged_entry_again(
+    mlflow_server: MlflowServer, published: dict[str, str], tmp_path: Path
+) -> None:
+    env = _env(mlflow_server, tmp_path / "cache")
+    weights = Path(cli("pull", published["uri"], env=env).stdout.strip()) / "weights.bin"
+    good = weights.read_bytes()
+    weights.chmod(0o644)
+    weights.write_bytes(b"x" * 10)
+    bad = cli("verify", env=env)
+    assert bad.returncode == 1 and bad.stdout.startswith("BAD ") and "size 10 != " in bad.stdout
+    fixed = cli("verify", "--repair", env=env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.splitlines() == [f"repaired runs:/{published['run']}/model", f"OK {tmp_path / 'cache'}"]
+    assert weights.read_bytes() == good

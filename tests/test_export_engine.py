@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import mlcache
 from mlcache import export as export_module
 from mlcache import metadata_store
 from mlcache.bundle import verify
@@ -77,3 +78,31 @@ def _make(tmp_path: Path) -> Path:
     files = tmp_path / "files"
     _files(files)
     return files
+
+
+def test_repair_pulls_a_damaged_entry_again_or_imports_it_from_a_bundle(backend: MemoryBackend, tmp_path: Path) -> None:
+    api = InMemoryPlugin(cache_dir=tmp_path / "cache", backend=backend)
+    run = api.create_exp("repair").start_run("train")
+    mv = api.log_model_version("repair", run, _files, "model", aliases=["prod"])
+    path = api.get_model_artifact(mv)
+    bundle = api.export_bundle(tmp_path / "b", model_versions=[mv])
+    weights = path / "weights.bin"
+
+    def damage() -> None:
+        weights.chmod(0o644)
+        weights.write_bytes(b"x" * 4096)
+
+    damage()
+    assert [p.split(": ")[-1] for p in api.verify_cache()] == ["sha256 differs"]
+    report = api.repair_cache()
+    assert report.repaired == [f"runs:/{run.id}/model"] and report.failed == []
+    assert weights.read_bytes() == b"w" * 4096 and api.verify_cache() == []
+
+    damage()
+    backend.down = True
+    offline = api.in_offline_mode
+    with pytest.raises(mlcache.OfflineModeError, match="needs the server"):
+        offline.repair_cache()
+    assert offline.repair_cache(bundle).repaired == [f"runs:/{run.id}/model"]
+    assert weights.read_bytes() == b"w" * 4096 and offline.verify_cache() == []
+    assert offline.repair_cache().repaired == []

@@ -71,12 +71,27 @@ def verify(
     path: Annotated[
         Path | None, typer.Argument(help="Bundle (folder or archive) or cache dir; default: the cache.")
     ] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Pull bad entries of the cache again (or import them --from a bundle).")
+    ] = False,
+    source: Annotated[
+        Path | None, typer.Option("--from", help="With --repair: the bundle to import bad entries from.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-hash every file of a bundle or cache; list each bad file; exit 1 if any."""
     from ..bundle import verify as verify_path
 
-    target = path or settings(ctx).api().cache_dir
+    api = settings(ctx).api() if path is None or repair else None
+    target: Path = path if path is not None else api.cache_dir  # type: ignore[union-attr]
+    if repair:
+        if api is None or target.absolute() != api.cache_dir.absolute():
+            raise typer.BadParameter("--repair works on the cache (leave out PATH, or give --cache-dir)")
+        report = api.repair_cache(source)
+        for label in report.repaired:
+            data(f"repaired {label}")
+        for line in report.failed:
+            note(ctx, f"not repaired: {line}")
     status(f"verifying {target}")
     problems = verify_path(target)
     if as_json:
