@@ -62,7 +62,8 @@ def test_pull_ls_find_and_errors(registered: dict, tmp_path: Path) -> None:
         ["4.0", "KiB", "weights.bin"],
     ]
 
-    found = cli("find", "runs", '{"tags.team": "a", "params.lr": {"$gt": 0.01}}', "--json", env=env, check=True)
+    query = {"exp.id": registered["exp"].id, "tags.team": "a", "params.lr": {"$gt": 0.01}}
+    found = cli("find", "runs", json.dumps(query), "--json", env=env, check=True)
     docs = [json.loads(line) for line in found.stdout.splitlines()]
     assert [d["id"] for d in docs] == [run.id] and docs[0]["params"] == {"lr": 0.1}
     versions = cli(
