@@ -232,3 +232,40 @@ def test_readme_section_runs_as_written(section: Section, sandbox: Sandbox, quic
     if quickstart.returncode != 0:
         pytest.fail(f"runs on what the {SETUP} creates, and the {SETUP} failed", pytrace=False)
     check(run_section(section, sandbox))
+
+
+def _cli_lines() -> list[tuple[int, str]]:
+    """The `mlcache ...` command lines of the README's shell blocks, with their line numbers."""
+    found, fence = [], None
+    for number, line in enumerate(README.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            fence = line[3:].strip() if fence is None else None
+            continue
+        if fence in ("bash", "sh", "shell"):
+            command = line.split("#")[0].strip()
+            command = re.sub(r"^(\w+=\S+\s+)+", "", re.sub(r"^\w+=\$\((.*)\)$", r"\1", command))
+            if command.startswith("mlcache "):
+                found.append((number, command))
+    return found
+
+
+def test_every_cli_line_names_a_command_and_options_it_has() -> None:
+    from typer.main import get_command
+
+    from mlcache.cli import app
+
+    root = get_command(app)
+    global_options = {opt for param in root.params for opt in param.opts + param.secondary_opts}
+    lines = _cli_lines()
+    assert len(lines) > 10
+    for number, command in lines:
+        words = command.split()[1:]
+        while words and words[0].startswith("--"):
+            words = words[2:] if words[0] in ("--cache-dir", "--tracking-uri", "--timeout", "--plugin") else words[1:]
+        assert words, f"README.md:{number}: no command in {command!r}"
+        sub = root.commands.get(words[0])  # type: ignore[attr-defined]
+        assert sub is not None, f"README.md:{number}: no command {words[0]!r}"
+        known = {opt for param in sub.params for opt in param.opts + param.secondary_opts} | global_options
+        for word in words[1:]:
+            if word.startswith("--"):
+                assert word.split("=")[0] in known, f"README.md:{number}: {words[0]} has no option {word}"
