@@ -180,7 +180,9 @@ def doctor(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 @app.command()
 def demo(ctx: typer.Context) -> None:
-    """Run the whole loop on its own embedded store: track, log, pull, bundle, import, load offline."""
-    from ..plugins.mlflow.demo import run_demo
+    """Run the whole loop in a folder of its own (a local MLflow store and cache, kept afterwards):
+    track, log, pull, bundle, import, load offline."""
+    from ..plugins.mlflow.demo import run_demo_in
 
-    run_demo(settings(ctx).api(plugin="mlflow"), say=lambda line: data(f"✓ {line}"))
+    given = settings(ctx)
+    run_demo_in(None, given.tracking_uri, given.cache_dir, given.timeout, say=lambda line: data(f"✓ {line}"))
