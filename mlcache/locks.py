@@ -48,10 +48,29 @@ def lock_path(layout: CacheLayout, *parts: str) -> Path:
 
 def _owner(path: Path) -> str | None:
     """Who holds the lock at `path`, as its holder wrote it (`pid 123 on host`), if known."""
+    note = path.with_name(path.name + ".owner")
     try:
-        return path.with_name(path.name + ".owner").read_text()[:200].strip() or None
-    except (OSError, UnicodeDecodeError):
+        fd = os.open(note, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
         return None
+    try:
+        text = os.read(fd, 200).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return "".join(ch for ch in text if ch.isprintable()).strip() or None
+
+
+def _write_owner(owner: Path) -> None:
+    """Say who holds a lock, never following a link planted where the note goes."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with contextlib.suppress(OSError):
+        fd = os.open(owner, flags, 0o644)
+        try:
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        finally:
+            os.close(fd)
 
 
 @contextmanager
@@ -83,8 +102,7 @@ def entry_lock(
         except filelock.Timeout as again:
             raise LockTimeout(f"lock {path} still held by another process after {timeout:g}s") from again
     if on_wait is not None:
-        with contextlib.suppress(OSError):
-            owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}")
+        _write_owner(owner)
     try:
         yield
     finally:

@@ -250,3 +250,31 @@ def test_verify_repair_pulls_a_damaged_entry_again(
     assert fixed.returncode == 0, fixed.stderr
     assert fixed.stdout.splitlines() == [f"repaired runs:/{published['run']}/model", f"OK {tmp_path / 'cache'}"]
     assert weights.read_bytes() == good
+
+
+def test_without_mlflow_installed_the_cache_answers_and_errors_stay_one_line(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoMlflow:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'mlflow':\n"
+        "            raise ModuleNotFoundError(\"No module named 'mlflow'\")\n"
+        "sys.meta_path.insert(0, _NoMlflow())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLCACHE_"))}
+    env.update({"PYTHONPATH": str(site), "MLCACHE_CACHE_DIR": str(tmp_path / "cache")})
+    chosen = subprocess.run(
+        [sys.executable, "-c", "import mlcache; print(type(mlcache.get_api()).__name__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert chosen.stdout.strip() == "OfflineApi", chosen.stderr
+    pulled = cli("pull", "models:/fraud@champion", env=env)
+    assert pulled.returncode == 1 and pulled.stderr.count("\n") == 1, pulled.stderr
+    assert pulled.stderr.startswith("error: model version 'models:/fraud@champion' is not in the cache")
+    found = cli("find", "runs", env=env)
+    assert found.returncode == 0 and "Traceback" not in found.stderr and found.stdout.startswith("id  ")

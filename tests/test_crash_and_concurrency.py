@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,6 +165,10 @@ def test_eight_processes_one_transfer(
     assert [p.returncode for p in procs] == [0] * 8, [err[-2000:] for _, err in outputs]
     stdout = "".join(out for out, _ in outputs)
     assert stdout.count("LOG mlcache.artifacts pulling ") == 1
+    waiting = re.findall(
+        r"LOG mlcache.artifacts waiting for another process \(pid (\d+) on [^)]+\) to finish pulling", stdout
+    )
+    assert waiting and set(waiting) <= {str(p.pid) for p in procs}, stdout
     digests = {line.split()[1] for line in stdout.splitlines() if line.startswith("DIGEST")}
     assert digests == {combined(big_artifact["digests"])}
     assert list((cache / "tmp").iterdir()) == []

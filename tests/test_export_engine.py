@@ -106,3 +106,23 @@ def test_repair_pulls_a_damaged_entry_again_or_imports_it_from_a_bundle(backend:
     assert offline.repair_cache(bundle).repaired == [f"runs:/{run.id}/model"]
     assert weights.read_bytes() == b"w" * 4096 and offline.verify_cache() == []
     assert offline.repair_cache().repaired == []
+
+
+def test_a_link_planted_where_a_lock_names_its_holder_is_not_followed(backend: MemoryBackend, tmp_path: Path) -> None:
+    from mlcache.layout import CacheLayout
+    from mlcache.locks import lock_path
+
+    api = InMemoryPlugin(cache_dir=tmp_path / "cache", backend=backend)
+    run = api.create_exp("planted").start_run("train")
+    api.log_run_artifact(run, _files, "model")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    fresh = api.with_cache_dir(tmp_path / "fresh")
+    lock = lock_path(CacheLayout(fresh.cache_dir), "artifacts", "runs", run.id, "model")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    owner = lock.with_name(lock.name + ".owner")
+    owner.symlink_to(victim)
+    calls = backend.calls.copy()
+    assert (fresh.get_run_artifact(run, "model") / "weights.bin").read_bytes() == b"w" * 4096
+    assert backend.calls != calls, "the artifact was not pulled, so the lock was never taken"
+    assert victim.read_text() == "precious"

@@ -140,7 +140,7 @@ def _hardlinks(cache_dir: Path) -> str:
     first = probe_dir / f".doctor-{uuid.uuid4().hex}"
     second = first.with_name(first.name + ".link")
     try:
-        first.write_bytes(b"")
+        os.close(os.open(first, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
         os.link(first, second)
         return "yes"
     except OSError as exc:
