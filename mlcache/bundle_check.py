@@ -17,15 +17,15 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .artifact_store import ArtifactStore
 from .bundle_reader import BundleTree
 from .errors import CorruptMetadata
 from .layout import LAYOUT_VERSION, CacheLayout
-from .manifest import EntryKey, Manifest
+from .manifest import EntryKey, FileRow, Manifest
 from .metadata_store import KINDS, MetadataStore
-from .names import UnsafePath, safe_relative_path
+from .names import UnsafePath
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "mlcache-bundle"
@@ -34,21 +34,10 @@ _ROOT = Path("/bundle")
 _TOP_FILES = (BUNDLE_FILE, "layout.json", "CACHEDIR.TAG")
 
 
-class BundleFile(BaseModel):
+class BundleFile(FileRow):
     """One row of `bundle.json`: a file of the bundle."""
 
     model_config = ConfigDict(extra="forbid")
-
-    path: str
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-    @field_validator("path")
-    @classmethod
-    def _safe(cls, value: str) -> str:
-        if safe_relative_path(value, "bundle file") != value:
-            raise ValueError(f"{value!r} is not a normalized relative path")
-        return value
 
 
 class BundleDocument(BaseModel):

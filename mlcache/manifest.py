@@ -57,7 +57,9 @@ class EntryKey:
         return f"models:/{'/'.join(self.parts)}"
 
 
-class ManifestFile(BaseModel):
+class FileRow(BaseModel):
+    """One listed file: its normalized relative path, size and sha256 (of a manifest or a bundle)."""
+
     path: str
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -65,9 +67,13 @@ class ManifestFile(BaseModel):
     @field_validator("path")
     @classmethod
     def _safe(cls, value: str) -> str:
-        if safe_relative_path(value, "manifest file path") != value:
+        if safe_relative_path(value, "listed file path") != value:
             raise ValueError(f"file path {value!r} is not a normalized relative path")
         return value
+
+
+class ManifestFile(FileRow):
+    """A file of a cache entry, as its manifest lists it."""
 
 
 class Manifest(BaseModel):
