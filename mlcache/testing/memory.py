@@ -50,7 +50,10 @@ class MemoryBackend:
     """The state of one in-memory server; share it between apis to play several clients."""
 
     def __init__(self, artifact_root: Path | None = None, page_size: int = 100) -> None:
-        self.artifact_root = artifact_root or Path(tempfile.mkdtemp(prefix="mlcache-memory-"))
+        if artifact_root is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="mlcache-memory-")
+            artifact_root = Path(self._scratch.name)
+        self.artifact_root = artifact_root
         self.page_size = page_size
         self.down = False
         self.exps: dict[str, dict[str, Any]] = {}
