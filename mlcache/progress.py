@@ -84,7 +84,7 @@ class BarProgress:
     """A one-line bar on a terminal, redrawn in place at most every `BAR_EVERY` seconds."""
 
     def __init__(self, label: str, stream: TextIO | None = None, columns: int | None = None) -> None:
-        self.label = label
+        self.label = "".join(ch if ch.isprintable() else "?" for ch in label)
         self.stream = stream or sys.stderr
         self.columns = columns
         self._drawn = 0.0
@@ -139,7 +139,7 @@ class LineProgress:
     """Plain lines for a log: one every `every` seconds while the transfer runs, one when it ends."""
 
     def __init__(self, label: str, stream: TextIO | None = None, every: float | None = None) -> None:
-        self.label = label
+        self.label = "".join(ch if ch.isprintable() else "?" for ch in label)
         self.stream = stream or sys.stderr
         self.every = env_seconds("MLCACHE_PROGRESS_INTERVAL", PLAIN_EVERY, minimum=0.1) if every is None else every
         self._started = time.monotonic()

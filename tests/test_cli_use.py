@@ -278,3 +278,17 @@ def test_without_mlflow_installed_the_cache_answers_and_errors_stay_one_line(tmp
     assert pulled.stderr.startswith("error: model version 'models:/fraud@champion' is not in the cache")
     found = cli("find", "runs", env=env)
     assert found.returncode == 0 and "Traceback" not in found.stderr and found.stdout.startswith("id  ")
+
+
+def test_names_from_the_server_cannot_rewrite_the_terminal(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    writer = MlflowApi(tracking_uri=mlflow_server.url, cache_dir=tmp_path / "writer")
+    exp = writer.create_exp(f"escapes-{time.time_ns()}")
+    run = writer.create_run(exp, "clear\x1b[2Jscreen\u202egnp.exe", tags={"note": "bell\x07"})
+    env = _env(mlflow_server, tmp_path / "cache")
+    table = cli("find", "runs", json.dumps({"exp.id": exp.id}), env=env)
+    assert table.returncode == 0, table.stderr
+    assert "\x1b" not in table.stdout and "\u202e" not in table.stdout
+    assert f"{run.id}  clear\\x1b[2Jscreen\\u202egnp.exe" in table.stdout
+    lines = cli("find", "runs", json.dumps({"exp.id": exp.id}), "--json", env=env).stdout
+    assert "\x1b" not in lines and "\x07" not in lines and "\u202e" not in lines
+    assert json.loads(lines)["name"] == "clear\x1b[2Jscreen\u202egnp.exe"

@@ -15,13 +15,13 @@ from typer.exceptions import TyperException
 
 from ..errors import MlcacheError, ServerUnreachable
 from . import admin, artifacts, bundles, search
-from .core import app
+from .core import app, printable
 
 __all__ = ["admin", "app", "artifacts", "bundles", "run", "search"]
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return printable(" ".join(str(text).split()))
 
 
 def _show_warning(

@@ -8,6 +8,7 @@ captures exactly the path. `--quiet` leaves only data and errors.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -74,21 +75,35 @@ def settings(ctx: typer.Context) -> Settings:
     return ctx.obj  # type: ignore[no-any-return]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (terminal escapes, bidi overrides) shown as `\\xNN`, so names
+    from a server or a bundle cannot rewrite the terminal."""
+    return _CONTROL.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
+    )
+
+
 def data(line: str) -> None:
     """One line of the command's result, on stdout."""
-    sys.stdout.write(f"{line}\n")
+    sys.stdout.write(f"{printable(line)}\n")
     sys.stdout.flush()
 
 
 def json_line(record: dict[str, Any]) -> None:
-    """One JSON document on one line of stdout (the `--json` output is JSON Lines)."""
-    data(json.dumps(record, ensure_ascii=False, default=str))
+    """One JSON document on one line of stdout (the `--json` output is JSON Lines); control
+    characters are JSON escapes."""
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    sys.stdout.write(_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+    sys.stdout.flush()
 
 
 def note(ctx: typer.Context, message: str) -> None:
     """A message for the person at the terminal, on stderr; silent with `--quiet`."""
     if not settings(ctx).quiet:
-        sys.stderr.write(f"{message}\n")
+        sys.stderr.write(f"{printable(message)}\n")
         sys.stderr.flush()
 
 
