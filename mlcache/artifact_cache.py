@@ -195,7 +195,7 @@ class ArtifactCache:
         if self.settings.offline and not self.settings.pull_offline:
             if found is not None:
                 return found[1]
-            raise CacheMiss("artifact", key.label, self.resolver.cache_dir, target.hint)
+            raise CacheMiss("artifact", target.label, self.resolver.cache_dir, target.hint)
         entry = found[0] if found is not None else key
         try:
             source = target.url() if entry == key else self._entry_source(entry, target.url)
@@ -271,7 +271,7 @@ class ArtifactCache:
         """The complete entry holding the target (after `ensure`)."""
         found = self.store.covering(target.key)
         if found is None:
-            raise CacheMiss("artifact", target.key.label, self.resolver.cache_dir, target.hint)
+            raise CacheMiss("artifact", target.label, self.resolver.cache_dir, target.hint)
         return found[0]
 
     # ----------------------------------------------------------------- listing and removal
@@ -283,7 +283,7 @@ class ArtifactCache:
             return sorted(listing.files, key=lambda f: f.path)
         found = self.store.covering(target.key)
         if found is None:
-            raise CacheMiss("artifact", target.key.label, self.resolver.cache_dir, target.hint)
+            raise CacheMiss("artifact", target.label, self.resolver.cache_dir, target.hint)
         hit = found[1]
         if hit.is_file():
             return [RemoteFile(hit.name, hit.stat().st_size)]

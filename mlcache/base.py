@@ -491,7 +491,11 @@ class BaseMlflowApi(PluginHooks, ApiSettings):
         bad = {row.label for row in self._admin.damaged()}
         rows = [row for row in self.usage() if row.label in bad]
         if bundle is None and self.offline_mode and rows:
-            raise OfflineModeError("repairing needs the server to pull again, or a bundle to import from")
+            error = OfflineModeError("repairing needs the server to pull again, or a bundle to import from")
+            error.cli_text = (
+                "repairing needs the server (leave out --offline), or a bundle: verify --repair --from BUNDLE"
+            )
+            raise error
         targets = {}
         for row in rows:
             if row.key is not None:
@@ -501,8 +505,9 @@ class BaseMlflowApi(PluginHooks, ApiSettings):
                 report.failed.append(f"{row.label}: another process is using it")
         if bundle is not None and rows:
             self.import_bundle(bundle)
+        busy = {row.label for row in rows if f"{row.label}: another process is using it" in report.failed}
         for row in rows:
-            if any(line.startswith(row.label) for line in report.failed):
+            if row.label in busy:
                 continue
             try:
                 if bundle is None:

@@ -63,14 +63,19 @@ def _owner(path: Path) -> str | None:
 
 
 def _write_owner(owner: Path) -> None:
-    """Say who holds a lock, never following a link planted where the note goes."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    """Say who holds a lock: a new file renamed over the note, so neither a symlink nor a hardlink
+    planted where the note goes is ever written through."""
+    fresh = owner.with_name(f".{owner.name}.{os.getpid()}.{threading.get_ident()}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     with contextlib.suppress(OSError):
-        fd = os.open(owner, flags, 0o644)
+        fd = os.open(fresh, flags, 0o644)
         try:
             os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         finally:
             os.close(fd)
+        os.replace(fresh, owner)
+    with contextlib.suppress(OSError):
+        fresh.unlink()
 
 
 @contextmanager

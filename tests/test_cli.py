@@ -70,7 +70,8 @@ def test_demo_with_unreachable_server_prints_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: MLflow server at http://127.0.0.1:9 refused the connection")
-    assert all(line.startswith("retrying get experiment mlcache-demo") for line in lines[:-1]) and len(lines) == 4
+    assert all(line.startswith("warning: retrying get experiment mlcache-demo") for line in lines[:-1])
+    assert len(lines) == 4
     assert "Traceback" not in result.stderr
     assert not any(temp.iterdir())  # a failed demo leaves no folder of its own behind
 

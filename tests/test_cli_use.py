@@ -292,3 +292,21 @@ def test_names_from_the_server_cannot_rewrite_the_terminal(mlflow_server: Mlflow
     lines = cli("find", "runs", json.dumps({"exp.id": exp.id}), "--json", env=env).stdout
     assert "\x1b" not in lines and "\x07" not in lines and "\u202e" not in lines
     assert json.loads(lines)["name"] == "clear\x1b[2Jscreen\u202egnp.exe"
+
+
+def test_pull_to_the_cache_itself_is_refused_and_touches_nothing(
+    mlflow_server: MlflowServer, published: dict[str, str], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    env = _env(mlflow_server, cache)
+    assert cli("pull", published["uri"], env=env).returncode == 0
+    assert (cache / "tmp").is_dir()
+    refused = cli("pull", published["uri"], "--to", str(cache / "tmp"), env=env)
+    assert refused.returncode == 1 and "inside it or a parent of it" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and (cache / "tmp").is_dir()
+    (cache / "tmp").rmdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (cache / "tmp").symlink_to(outside)
+    facts = json.loads(cli("doctor", "--json", env=env).stdout)
+    assert facts["hardlinks"].startswith("unknown") and list(outside.iterdir()) == []

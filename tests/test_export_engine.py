@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -108,7 +109,10 @@ def test_repair_pulls_a_damaged_entry_again_or_imports_it_from_a_bundle(backend:
     assert offline.repair_cache().repaired == []
 
 
-def test_a_link_planted_where_a_lock_names_its_holder_is_not_followed(backend: MemoryBackend, tmp_path: Path) -> None:
+@pytest.mark.parametrize("planted", ["symlink", "hardlink"])
+def test_a_link_planted_where_a_lock_names_its_holder_is_not_followed(
+    backend: MemoryBackend, tmp_path: Path, planted: str
+) -> None:
     from mlcache.layout import CacheLayout
     from mlcache.locks import lock_path
 
@@ -121,8 +125,39 @@ def test_a_link_planted_where_a_lock_names_its_holder_is_not_followed(backend: M
     lock = lock_path(CacheLayout(fresh.cache_dir), "artifacts", "runs", run.id, "model")
     lock.parent.mkdir(parents=True, exist_ok=True)
     owner = lock.with_name(lock.name + ".owner")
-    owner.symlink_to(victim)
+    if planted == "symlink":
+        owner.symlink_to(victim)
+    else:
+        os.link(victim, owner)
     calls = backend.calls.copy()
     assert (fresh.get_run_artifact(run, "model") / "weights.bin").read_bytes() == b"w" * 4096
     assert backend.calls != calls, "the artifact was not pulled, so the lock was never taken"
     assert victim.read_text() == "precious"
+
+
+def test_placing_never_writes_into_the_cache_nor_carries_a_planted_link_out(
+    backend: MemoryBackend, tmp_path: Path
+) -> None:
+    api = InMemoryPlugin(cache_dir=tmp_path / "cache", backend=backend)
+    run = api.create_exp("place").start_run("train")
+    mv = api.log_model_version("place", run, _files, "model")
+    entry = api.get_model_artifact(mv)
+    (tmp_path / "alias").symlink_to(api.cache_dir)
+    (tmp_path / "elsewhere").mkdir()
+    for sneaky in (tmp_path / "alias" / "artifacts" / "extra", tmp_path / "elsewhere" / ".." / "cache" / "x"):
+        with pytest.raises(mlcache.MlcacheError, match="inside it or a parent of it"):
+            api.place_model_artifact(mv, sneaky, link=False)
+    assert api.verify_cache() == [] and not (api.cache_dir / "x").exists()
+    empty = tmp_path / "deploy"
+    empty.mkdir(mode=0o700)
+    placed = api.place_model_artifact(mv, empty, link=False)
+    assert placed == empty and (empty / "weights.bin").read_bytes() == b"w" * 4096
+    assert empty.stat().st_mode & 0o777 == 0o700
+    secret = tmp_path / "secret"
+    secret.write_text("host file")
+    entry.chmod(0o755)
+    (entry / "leak").symlink_to(secret)
+    for link in (False, True):
+        with pytest.raises(mlcache.MlcacheError, match="is a link or special file"):
+            api.place_model_artifact(mv, tmp_path / f"out-{link}", link=link)
+    assert not (tmp_path / "out-False" / "leak").exists()

@@ -6,6 +6,7 @@ line (`warning: ...`); data goes to stdout, everything else to stderr (see `core
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from typing import Any, TextIO
@@ -24,19 +25,37 @@ def _one_line(text: str) -> str:
     return printable(" ".join(str(text).split()))
 
 
-def _show_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: TextIO | None = None,
-    line: str | None = None,
-) -> None:
-    """Warnings as one line for the person at the terminal, without Python's source location."""
-    if "--quiet" in sys.argv[1:] or "-q" in sys.argv[1:]:
-        return
-    text = str(message).replace(ServerUnreachable.LIBRARY_HINT, ServerUnreachable.CLI_HINT)
-    sys.stderr.write(f"warning: {_one_line(text.replace('raise timeout=', 'raise --timeout'))}\n")
+def _warnings_as_lines(quiet: bool) -> None:
+    """Warnings and mlcache's log warnings (retries, waits) as one line each on stderr, without
+    Python's source location; none with `--quiet`."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if not quiet:
+            text = str(message).replace(ServerUnreachable.LIBRARY_HINT, ServerUnreachable.CLI_HINT)
+            sys.stderr.write(f"warning: {_one_line(text.replace('raise timeout=', 'raise --timeout'))}\n")
+
+    warnings.showwarning = show
+    logger = logging.getLogger("mlcache")
+    for handler in [h for h in logger.handlers if getattr(h, "mlcache_cli", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter())
+    handler.setLevel(logging.ERROR if quiet else logging.WARNING)
+    handler.mlcache_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {_one_line(record.getMessage())}"
 
 
 def _error(message: str, code: int) -> None:
@@ -61,7 +80,9 @@ def _usage_error(exc: TyperException) -> None:
 def run(args: list[str] | None = None) -> None:
     """Entry point: run the app; mlcache's errors (and the system's: a full disk, a path that
     cannot be read) become one line on stderr and exit 1, usage errors one line and exit 2."""
-    warnings.showwarning = _show_warning
+    argv = sys.argv[1:] if args is None else list(args)
+    quiet = "--quiet" in argv or "-q" in argv
+    _warnings_as_lines(quiet)
     warnings.filterwarnings("ignore", module=r"(mlflow|pydantic|alembic|sqlalchemy)(\..*)?$")
     try:
         result: Any = app(args=args, prog_name="mlcache", standalone_mode=False)
@@ -71,6 +92,13 @@ def run(args: list[str] | None = None) -> None:
         _error(exc.for_cli(), 1)
     except OSError as exc:
         _error(str(exc), 1)
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        if missing.split(".")[0] == "mlflow":
+            _error(
+                "the mlflow plugin needs mlflow, which is not installed: pip install 'mlcache[mlflow]', or --offline", 1
+            )
+        _error(f"a module mlcache needs is missing: {missing}", 1)
     except KeyboardInterrupt:
         _error("interrupted", 130)
     if isinstance(result, int) and result:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ..errors import MlcacheError
 from ..progress import human_size
 from .core import JsonOption, app, data, is_run_uri, json_line, note, settings, table
 
@@ -132,12 +133,15 @@ def _rclone_version(api: Any) -> str:
     return f"not working ({binary})"
 
 
-def _hardlinks(cache_dir: Path) -> str:
+def _hardlinks(layout: Any) -> str:
     """Whether files of the cache can be hardlinked (what deduplicated storage needs)."""
-    probe_dir = cache_dir / "tmp"
-    if not probe_dir.is_dir():
-        return "unknown (the cache dir does not exist yet)"
-    first = probe_dir / f".doctor-{uuid.uuid4().hex}"
+    probe_dir = layout.tmp
+    if not probe_dir.is_dir() or probe_dir.is_symlink():
+        return "unknown (the cache has no tmp/ folder yet)"
+    try:
+        first = layout.guard(probe_dir / f".doctor-{uuid.uuid4().hex}")
+    except MlcacheError as exc:
+        return f"unknown ({exc})"
     second = first.with_name(first.name + ".link")
     try:
         os.close(os.open(first, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
@@ -166,7 +170,7 @@ def doctor(ctx: typer.Context, as_json: JsonOption = False) -> None:
         "offline": "yes" if api.offline_mode else "no",
         "server deadline": f"{api.timeout:g} s",
         "lock mode": api.lock_mode,
-        "hardlinks": _hardlinks(cache_dir),
+        "hardlinks": _hardlinks(api.layout),
         "rclone": _rclone_version(api),
         "mlflow": _package_version("mlflow"),
         "python": sys.version.split()[0],

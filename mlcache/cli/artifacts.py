@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import CacheMiss, MlcacheError
+from ..placement import is_empty_folder
 from ..progress import human_size
 from .core import JsonOption, ProgressOption, app, data, is_run_uri, json_line, note, progress_factory, settings, table
 
@@ -27,11 +28,12 @@ def _slug(uri: str) -> str:
     return re.sub(r"[^A-Za-z0-9@._-]+", "-", name).strip("-.") or "artifact"
 
 
-def _place(api: Any, uri: str, dest: Path) -> Path:
-    """Copy the cached files of `uri` to `dest`, which must be new or an empty folder."""
-    if dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
-        dest.rmdir()
-    elif dest.exists() or dest.is_symlink():
+def _place(api: Any, uri: str, cached: Path, dest: Path) -> Path:
+    """Copy the cached files of `uri` into the folder `dest` (new or empty): a folder's files
+    directly, a single file under its own name."""
+    if cached.is_file():
+        dest = dest / cached.name
+    elif (dest.exists() or dest.is_symlink()) and not is_empty_folder(dest):
         raise MlcacheError(f"{dest} already exists and is not an empty folder; choose a new one")
     if is_run_uri(uri):
         return api.place_run_artifact(uri, None, dest, link=False)  # type: ignore[no-any-return]
@@ -62,13 +64,16 @@ def pull(
         found = base.find_model_versions(parse_json(query, "--query"))
         wanted.extend(f"models:/{mv.model.name}/{mv.version}" for mv in found)
     if not wanted:
-        raise typer.BadParameter("name at least one URI, or a --query matching some model versions")
+        if query is not None:
+            note(ctx, "no model version matches the query")
+            return
+        raise typer.BadParameter("name at least one URI, or a --query")
     for uri in wanted:
         reporter = progress_factory(ctx, progress, uri)
         api = base.model_copy(update={"progress": reporter}) if reporter is not None else base
         path = api.get_run_artifact(uri) if is_run_uri(uri) else api.get_model_artifact(uri)
         if to is not None:
-            path = _place(api, uri, to if len(wanted) == 1 else to / _slug(uri))
+            path = _place(api, uri, path, to if len(wanted) == 1 else to / _slug(uri))
         if as_json:
             json_line({"uri": uri, "path": str(path)})
         else:
@@ -121,7 +126,7 @@ def info(
             "run": run.id,
             "name": run.name,
             "experiment": run.exp.name,
-            "status": str(run.status),
+            "status": getattr(run.status, "value", str(run.status)),
             "params": run.params,
             "metrics": run.metrics,
             "artifacts": run.repo,

@@ -31,7 +31,7 @@ def export(
     selection = selection_from(items or [])
     version_query = parse_json(query, "--query") if query else None
     api = settings(ctx).api()
-    status(f"exporting to {to}")
+    status(ctx, f"exporting to {to}")
     path = api.export_bundle(to, selection.model_versions, selection.runs, selection.experiments, version_query)
     if as_json:
         json_line({"bundle": str(path)})
@@ -47,7 +47,7 @@ def import_(
 ) -> None:
     """Verify a bundle and bring it into the cache."""
     api = settings(ctx).api()
-    status(f"importing {source}")
+    status(ctx, f"importing {source}")
     report = api.import_bundle(source)
     if as_json:
         json_line(
@@ -92,7 +92,7 @@ def verify(
             data(f"repaired {label}")
         for line in report.failed:
             note(ctx, f"not repaired: {line}")
-    status(f"verifying {target}")
+    status(ctx, f"verifying {target}")
     problems = verify_path(target)
     if as_json:
         json_line({"path": str(target), "ok": not problems, "problems": problems})

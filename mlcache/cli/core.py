@@ -107,9 +107,10 @@ def note(ctx: typer.Context, message: str) -> None:
         sys.stderr.flush()
 
 
-def status(message: str) -> None:
-    """What a long command is doing, for a person at a terminal only (never in logs or pipes)."""
-    if sys.stderr.isatty():
+def status(ctx: typer.Context, message: str) -> None:
+    """What a long command is doing, for a person at a terminal only (never in logs, pipes or
+    with `--quiet`)."""
+    if sys.stderr.isatty() and not settings(ctx).quiet:
         sys.stderr.write(f"{message}\n")
         sys.stderr.flush()
 
