@@ -7,6 +7,7 @@ others (`model_copy`) gets stores and engines of its own, built by `model_post_i
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -79,7 +80,9 @@ class ApiSettings(BaseModel):
         super().__setattr__(name, value)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy with `update` applied, its stores and engines built for the new settings."""
-        clone = super().model_copy(update=update, deep=deep)
-        clone.model_post_init(None)
-        return clone
+        """A copy with `update` applied and validated (an `InvalidSetting` for a bad value), its
+        stores and engines built for the new settings."""
+        settings = {name: getattr(self, name) for name in type(self).model_fields}
+        if deep:
+            settings = copy.deepcopy(settings)
+        return type(self)(**{**settings, **(update or {})})

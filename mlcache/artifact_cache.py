@@ -94,7 +94,7 @@ class ArtifactCache:
         return self.settings.progress(label) if self.settings.progress is not None else None
 
     def transfer_for(self, url: str) -> Transfer:
-        return self.backend.hooks._impl_transfer_for(url) or self.transfer
+        return self.backend.transfer_for(url) or self.transfer
 
     # ----------------------------------------------------------------- targets
     def _exp_location(self, exp_id: Any) -> str | None:
@@ -303,8 +303,11 @@ class ArtifactCache:
 
     def clean(self, target: Target) -> bool:
         """Drop the cached entry (not the remote files); True if something was removed."""
-        with self.store.lock(target.key):
-            return self.store.remove(target.key)
+        return self.clean_entry(target.key)
+
+    def clean_entry(self, key: EntryKey) -> bool:
+        with self.store.lock(key):
+            return self.store.remove(key)
 
     def delete(self, target: Target) -> None:
         """Remove the target's files from the artifact store itself, then from the cache."""

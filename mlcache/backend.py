@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from . import deadline
 from .hooks import HOOK_OPERATIONS, Page, PluginHooks
 from .retry import RetryPolicy
+from .transfer import Transfer
 
 T = TypeVar("T")
 
@@ -31,6 +32,10 @@ class Backend:
         until = None if self.timeout is None else time.monotonic() + self.timeout
         with deadline.scope(until):
             return self.retry.call(operation, lambda: hook(*args), what, until)
+
+    def transfer_for(self, url: str) -> Transfer | None:
+        """The plugin's own transfer for `url` (an artifact proxy), None for the api's transfer."""
+        return self.hooks._impl_transfer_for(url)
 
     def pages(self, what: str, hook: Callable[..., Page[T]], *args: Any) -> Iterator[T]:
         """Every document of a paged search, one page per call, asked for only as they are consumed."""

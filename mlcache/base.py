@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .hooks import PluginHooks
 from .identifiers import ExpRef, exp_ref, model_name, model_version_ref, require_logged_model_id, run_id_of, run_ref
 from .layout import CacheLayout
+from .manifest import EntryKey
 from .metadata_store import MetadataStore
 from .placement import place_tree
 from .progress import auto_progress
@@ -442,7 +444,10 @@ class BaseMlflowApi(PluginHooks, ApiSettings):
             return self._exporter.model_artifact(model_version, self._exporter.open(target))
 
     def clean_cached_model_artifact(self, model_version: Any) -> bool:
-        """Drop the version's cached files; True if something was removed."""
+        """Drop the version's cached files; True if something was removed. The entry label `du`
+        shows for files of another URL (`models:/<32 hex>`) is accepted too."""
+        if isinstance(model_version, str) and re.fullmatch(r"models:/[0-9a-f]{32}", model_version):
+            return self._files.clean_entry(EntryKey("urls", (model_version.removeprefix("models:/"),)))
         return self._files.clean(self._files.model_target(model_version))
 
     def log_model_version(

@@ -41,9 +41,7 @@ def place_tree(cache_root: Path, src: Path, target: Path | str, link: bool, over
     root = cache_root.resolve()
     real = resolved(dest)
     if _is_inside(real, root) or _is_inside(root, real):
-        raise MlcacheError(
-            f"cannot place an artifact at {target}: it is the cache at {root}, inside it or a parent of it"
-        )
+        raise MlcacheError(f"cannot place an artifact inside the cache at {root} (or above it): {target}")
     files = _regular_files(src)
     if (dest.exists() or dest.is_symlink()) and not (src.is_dir() and is_empty_folder(dest)):
         if not overwrite:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Protocol, TextIO
 
@@ -54,15 +55,24 @@ def human_duration(seconds: float) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
+def cells(text: str) -> int:
+    """How many terminal cells `text` takes: wide (East Asian) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+
+
 def shorten(text: str, width: int) -> str:
-    """`text` in at most `width` characters, its middle elided (both ends of a URI say the most)."""
-    if len(text) <= width:
+    """`text` in at most `width` cells, its middle elided (both ends of a URI say the most)."""
+    if cells(text) <= width:
         return text
     if width <= 1:
-        return text[:width]
-    head = (width - 1) // 2
-    tail = width - 1 - head
-    return f"{text[:head]}…{text[len(text) - tail :]}"
+        return "…"[:width]
+    head, tail = list(text[: len(text) // 2]), list(text[len(text) // 2 :])
+    while cells("".join(head) + "".join(tail)) + 1 > width:
+        if len(head) >= len(tail) and head:
+            head.pop()
+        elif tail:
+            tail.pop(0)
+    return f"{''.join(head)}…{''.join(tail)}"
 
 
 def _figures(done: int, total: int | None, rate: float | None) -> str:
@@ -100,24 +110,17 @@ class BarProgress:
             return 80
 
     def render(self, done: int, total: int | None, rate: float | None) -> str:
-        """The line for this state, at most the terminal's width minus one (no wrap, ever)."""
+        """The line for this state, in at most the terminal's width minus one cell (no wrap, ever):
+        the figures always, then as much of the label as fits, then a bar in what is left."""
         room = max(20, self._width() - 1)
         figures = _figures(done, total, rate)
-        free = room - len(figures) - 1
-        label_room = min(len(self.label), max(12, free // 2))
-        bar_room = free - label_room - 3
+        free = room - cells(figures) - 1
+        label = shorten(self.label, max(0, free))
+        bar_room = min(40, free - cells(label) - 3)
         if bar_room < 8:
-            label_room = max(0, free - 1)
-            bar_room = 0
-        label = shorten(self.label, label_room)
-        if bar_room and total:
-            filled = min(bar_room, done * bar_room // total)
-            bar = f" [{'#' * filled}{'.' * (bar_room - filled)}]"
-        elif bar_room:
-            bar = f" [{' ' * bar_room}]"
-        else:
-            bar = ""
-        return f"{label}{bar} {figures}"[:room]
+            return f"{label} {figures}" if label else figures
+        filled = min(bar_room, done * bar_room // total) if total else 0
+        return f"{label} [{'#' * filled}{'.' * (bar_room - filled)}] {figures}"
 
     def update(self, done: int, total: int | None, rate: float | None = None) -> None:
         now = time.monotonic()

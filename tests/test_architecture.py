@@ -122,3 +122,15 @@ def test_the_package_has_no_import_cycles() -> None:
         if name not in state:
             visit(name, [name])
     assert cycles == []
+
+
+def test_copies_with_other_settings_are_validated(tmp_path: Path) -> None:
+    from mlcache.plugins.offline import OfflineApi
+
+    api = InMemoryPlugin(cache_dir=tmp_path, backend=MemoryBackend())
+    with pytest.raises(InvalidSetting, match="offline_mode"):
+        api.model_copy(update={"offline_mode": "banana"})
+    with pytest.raises(InvalidSetting, match="offline_mode"):
+        OfflineApi(cache_dir=tmp_path).model_copy(update={"offline_mode": False})
+    moved = api.model_copy(update={"cache_dir": tmp_path / "other"})
+    assert moved.layout.root == tmp_path / "other" and moved.backend is api.backend

@@ -97,7 +97,7 @@ def test_the_bar_fits_the_terminal_and_stdout_is_only_the_path(
     drawn = [line for line in _lines(shown) if "%" in line]
     assert drawn, shown
     assert all(len(line.rstrip()) < columns for line in drawn), [len(x) for x in drawn]
-    assert any(published["uri"] in line or "…" in line for line in drawn)
+    assert all(line.startswith(published["uri"]) for line in drawn), drawn
     assert re.search(r"\d+%\s+[\d.]+ [KMG]iB/[\d.]+ MiB", shown), shown
     assert "\x1b" not in shown
 
@@ -302,7 +302,7 @@ def test_pull_to_the_cache_itself_is_refused_and_touches_nothing(
     assert cli("pull", published["uri"], env=env).returncode == 0
     assert (cache / "tmp").is_dir()
     refused = cli("pull", published["uri"], "--to", str(cache / "tmp"), env=env)
-    assert refused.returncode == 1 and "inside it or a parent of it" in refused.stderr
+    assert refused.returncode == 1 and "cannot place an artifact inside the cache" in refused.stderr
     assert refused.stderr.count("\n") == 1 and (cache / "tmp").is_dir()
     (cache / "tmp").rmdir()
     outside = tmp_path / "outside"

@@ -145,7 +145,7 @@ def test_placing_never_writes_into_the_cache_nor_carries_a_planted_link_out(
     (tmp_path / "alias").symlink_to(api.cache_dir)
     (tmp_path / "elsewhere").mkdir()
     for sneaky in (tmp_path / "alias" / "artifacts" / "extra", tmp_path / "elsewhere" / ".." / "cache" / "x"):
-        with pytest.raises(mlcache.MlcacheError, match="inside it or a parent of it"):
+        with pytest.raises(mlcache.MlcacheError, match="cannot place an artifact inside the cache"):
             api.place_model_artifact(mv, sneaky, link=False)
     assert api.verify_cache() == [] and not (api.cache_dir / "x").exists()
     empty = tmp_path / "deploy"
@@ -161,3 +161,16 @@ def test_placing_never_writes_into_the_cache_nor_carries_a_planted_link_out(
         with pytest.raises(mlcache.MlcacheError, match="is a link or special file"):
             api.place_model_artifact(mv, tmp_path / f"out-{link}", link=link)
     assert not (tmp_path / "out-False" / "leak").exists()
+
+
+def test_the_label_du_shows_for_files_of_another_url_cleans_that_entry(backend: MemoryBackend, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    _files(outside)
+    api = InMemoryPlugin(cache_dir=tmp_path / "cache", backend=backend, allowed_sources=(outside.as_uri(),))
+    run = api.create_exp("urls").start_run("train")
+    api.create_model("urls")
+    mv = api._impl_create_model_version("urls", outside.as_uri(), run.id, {}, None)
+    api.get_model_artifact(("urls", mv["version"]))
+    [row] = api.usage()
+    assert row.key is not None and row.key.kind == "urls" and row.versions == ("urls/1",)
+    assert api.clean_cached_model_artifact(row.label) is True and api.usage() == []

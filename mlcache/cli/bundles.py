@@ -82,6 +82,8 @@ def verify(
     """Re-hash every file of a bundle or cache; list each bad file; exit 1 if any."""
     from ..bundle import verify as verify_path
 
+    if source is not None and not repair:
+        raise typer.BadParameter("--from goes with --repair")
     api = settings(ctx).api() if path is None or repair else None
     target: Path = path if path is not None else api.cache_dir  # type: ignore[union-attr]
     if repair:
