@@ -14,8 +14,8 @@ settings come from `with_cache_dir` and `in_offline_mode`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
@@ -32,7 +32,7 @@ from .bundle import BundleLimits, ImportReport, Selection, export_bundle, import
 from .cache_admin import AliasStatus, CacheAdmin, CleanReport, EntryUsage, PruneReport, RepairReport
 from .compose import Composer
 from .entities import RunStatus
-from .errors import CacheMiss, EntityNotFound, MlcacheError, OfflineModeError
+from .errors import CacheMiss, EntityNotFound
 from .export import Exporter
 from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .hooks import PluginHooks
@@ -44,6 +44,7 @@ from .placement import place_tree
 from .progress import auto_progress
 from .query import check_sort as _check_sort
 from .query import compile_query
+from .repair import repair
 from .resolver import Freshness, MetadataResolver
 from .search import SearchEngine
 from .timeutil import utcnow
@@ -492,53 +493,12 @@ class BaseMlflowApi(PluginHooks, ApiSettings):
     def repair_cache(self, bundle: Path | str | None = None) -> RepairReport:
         """Remove every entry that fails verification and fill it again: from `bundle` when given
         (an import), else pulled from its source (online)."""
-        report = RepairReport()
-        bad = {row.label for row in self._admin.damaged()}
-        rows = [row for row in self.usage() if row.label in bad]
-        if bundle is None and self.offline_mode and rows:
-            error = OfflineModeError("repairing needs the server to pull again, or a bundle to import from")
-            error.cli_text = (
-                "repairing needs the server (leave out --offline), or a bundle: verify --repair --from BUNDLE"
-            )
-            raise error
-        targets = {}
-        for row in rows:
-            if row.key is not None:
-                with contextlib.suppress(MlcacheError):
-                    targets[row.label] = self._files.target_of(row.key, row.versions)
-            if not self._admin.remove(row):
-                report.failed.append(f"{row.label}: another process is using it")
-        if bundle is not None and rows:
-            self.import_bundle(bundle)
-        busy = {row.label for row in rows if f"{row.label}: another process is using it" in report.failed}
-        for row in rows:
-            if row.label in busy:
-                continue
-            try:
-                if bundle is None:
-                    target = targets.get(row.label)
-                    if target is None:
-                        raise MlcacheError("its source is not known from the cached metadata")
-                    self._files.ensure(target)
-                elif row.key is None or self._artifacts.lookup(row.key) is None:
-                    raise MlcacheError(f"{bundle} does not hold it")
-                report.repaired.append(row.label)
-            except MlcacheError as exc:
-                report.failed.append(f"{row.label}: {exc}")
-        return report
+        importer = None if bundle is None else functools.partial(self.import_bundle, bundle)
+        return repair(self._admin, self._files, self.usage(), importer, str(bundle) if bundle else None)
 
     def alias_status(self) -> list[AliasStatus]:
         """Every alias the cache holds next to where the server has it now (nothing is written)."""
-        rows = []
-        for model in self.in_offline_mode.find_models():
-            try:
-                current = self._resolver.peek_model(model.name).get("aliases") or {}
-            except EntityNotFound:
-                current = {}
-            for alias, version in sorted(model.aliases.items()):
-                server = current.get(alias)
-                rows.append(AliasStatus(model.name, alias, version, None if server is None else str(server)))
-        return rows
+        return self._resolver.alias_status()
 
     def clean_temp_artifacts(self, older_than: float = 0.0) -> int:
         """Remove staging leftovers whose owner process is gone; returns how many."""

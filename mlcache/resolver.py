@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .backend import Backend
+from .cache_admin import AliasStatus
 from .errors import BackendError, CacheFallbackWarning, CacheMiss, CorruptMetadata, EntityNotFound, ServerUnreachable
 from .identifiers import ExpRef, ModelVersionRef
 from .metadata_store import CLOCK_SKEW, MetadataStore, Record
@@ -109,9 +110,20 @@ class MetadataResolver:
             return cached
         return self.store(kind, data)
 
-    def peek_model(self, name: str) -> Mapping[str, Any]:
-        """The server's current document of a registered model, not written to the cache."""
-        return self.backend.call(f"model {name}", self.backend.hooks._impl_fetch_model, name)
+    def alias_status(self) -> list[AliasStatus]:
+        """Every alias of the cached models next to the server's current one; nothing is written."""
+        rows = []
+        for record in self.meta.scan("model", on_error=self.warn_bad):
+            name = record.key[0]
+            try:
+                current = self.backend.call(f"model {name}", self.backend.hooks._impl_fetch_model, name)
+                now = current.get("aliases") or {}
+            except EntityNotFound:
+                now = {}
+            for alias, version in sorted((record.data.get("aliases") or {}).items()):
+                server = now.get(alias)
+                rows.append(AliasStatus(name, str(alias), str(version), None if server is None else str(server)))
+        return rows
 
     def young(self, record: Record) -> bool:
         """Younger than `metadata_max_age` by this machine's clock and the cache's own record of when
