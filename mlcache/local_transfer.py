@@ -60,7 +60,7 @@ class LocalTransfer(Transfer):
         listing = self.list(url)
         root = local_path(url)
         dest.mkdir(parents=True, exist_ok=True)
-        with file_by_file(progress, url, sum(f.size for f in listing.files)) as advanced:
+        with file_by_file(progress, url, sum(f.size for f in listing.files), dest) as advanced:
             for item in listing.files:
                 src = root.joinpath(*item.path.split("/")) if listing.is_dir else root
                 out = dest.joinpath(*item.path.split("/"))

@@ -9,6 +9,7 @@ Progress comes from rclone's JSON stats, fed to a `progress.TransferProgress` (a
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -316,27 +318,56 @@ def _report(progress: TransferProgress, figures: dict[str, Any]) -> None:
 
 
 @contextmanager
-def file_by_file(progress: Progress, label: str, total: int) -> Iterator[Callable[[int], None]]:
+def file_by_file(
+    progress: Progress, label: str, total: int, dest: Path | None = None
+) -> Iterator[Callable[[int], None]]:
     """Progress of a transfer that moves whole files one after another: call what this yields with
-    the size of each file done."""
+    the size of each file done. With `dest`, the bytes already in it are measured twice a second
+    meanwhile, so one big file shows progress too."""
     sink = reporter(progress, label)
     started = time.monotonic()
+    lock = threading.Lock()
+    finished = threading.Event()
     done = 0
+
+    def report(measured: int) -> None:
+        if sink is not None:
+            elapsed = time.monotonic() - started
+            with lock:
+                sink.update(measured, total, measured / elapsed if elapsed > 0 else None)
 
     def advanced(size: int) -> None:
         nonlocal done
         done += size
-        if sink is not None:
-            elapsed = time.monotonic() - started
-            sink.update(done, total, done / elapsed if elapsed > 0 else None)
+        report(done)
 
+    def watch() -> None:
+        while not finished.wait(0.5) and dest is not None:
+            report(max(done, min(total, _bytes_in(dest))))
+
+    watcher = threading.Thread(target=watch, daemon=True) if sink is not None and dest is not None else None
+    if watcher is not None:
+        watcher.start()
     ok = False
     try:
         yield advanced
         ok = True
     finally:
+        finished.set()
+        if watcher is not None:
+            watcher.join()
         if sink is not None:
             sink.close(ok)
+
+
+def _bytes_in(folder: Path) -> int:
+    """Bytes of the files under `folder` so far (links not followed; files vanishing are skipped)."""
+    size = 0
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(root, name)).st_size
+    return size
 
 
 def reporter(progress: Progress, label: str) -> TransferProgress | None:

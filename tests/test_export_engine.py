@@ -174,3 +174,30 @@ def test_the_label_du_shows_for_files_of_another_url_cleans_that_entry(backend: 
     [row] = api.usage()
     assert row.key is not None and row.key.kind == "urls" and row.versions == ("urls/1",)
     assert api.clean_cached_model_artifact(row.label) is True and api.usage() == []
+
+
+def test_a_transfer_of_whole_files_reports_the_bytes_of_a_big_one_as_they_land(tmp_path: Path) -> None:
+    import time
+
+    from mlcache.transfer import file_by_file
+
+    seen: list[tuple[int, int | None]] = []
+
+    class Recorder:
+        def update(self, done: int, total: int | None, rate: float | None = None) -> None:
+            seen.append((done, total))
+
+        def close(self, ok: bool = True) -> None:
+            seen.append((-1, None))
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with file_by_file(Recorder(), "models:/big@prod", 4 << 20, dest) as advanced, (dest / "big.bin").open("wb") as out:
+        for _ in range(4):
+            out.write(b"x" * (1 << 20))
+            out.flush()
+            time.sleep(0.6)
+        advanced(4 << 20)
+    partial = [done for done, total in seen if 0 < done < 4 << 20]
+    assert partial and all(total == 4 << 20 for done, total in seen if done >= 0)
+    assert seen[-2] == (4 << 20, 4 << 20) and seen[-1] == (-1, None)

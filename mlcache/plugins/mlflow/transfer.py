@@ -51,7 +51,7 @@ class MlflowArtifactsTransfer(Transfer):
     def pull(self, url: str, dest: Path, progress: Progress = False, on_file: OnFile | None = None) -> None:
         listing = self.list(url)
         dest.mkdir(parents=True, exist_ok=True)
-        with file_by_file(progress, url, sum(f.size for f in listing.files)) as advanced:
+        with file_by_file(progress, url, sum(f.size for f in listing.files), dest) as advanced:
             if listing.is_dir:
                 repo = self._repo(listing.url)
                 for item in listing.files:
