@@ -235,11 +235,11 @@ class CacheAdmin:
             report.temp_removed, report.temp_busy = clean_tmp(self._layout)
         return report
 
-    def damaged(self) -> list[EntryUsage]:
-        """The entries that fail verification: a file missing, resized, changed or unlisted, or a
-        manifest that cannot be read."""
+    def damaged(self, usage: list[EntryUsage] | None = None) -> list[EntryUsage]:
+        """The entries (of `usage`, the report already made, else a new one) that fail
+        verification: a file missing, resized, changed or unlisted, or a manifest that cannot be read."""
         rows = []
-        for row in self.usage():
+        for row in self.usage() if usage is None else usage:
             if row.damaged is not None or row.key is None:
                 rows.append(row)
                 continue

@@ -87,8 +87,8 @@ def check_export_target(cache_root: Path, target: Path | str) -> Path:
     """The absolute export target, refused when it is the cache, inside it or a parent of it."""
     dest = Path(target).expanduser().absolute()
     root = cache_root.resolve()
-    resolved = dest.resolve() if dest.exists() else dest.parent.resolve() / dest.name
-    if _is_inside(resolved, root) or _is_inside(root, resolved):
+    real = resolved(dest)
+    if _is_inside(real, root) or _is_inside(root, real):
         raise MlcacheError(f"cannot export into {target}: it is the cache at {root}, inside it or a parent of it")
     return dest
 

@@ -75,6 +75,11 @@ def shorten(text: str, width: int) -> str:
     return f"{''.join(head)}…{''.join(tail)}"
 
 
+def _printable(label: str) -> str:
+    """A label with its control characters (terminal escapes) shown as `?`."""
+    return "".join(ch if ch.isprintable() else "?" for ch in label)
+
+
 def _figures(done: int, total: int | None, rate: float | None) -> str:
     """`45%  120.0 MiB/256.0 MiB  80.2 MiB/s  ETA 2s` (the parts known so far)."""
     parts = []
@@ -94,7 +99,7 @@ class BarProgress:
     """A one-line bar on a terminal, redrawn in place at most every `BAR_EVERY` seconds."""
 
     def __init__(self, label: str, stream: TextIO | None = None, columns: int | None = None) -> None:
-        self.label = "".join(ch if ch.isprintable() else "?" for ch in label)
+        self.label = _printable(label)
         self.stream = stream or sys.stderr
         self.columns = columns
         self._drawn = 0.0
@@ -142,7 +147,7 @@ class LineProgress:
     """Plain lines for a log: one every `every` seconds while the transfer runs, one when it ends."""
 
     def __init__(self, label: str, stream: TextIO | None = None, every: float | None = None) -> None:
-        self.label = "".join(ch if ch.isprintable() else "?" for ch in label)
+        self.label = _printable(label)
         self.stream = stream or sys.stderr
         self.every = env_seconds("MLCACHE_PROGRESS_INTERVAL", PLAIN_EVERY, minimum=0.1) if every is None else every
         self._started = time.monotonic()

@@ -24,8 +24,7 @@ def repair(
     """Repair the damaged entries among `usage` (rows with the versions each holds); `importer`
     imports the bundle named `bundle`, else entries are pulled again through `files`."""
     report = RepairReport()
-    bad = {row.label for row in admin.damaged()}
-    rows = [row for row in usage if row.label in bad]
+    rows = admin.damaged(usage)
     if importer is None and files.settings.offline and rows:
         error = OfflineModeError("repairing needs the server to pull again, or a bundle to import from")
         error.cli_text = "repairing needs the server (leave out --offline), or a bundle: verify --repair --from BUNDLE"
