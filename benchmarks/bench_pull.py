@@ -55,9 +55,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from common import calls_per_second, rmtree, tree_stats  # noqa: E402
 
 import mlcache  # noqa: E402
-from mlcache import artifact_store, hashing, transfer  # noqa: E402
+from mlcache import artifact_store, hashing, rclone  # noqa: E402
 from mlcache.names import encode_part  # noqa: E402
-from mlcache.transfer import find_rclone  # noqa: E402
+from mlcache.rclone import find_rclone  # noqa: E402
 
 from servers import start_mlflow_server, start_s3_server  # noqa: E402
 
@@ -154,8 +154,8 @@ class Breakdown:
         setattr(owner, attr, wrapper)
 
     def __enter__(self) -> Breakdown:
-        self.wrap(transfer.RcloneTransfer, "list", "listing")
-        self.wrap(transfer.RcloneTransfer, "pull", "copy")
+        self.wrap(rclone.RcloneTransfer, "list", "listing")
+        self.wrap(rclone.RcloneTransfer, "pull", "copy")
         self.wrap(artifact_store.ArtifactStore, "pull", "store.pull")
         self.wrap(artifact_store.ArtifactStore, "_commit", "store._commit")
         self.wrap(artifact_store.ArtifactStore, "install", "store.install")
@@ -295,10 +295,10 @@ class Bench:
         """Only the copy step of an mlcache pull: `RcloneTransfer.pull` (mlcache's remote definition
         and flags), its one-time `rclone listremotes` probe done before timing."""
         dest = self.fresh("rclone-m")
-        rclone = transfer.RcloneTransfer()
-        _ = rclone.configured_remotes
+        copier = rclone.RcloneTransfer()
+        _ = copier.configured_remotes
         t = time.perf_counter()
-        rclone.pull(f"{self.repo}/{case}", dest)
+        copier.pull(f"{self.repo}/{case}", dest)
         dt = time.perf_counter() - t
         self.check("rclone*", case, dest)
         rmtree(dest)

@@ -34,8 +34,9 @@ from .errors import (
 from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .locks import release_holds
 from .plugins import get_api
+from .rclone import RcloneTransfer
 from .retry import RetryPolicy
-from .transfer import RcloneTransfer, Transfer
+from .transfer import Transfer
 
 __version__ = "0.1.0"
 

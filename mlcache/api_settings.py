@@ -19,9 +19,10 @@ from typing_extensions import Self
 
 from .errors import InvalidSetting
 from .progress import TransferProgress
+from .rclone import RcloneTransfer
 from .retry import RetryPolicy
 from .settings import env_bool, env_choice, env_list, env_path, env_seconds
-from .transfer import RcloneTransfer, Transfer
+from .transfer import Transfer
 
 LOCK_MODES = ("os", "soft")
 MIN_TIMEOUT = 0.1

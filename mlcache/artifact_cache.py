@@ -229,7 +229,7 @@ class ArtifactCache:
             "pull",
             lambda: self.store.pull(
                 entry,
-                lambda stage, on_file: transfer.pull(source, stage, self._reporter(label), on_file),
+                lambda stage, on_file, only: transfer.pull(source, stage, self._reporter(label), on_file, only),
                 list_source,
                 replace=found is not None,
             ),

@@ -10,6 +10,7 @@ lock only keeps N readers from downloading the same thing N times.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import stat
@@ -21,15 +22,23 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .blobs import BlobStore
 from .errors import CorruptMetadata, MlcacheError, UnsafeArtifact
 from .hashing import PullHasher, StagedFile, copy_hashed, identity, sha256_file, sha256_files
 from .layout import CacheLayout, read_regular, write_atomic, writing
 from .locks import entry_lock, hold_shared, shared_entry_lock
 from .manifest import EntryKey, Manifest, ManifestFile
-from .names import UnsafePath, decode_part, file_name
+from .names import UnsafePath, decode_part, file_name, is_normalized_relative
+from .progress import human_size
 from .staging import Stage
 from .timeutil import utcnow
 from .transfer import Listing, OnFile, TransferError
+
+log = logging.getLogger("mlcache.pulls")
+
+Fetch = Callable[[Path, OnFile, "list[str] | None"], None]
+"""`fetch(stage, on_file, only)`: download the listed remote into `stage` (only those paths when
+`only` is given)."""
 
 
 def _make_read_only(path: str, mode: int) -> None:
@@ -72,12 +81,40 @@ def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
     return files
 
 
+def _check_against(listing: Listing, files: dict[str, StagedFile]) -> None:
+    """Refuse a staged tree whose paths or sizes differ from the remote listing."""
+    expected = {f.path: f.size for f in listing.files}
+    got = {rel: staged.size for rel, staged in files.items()}
+    if got != expected:
+        missing = sorted(set(expected) - set(got))[:3]
+        extra = sorted(set(got) - set(expected))[:3]
+        wrong = sorted(p for p in set(got) & set(expected) if got[p] != expected[p])[:3]
+        raise UnsafeArtifact(
+            f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, size {wrong})"
+        )
+
+
+def _report_pull(key: EntryKey, listing: Listing, linked: dict[str, str]) -> None:
+    """Say how much of a pull came from blobs the cache held and how much was downloaded."""
+    linked_bytes = sum(f.size for f in listing.files if f.path in linked)
+    total = sum(f.size for f in listing.files)
+    log.info(
+        "%s: linked %s files, %s, from the cache; downloaded %s files, %s",
+        key.label,
+        f"{len(linked):,}",
+        human_size(linked_bytes),
+        f"{len(listing.files) - len(linked):,}",
+        human_size(total - linked_bytes),
+    )
+
+
 class ArtifactStore:
     """Entries of one cache dir: lookups, atomic pulls, adoption of local trees, removal."""
 
     def __init__(self, layout: CacheLayout, lock_timeout: float = 600.0) -> None:
         self.layout = layout
         self.lock_timeout = lock_timeout
+        self.blobs = BlobStore(layout)
 
     # ----------------------------------------------------------------- paths
     def entry_path(self, key: EntryKey) -> Path:
@@ -95,6 +132,25 @@ class ArtifactStore:
 
     def _used_path(self, key: EntryKey) -> Path:
         return self.manifest_path(key).with_suffix(".used")
+
+    def _pin_path(self, key: EntryKey) -> Path:
+        return self.manifest_path(key).with_suffix(".pin")
+
+    # ----------------------------------------------------------------- pins
+    def pin(self, key: EntryKey) -> None:
+        """Keep the entry through every prune, across processes, until `unpin` or its removal."""
+        self.layout.ensure()
+        write_atomic(self.layout.guard(self._pin_path(key)), b"pinned\n", self.layout.tmp)
+
+    def unpin(self, key: EntryKey) -> bool:
+        """Drop the entry's pin; True when it was pinned."""
+        pin = self.layout.guard(self._pin_path(key))
+        existed = pin.is_file()
+        pin.unlink(missing_ok=True)
+        return existed
+
+    def pinned(self, key: EntryKey) -> bool:
+        return self._pin_path(key).is_file()
 
     # ----------------------------------------------------------------- reads
     def lookup(self, key: EntryKey) -> Path | None:
@@ -225,17 +281,13 @@ class ArtifactStore:
         """A private, owner-locked folder under `tmp/` (see `staging`)."""
         return Stage(self.layout, prefix)
 
-    def pull(
-        self,
-        key: EntryKey,
-        fetch: Callable[[Path, OnFile], None],
-        list_source: Callable[[], Listing],
-        replace: bool = False,
-    ) -> Path:
-        """Stage with `fetch(stage_dir, on_file)` while `list_source()` lists the remote, verify the
-        staged tree against that listing, hash, rename into place, write the manifest. Files reported
-        through `on_file` are hashed while the rest still downloads. The caller holds the entry's
-        lock; `replace` re-syncs a complete entry."""
+    def pull(self, key: EntryKey, fetch: Fetch, list_source: Callable[[], Listing], replace: bool = False) -> Path:
+        """Stage with `fetch(stage_dir, on_file, only)` while `list_source()` lists the remote, verify
+        the staged tree against that listing, hash, rename into place, write the manifest. When the
+        cache knows store hashes, the listing comes first and every remote file whose (size, store
+        hash) matches a held blob is linked instead of downloaded (`only` names the rest). Files
+        reported through `on_file` are hashed while the rest still downloads. The caller holds the
+        entry's lock; `replace` re-syncs a complete entry."""
         with (
             writing(self.layout.root, f"pull {key.label}"),
             Stage(self.layout, "pull") as stage,
@@ -244,32 +296,43 @@ class ArtifactStore:
             hasher = PullHasher(stage)
             try:
                 listed = lister.submit(list_source)
-                try:
-                    fetch(stage, hasher.on_file)
-                except TransferError as exc:
-                    if exc.errno is not None:
-                        raise OSError(exc.errno, str(exc)) from exc
-                    raise
-                finally:
-                    listing = listed.result()
+                linked = self._link_held(listed.result(), stage) if self.blobs.has_hints() else {}
+                listing = listed.result() if linked else None
+                only = None if listing is None else [f.path for f in listing.files if f.path not in linked]
+                if only != []:
+                    try:
+                        fetch(stage, hasher.on_file, only)
+                    except TransferError as exc:
+                        if exc.errno is not None:
+                            raise OSError(exc.errno, str(exc)) from exc
+                        raise
+                    finally:
+                        listing = listed.result()
+                assert listing is not None
                 produced = stage if listing.is_dir else stage / listing.files[0].path
                 if not (produced.exists() or produced.is_symlink()):
                     raise UnsafeArtifact(f"pulling {listing.url} produced nothing")
                 files = scan_tree(produced, listing.is_dir)
-                expected = {f.path: f.size for f in listing.files}
-                got = {rel: staged.size for rel, staged in files.items()}
-                if got != expected:
-                    missing = sorted(set(expected) - set(got))[:3]
-                    extra = sorted(set(got) - set(expected))[:3]
-                    wrong = sorted(p for p in set(got) & set(expected) if got[p] != expected[p])[:3]
-                    raise UnsafeArtifact(
-                        f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, "
-                        f"size {wrong})"
-                    )
+                _check_against(listing, files)
                 known = hasher.digests(files)
-                return self._commit(key, produced, files, listing.url, listing.version(), replace, known)
+                known.update(linked)
+                path = self._commit(key, produced, files, listing.url, listing.version(), replace, known, listing)
+                _report_pull(key, listing, linked)
+                return path
             finally:
                 hasher.close()
+
+    def _link_held(self, listing: Listing, stage: Path) -> dict[str, str]:
+        """Link into `stage` each listed file whose (size, store hash) names a held blob; path ->
+        sha256 of what was linked. Paths a line-based file list could not carry are left to download."""
+        linked: dict[str, str] = {}
+        for item in listing.files:
+            if not item.hash or "\n" in item.path or "\r" in item.path or not is_normalized_relative(item.path):
+                continue
+            digest = self.blobs.by_store_hash(item.hash, item.size)
+            if digest is not None and self.blobs.link_into(digest, item.size, stage.joinpath(*item.path.split("/"))):
+                linked[item.path] = digest
+        return linked
 
     def adopt(self, key: EntryKey, src: Path, source_url: str, source_version: str, move: bool) -> Path:
         """Make a local file or tree a complete entry (after an upload), by move or copy."""
@@ -293,8 +356,10 @@ class ArtifactStore:
         version: str,
         replace: bool,
         known: dict[str, str] | None = None,
+        listing: Listing | None = None,
     ) -> Path:
         digests = dict(known or {})
+        hashes = {f.path: f.hash for f in listing.files if f.hash} if listing is not None else {}
         digests.update(sha256_files({rel: f for rel, f in files.items() if rel not in digests}))
         for staged in files.values():
             if not staged.is_link:
@@ -305,23 +370,32 @@ class ArtifactStore:
             key=list(key.parts),
             source=source,
             is_dir=produced.is_dir(),
-            files=[ManifestFile(path=rel, size=f.size, sha256=digests[rel]) for rel, f in sorted(files.items())],
+            files=[
+                ManifestFile(path=rel, size=f.size, sha256=digests[rel], store_hash=hashes.get(rel))
+                for rel, f in sorted(files.items())
+            ],
             size=sum(f.size for f in files.values()),
             source_version=version,
             pulled_at=now,
             last_used=now,
         )
-        return self.install(key, produced, manifest, replace)
+        path = self.install(key, produced, manifest, replace)
+        for item in manifest.files:
+            if item.store_hash and self.blobs.held(item.sha256, item.size) is not None:
+                self.blobs.remember(item.store_hash, item.size, item.sha256)
+        return path
 
     def install(self, key: EntryKey, produced: Path, manifest: Manifest, replace: bool = False) -> Path:
-        """Rename a verified tree into place, then write its manifest. Unless `replace`, a complete
-        entry another process finished meanwhile is kept; a leftover without manifest is replaced."""
+        """Share the blobs of a verified tree (its files must hold the bytes its manifest names),
+        rename it into place, then write its manifest. Unless `replace`, a complete entry another
+        process finished meanwhile is kept; a leftover without manifest is replaced."""
         target = self.layout.guard(self.entry_path(key))
         manifest_path = self.layout.guard(self.manifest_path(key))
         if manifest_path.exists() and (target.exists() or target.is_symlink()):
             if not replace:
                 return target
             manifest_path.unlink()
+        self._share_blobs(produced, manifest)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.layout.guard(target)
         if target.exists() or target.is_symlink():
@@ -330,6 +404,15 @@ class ArtifactStore:
         write_atomic(manifest_path, manifest.model_dump_json(indent=1).encode(), self.layout.tmp)
         self.layout.guard(self._used_path(key)).touch()
         return target
+
+    def _share_blobs(self, produced: Path, manifest: Manifest) -> None:
+        """Make each regular file of a verified tree a hardlink of its blob (where links work)."""
+        if not self.blobs.can_link():
+            return
+        for item in manifest.files:
+            path = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
+            if not path.is_symlink() and not self.blobs.adopt(path, item.sha256, item.size):
+                return
 
     def _discard(self, path: Path) -> None:
         """Move a tree of the cache aside into a private stage, then delete it there: readers see it
@@ -366,28 +449,44 @@ class ArtifactStore:
                 return target.install(key, produced, manifest)
 
     def remove(self, key: EntryKey) -> bool:
-        """Drop an entry: manifest first (no longer a hit), then its files. The caller holds the lock."""
+        """Drop an entry: manifest first (no longer a hit), then its files, then the blobs no other
+        entry holds. The caller holds the lock."""
+        try:
+            held = self.read_manifest(key)
+        except CorruptMetadata:
+            held = None
         manifest = self.layout.guard(self.manifest_path(key))
         existed = manifest.exists()
         manifest.unlink(missing_ok=True)
         self.layout.guard(self._used_path(key)).unlink(missing_ok=True)
+        self.unpin(key)
         target = self.layout.guard(self.entry_path(key))
         if target.exists() or target.is_symlink():
             self._discard(target)
             existed = True
+        if held is not None:
+            self.blobs.collect([item.sha256 for item in held.files])
         return existed
 
-    def verify(self, key: EntryKey, manifest: Manifest) -> list[str]:
-        """Problems of one entry: missing, resized, changed or unlisted files (empty when intact)."""
+    def verify(self, key: EntryKey, manifest: Manifest, hashed: dict[tuple[int, int], str] | None = None) -> list[str]:
+        """Problems of one entry: missing, resized, changed or unlisted files (empty when intact).
+        `hashed` (inode -> sha256) is shared across calls so a blob many entries hold is read once."""
         root = self.entry_path(key)
+        seen = {} if hashed is None else hashed
         problems = []
         for item in manifest.files:
             path = root.joinpath(*item.path.split("/")) if manifest.is_dir else root
             if not path.exists():
                 problems.append(f"{path}: missing")
-            elif path.stat().st_size != item.size:
-                problems.append(f"{path}: size {path.stat().st_size} != {item.size}")
-            elif sha256_file(path) != item.sha256:
+                continue
+            info = path.stat()
+            if info.st_size != item.size:
+                problems.append(f"{path}: size {info.st_size} != {item.size}")
+                continue
+            inode = (info.st_dev, info.st_ino)
+            if inode not in seen:
+                seen[inode] = sha256_file(path)
+            if seen[inode] != item.sha256:
                 problems.append(f"{path}: sha256 differs")
         if manifest.is_dir and root.is_dir() and not root.is_symlink():
             listed = {item.path for item in manifest.files}

@@ -14,8 +14,6 @@ settings come from `with_cache_dir` and `in_offline_mode`.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
@@ -28,8 +26,8 @@ from .api_settings import ApiSettings
 from .artifact_cache import ArtifactCache, ArtifactSettings
 from .artifact_store import ArtifactStore
 from .backend import Backend
-from .bundle import BundleLimits, ImportReport, Selection, export_bundle, import_bundle
-from .cache_admin import AliasStatus, CacheAdmin, CleanReport, EntryUsage, PruneReport, RepairReport
+from .cache_admin import CacheAdmin
+from .cache_api import CacheMethods
 from .compose import Composer
 from .entities import RunStatus
 from .errors import CacheMiss, EntityNotFound
@@ -44,7 +42,6 @@ from .placement import place_tree
 from .progress import auto_progress
 from .query import check_sort as _check_sort
 from .query import compile_query
-from .repair import repair
 from .resolver import Freshness, MetadataResolver
 from .search import SearchEngine
 from .timeutil import utcnow
@@ -61,7 +58,7 @@ def _fresh(force_refresh: bool) -> Freshness:
     return "force" if force_refresh else "normal"
 
 
-class BaseMlflowApi(PluginHooks, ApiSettings):
+class BaseMlflowApi(CacheMethods, PluginHooks, ApiSettings):
     """Cache-or-fetch access to experiments, runs, models, model versions and their files.
 
     Offline (`offline_mode=True` or `MLCACHE_OFFLINE=1`) nothing touches the network: reads come
@@ -472,61 +469,3 @@ class BaseMlflowApi(PluginHooks, ApiSettings):
         mv = self.get_model_version(model_version)
         self._files.delete(self._files.model_target(mv))
         self.set_tags_on_model_version(mv, {DELETED_TAG: utcnow().isoformat()})
-
-    # ----------------------------------------------------------------- the cache
-    def usage(self) -> list[EntryUsage]:
-        """Every artifact entry with its size on disk, last use, source and the cached model
-        versions it holds, largest first."""
-        held = (
-            self.in_offline_mode._files.versions_by_entry()
-            if not self.offline_mode
-            else self._files.versions_by_entry()
-        )
-        rows = self._admin.usage()
-        return [dataclasses.replace(row, versions=held[row.key]) if row.key in held else row for row in rows]
-
-    def prune(self, max_size: int | str, dry_run: bool = False) -> PruneReport:
-        """Remove least recently used entries until the artifacts fit in `max_size` (`10G`, bytes);
-        with `dry_run`, only report what would be removed."""
-        return self._admin.prune(max_size, dry_run)
-
-    def repair_cache(self, bundle: Path | str | None = None) -> RepairReport:
-        """Remove every entry that fails verification and fill it again: from `bundle` when given
-        (an import), else pulled from its source (online)."""
-        importer = None if bundle is None else functools.partial(self.import_bundle, bundle)
-        return repair(self._admin, self._files, self.usage(), importer, str(bundle) if bundle else None)
-
-    def alias_status(self) -> list[AliasStatus]:
-        """Every alias the cache holds next to where the server has it now (nothing is written)."""
-        return self._resolver.alias_status()
-
-    def clean_temp_artifacts(self, older_than: float = 0.0) -> int:
-        """Remove staging leftovers whose owner process is gone; returns how many."""
-        return self._admin.clean_temp_artifacts(older_than)
-
-    def clean_all_cache(self) -> CleanReport:
-        """Empty the cache, leaving (and reporting) what other processes are using."""
-        return self._admin.clean_all_cache()
-
-    def verify_cache(self) -> list[str]:
-        """Re-hash every entry and re-read every metadata file; each problem as one line."""
-        return self._admin.verify_cache()
-
-    def export_bundle(
-        self,
-        target: Path | str,
-        model_versions: Iterable[Any] = (),
-        runs: Iterable[Any] = (),
-        experiments: Iterable[Any] = (),
-        version_query: dict[str, Any] | None = None,
-    ) -> Path:
-        """A bundle (folder, `.tar` or `.tar.gz`) holding the selection and all it needs offline."""
-        selection = Selection(list(model_versions), list(runs), list(experiments), version_query)
-        versions = list(selection.model_versions)
-        if version_query is not None:
-            versions.extend(self.find_model_versions(version_query))
-        return export_bundle(self._exporter, versions, selection, target)
-
-    def import_bundle(self, source: Path | str, limits: BundleLimits | None = None) -> ImportReport:
-        """Check a bundle and bring it into this cache (idempotent, never replacing other content)."""
-        return import_bundle(self._meta, self._artifacts, source, limits)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock, Timeout
 
 from .artifact_store import ArtifactStore
+from .bundle_base import BaseBundle, keep_each_blob_once, read_base
 from .bundle_check import BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_VERSION, CheckedBundle, check_bundle
 from .bundle_reader import BundleError, BundleLimits, BundleTree, is_archive, read_bundle
 from .errors import CorruptMetadata
@@ -39,6 +40,7 @@ from .layout import CacheLayout, writing
 from .manifest import EntryKey, Manifest
 from .metadata_store import KINDS, MetadataStore
 from .placement import check_export_target
+from .progress import human_size
 from .staging import Stage, remove_tree
 from .timeutil import utcnow
 
@@ -75,7 +77,8 @@ def _derived_files(folder: Path) -> None:
 
 def _file_rows(root: Path) -> list[dict[str, Any]]:
     """Every file of a bundle folder with size and sha256; artifact digests are those their
-    manifests record (each was checked while it was copied in), the rest are hashed."""
+    manifests record (each was checked while it was copied in), blobs are named by theirs, the
+    rest are hashed."""
     known: dict[str, tuple[int, str]] = {}
     store = ArtifactStore(CacheLayout(root))
     for key, manifest in store.entries():
@@ -93,6 +96,8 @@ def _file_rows(root: Path) -> list[dict[str, Any]]:
             rel = path.relative_to(root).as_posix()
             if rel == BUNDLE_FILE:
                 continue
+            if rel.startswith("blobs/sha256/"):
+                known[rel] = (path.stat().st_size, rel[len("blobs/sha256/") :].replace("/", ""))
             size, digest = known.get(rel) or (path.stat().st_size, sha256_file(path))
             rows.append({"path": rel, "size": size, "sha256": digest})
     return sorted(rows, key=lambda row: row["path"])
@@ -135,10 +140,14 @@ def _unsupported_archive(name: str) -> str | None:
     return found
 
 
-def export_bundle(exporter: Exporter, versions: list[Any], selection: Selection, target: Path | str) -> Path:
+def export_bundle(
+    exporter: Exporter, versions: list[Any], selection: Selection, target: Path | str, base: Path | str | None = None
+) -> Path:
     """Write the selection (with `versions`, the selected model versions, the query's included),
-    with everything needed offline, to a bundle folder or archive."""
+    with everything needed offline, to a bundle folder or archive; with `base` (a bundle folder,
+    archive or its `bundle.json`), a differential bundle holding only the blobs the base lacks."""
     given = target
+    over = read_base(base) if base is not None else None
     check_export_target(exporter.cache_root, given)
     target = Path(target).expanduser().absolute()
     unsupported = _unsupported_archive(target.name)
@@ -155,20 +164,23 @@ def export_bundle(exporter: Exporter, versions: list[Any], selection: Selection,
         owner = stage.with_name(stage.name + ".lock")
         try:
             with FileLock(str(owner), timeout=0):
-                _export_into(exporter, versions, selection, stage, target)
+                _export_into(exporter, versions, selection, stage, target, over)
         finally:
             remove_tree(stage)
             owner.unlink(missing_ok=True)
     return target
 
 
-def _export_into(exporter: Exporter, versions: list[Any], selection: Selection, stage: Path, target: Path) -> None:
+def _export_into(
+    exporter: Exporter, versions: list[Any], selection: Selection, stage: Path, target: Path, base: BaseBundle | None
+) -> None:
     folder = stage if not is_archive(target) else stage / "bundle"
     to = exporter.open(folder)
     contents = exporter.selection(versions, list(selection.runs), list(selection.experiments), to)
     CacheLayout(folder).ensure()
     _derived_files(folder)
-    document = {
+    keep_each_blob_once(folder, base)
+    document: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
         "created_at": utcnow().isoformat(),
@@ -177,12 +189,15 @@ def _export_into(exporter: Exporter, versions: list[Any], selection: Selection, 
         "contents": contents.as_dict(),
         "files": _file_rows(folder),
     }
+    if base is not None:
+        document["base"] = {"digest": base.digest, "name": base.name}
     (folder / BUNDLE_FILE).write_text(json.dumps(document, indent=1, ensure_ascii=False))
     if is_archive(target):
         partial = stage / f"bundle{''.join(Path(target.name).suffixes)}"
         compressed = target.name.lower().endswith((".gz", ".tgz"))
         with tarfile.open(partial, "w:gz") if compressed else tarfile.open(partial, "w") as tar:
-            tar.add(folder, arcname=".")
+            tar.add(folder / BUNDLE_FILE, arcname=BUNDLE_FILE)
+            tar.add(folder, arcname=".", filter=lambda info: None if info.name == f"./{BUNDLE_FILE}" else info)
         os.replace(partial, target)
     else:
         os.replace(stage, target)
@@ -212,11 +227,15 @@ def verify(path: Path | str, limits: BundleLimits | None = None) -> list[str]:
 def _verify_cache(root: Path) -> list[str]:
     problems: list[str] = []
     store = ArtifactStore(CacheLayout(root))
+    hashed: dict[tuple[int, int], str] = {}
     for key, manifest in store.entries():
         if key is None or isinstance(manifest, CorruptMetadata):
             problems.append(str(manifest))
         else:
-            problems.extend(store.verify(key, manifest))
+            problems.extend(store.verify(key, manifest, hashed))
+    for digest, blob, info in store.blobs.all():
+        if (info.st_dev, info.st_ino) not in hashed and sha256_file(blob) != digest:
+            problems.append(f"{blob}: its bytes do not hash to its name; no entry holds it, `mlcache gc` removes it")
     meta = MetadataStore(CacheLayout(root))
     for kind in KINDS:
         list(meta.scan(kind, on_error=lambda exc: problems.append(str(exc))))
@@ -266,28 +285,42 @@ def import_bundle(
                 f"the cache already holds different content for {', '.join(sorted(conflicts))}; "
                 "clean those entries first (mlcache clean --entry URI), nothing imported"
             )
+        lacking = {d: size for d, size in checked.relies.items() if local.blobs.held(d, size) is None}
+        if lacking and checked.document is not None and checked.document.base is not None:
+            base = checked.document.base
+            raise BundleError(
+                f"bundle {source} is differential over {base.name} (bundle.json sha256 {base.digest[:16]}...); the "
+                f"cache lacks {len(lacking)} of the {len(checked.relies)} blobs it relies on "
+                f"({human_size(sum(lacking.values()))}): import {base.name} first, nothing imported"
+            )
         report = ImportReport()
         for key, (manifest, rel) in sorted(checked.entries.items(), key=lambda item: item[0].label):
             if local.lookup_quiet(key) is not None:
                 report.entries_present.append(key.label)
                 continue
-            _install_entry(local, key, manifest, stage / rel)
+            _install_entry(local, key, manifest, stage / rel, stage)
             report.entries_added.append(key.label)
         _import_metadata(meta, tree, checked, report)
         return report
 
 
-def _install_entry(local: ArtifactStore, key: EntryKey, manifest: Manifest, staged: Path) -> None:
-    """Install one checked entry from the import stage: its listed files, linked into a fresh stage
-    of their own (so entries nested in one another each get all their files), made read-only."""
+def _install_entry(local: ArtifactStore, key: EntryKey, manifest: Manifest, staged: Path, stage: Path) -> None:
+    """Install one checked entry from the import stage: its listed files (from the entry's folder
+    in the bundle, else the bundle's blobs, else the blobs the cache holds), linked into a fresh
+    stage of their own (so entries nested in one another each get all their files), read-only."""
     with local.lock(key), local.new_stage("install") as own:
         produced = own / (staged.name or "artifact")
         for item in manifest.files:
             src = staged.joinpath(*item.path.split("/")) if manifest.is_dir else staged
             dst = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
             dst.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(src, 0o444)
-            os.link(src, dst)
+            if not src.is_file():
+                src = stage.joinpath("blobs", "sha256", item.sha256[:2], item.sha256[2:])
+            if src.is_file():
+                os.chmod(src, 0o444)
+                os.link(src, dst)
+            elif not local.blobs.link_into(item.sha256, item.size, dst):
+                raise BundleError(f"{key.label}: the blob of {item.path} left the cache while importing; import again")
         if manifest.is_dir:
             produced.mkdir(exist_ok=True)
         local.install(key, produced, manifest)

@@ -3,9 +3,13 @@
 A bundle is a cache dir holding a selection plus `bundle.json`, which lists every file with its
 size and sha256. Checked on what one pass over the bundle actually read (`bundle_reader`):
 - the files are exactly those listed: nothing missing, nothing unlisted, sizes and digests equal;
-- every file has its place in the layout: `layout.json` of this layout version, `CACHEDIR.TAG`,
-  metadata documents at the path their own key maps to, manifests likewise, and artifact files
-  that some manifest lists with the same size and digest; anything else is refused.
+- every file has its place in the layout: `layout.json` of a readable layout version,
+  `CACHEDIR.TAG`, metadata documents at the path their own key maps to, manifests likewise,
+  artifact files that some manifest lists with the same size and digest, and blobs
+  (`blobs/sha256/...`) whose bytes hash to their name and that some manifest lists; anything else
+  is refused;
+- every file a manifest lists is in the bundle (at its entry's path, or as a blob), except in a
+  *differential* bundle: what it lacks it relies on its base for (`CheckedBundle.relies`).
 Problems are reported one line each, as `<path in the bundle>: <what is wrong>`.
 """
 
@@ -20,9 +24,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .artifact_store import ArtifactStore
+from .blobs import SHA256
 from .bundle_reader import BundleTree
 from .errors import CorruptMetadata
-from .layout import LAYOUT_VERSION, CacheLayout
+from .layout import READABLE_VERSIONS, CacheLayout
 from .manifest import EntryKey, FileRow, Manifest
 from .metadata_store import KINDS, MetadataStore
 from .names import UnsafePath
@@ -40,6 +45,15 @@ class BundleFile(FileRow):
     model_config = ConfigDict(extra="forbid")
 
 
+class BaseRef(BaseModel):
+    """The bundle a differential bundle was made over: the sha256 of its `bundle.json`, and its name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str = Field(max_length=4096)
+
+
 class BundleDocument(BaseModel):
     """`bundle.json`: what a bundle holds, who made it and when (both claims), every file listed."""
 
@@ -52,6 +66,7 @@ class BundleDocument(BaseModel):
     mlcache_version: str
     contents: dict[str, list[str]]
     files: list[BundleFile]
+    base: BaseRef | None = None
 
 
 @dataclass
@@ -63,6 +78,10 @@ class CheckedBundle:
     entries: dict[EntryKey, tuple[Manifest, str]] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    relies: dict[str, int] = field(default_factory=dict)
+    """Blobs (sha256 -> size) a differential bundle's entries need and it does not hold."""
+    absent: list[str] = field(default_factory=list)
+    """The entry files behind `relies`, as `<path>: missing from entry <label>`."""
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -122,8 +141,8 @@ def _check_layout(tree: BundleTree, checked: CheckedBundle, reported: set[str]) 
     metadata = MetadataStore(layout)
     problems = checked.problems
     marker = tree.documents.get("layout.json")
-    if marker is not None and _layout_version(marker) != LAYOUT_VERSION:
-        problems.append(f"layout.json: not layout version {LAYOUT_VERSION}")
+    if marker is not None and _layout_version(marker) not in READABLE_VERSIONS:
+        problems.append(f"layout.json: not a layout version this mlcache reads ({READABLE_VERSIONS})")
     covered: set[str] = set()
     for rel in sorted(tree.members):
         top = rel.split("/", 1)[0]
@@ -135,11 +154,29 @@ def _check_layout(tree: BundleTree, checked: CheckedBundle, reported: set[str]) 
             _check_manifest(tree, rel, artifacts, checked, covered, reported)
         elif top == "metadata":
             _check_document(tree, rel, metadata, checked)
+        elif top == "blobs":
+            _check_blob(tree, rel, problems)
         elif top != "artifacts":
             problems.append(f"{rel}: not part of an mlcache bundle")
     for rel in sorted(tree.members):
-        if rel.startswith("artifacts/") and rel not in covered and rel not in reported:
+        if rel.startswith(("artifacts/", "blobs/")) and rel not in covered and rel not in reported:
             problems.append(f"{rel}: not part of any entry (no manifest lists it)")
+    if checked.relies and (checked.document is None or checked.document.base is None):
+        problems.extend(checked.absent)
+        checked.relies.clear()
+
+
+def _blob_rel(digest: str) -> str:
+    return f"blobs/sha256/{digest[:2]}/{digest[2:]}"
+
+
+def _check_blob(tree: BundleTree, rel: str, problems: list[str]) -> None:
+    parts = rel.split("/")
+    digest = "".join(parts[2:]) if len(parts) == 4 and parts[1] == "sha256" and len(parts[2]) == 2 else ""
+    if not SHA256.fullmatch(digest):
+        problems.append(f"{rel}: not a blob name of this layout")
+    elif tree.members[rel].sha256 != digest:
+        problems.append(f"{rel}: its bytes do not hash to its name")
 
 
 def _layout_version(raw: bytes) -> Any:
@@ -170,8 +207,15 @@ def _check_manifest(
         member = tree.members.get(path)
         if path in reported:
             continue
-        if member is None:
-            checked.problems.append(f"{path}: missing from entry {key.label}")
+        blob = _blob_rel(item.sha256)
+        if member is None and blob in tree.members:
+            if tree.members[blob].size == item.size:
+                covered.add(blob)
+            else:
+                checked.problems.append(f"{blob}: size differs from the manifest of {key.label}")
+        elif member is None:
+            checked.relies[item.sha256] = item.size
+            checked.absent.append(f"{path}: missing from entry {key.label}")
         elif (member.size, member.sha256) != (item.size, item.sha256):
             checked.problems.append(f"{path}: differs from the manifest of {key.label}")
         else:

@@ -2,10 +2,11 @@
 
 Each member is read once: its name goes through `names.safe_relative_path`, its bytes are hashed
 as they stream by and, when a stage folder is given, written there (the only copy an import will
-install). Only regular files and folders are accepted: links, hardlinks, devices and pipes are
-refused, and so are duplicate names, more members or bytes than the limits allow, and archives that
-are truncated or not archives at all. Small documents (metadata, manifests, `bundle.json`) are kept
-in memory for the checks; artifact bytes never are. No Python extraction filter is relied upon.
+install). Only regular files and folders are accepted, and hardlinks to an artifact file read
+earlier in the same bundle (each blob is stored once); other links, devices and pipes are refused,
+and so are duplicate names, more members or bytes than the limits allow, and archives that are
+truncated or not archives at all. Small documents (metadata, manifests, `bundle.json`) are kept in
+memory for the checks; artifact bytes never are. No Python extraction filter is relied upon.
 """
 
 from __future__ import annotations
@@ -151,6 +152,26 @@ class _Reader:
         if keep:
             self.tree.documents[rel] = b"".join(kept)
 
+    def link(self, rel: str, first: str) -> None:
+        """A member holding the same bytes as the earlier artifact member `first` (a hardlink in
+        the archive or folder): recorded with its size and digest, staged as a link to its copy."""
+        if rel in self.tree.members:
+            raise BundleError(f"{self.tree.source}: member {rel!r} appears twice")
+        if first not in self.tree.members or is_document(first) or is_document(rel):
+            raise BundleError(
+                f"{self.tree.source}: refused member {rel!r}: a link to {first!r}, which is no earlier artifact file"
+            )
+        if len(self.tree.members) >= self.limits.max_files:
+            raise BundleError(f"{self.tree.source}: more than {self.limits.max_files} files; refused")
+        if self.tree.staged is not None:
+            parent, _, name = rel.rpartition("/")
+            folder = self._mkdirs(parent) if parent else self.tree.staged
+            try:
+                os.link(self.tree.staged.joinpath(*first.split("/")), folder / name, follow_symlinks=False)
+            except (FileExistsError, IsADirectoryError):
+                raise BundleError(f"{self.tree.source}: member {rel!r} is both a file and a folder") from None
+        self.tree.members[rel] = self.tree.members[first]
+
 
 def read_bundle(source: Path, limits: BundleLimits | None = None, stage: Path | None = None) -> BundleTree:
     """Read every member of the bundle at `source` once (hash, and stage into `stage` if given)."""
@@ -172,6 +193,12 @@ def _read_archive(source: Path, reader: _Reader) -> None:
                 if member.isdir():
                     if rel is not None:
                         reader.folder(rel)
+                    continue
+                if member.islnk() and rel is not None:
+                    first = reader.name(member.linkname)
+                    if first is None:
+                        raise BundleError(f"{source}: refused member {member.name!r}: a link to the bundle's root")
+                    reader.link(rel, first)
                     continue
                 if not member.isreg() or rel is None:
                     kind = "link" if member.issym() or member.islnk() else "special file"
@@ -195,6 +222,7 @@ def _read_folder(source: Path, reader: _Reader) -> None:
     if not source.is_dir():
         raise BundleError(f"{source} is not a bundle folder or a .tar/.tar.gz archive")
     source = source.resolve()
+    read: dict[tuple[int, int], str] = {}
     for folder, dirs, names in os.walk(source):
         base = Path(folder)
         dirs[:] = [name for name in dirs if not is_derived((base / name).relative_to(source).as_posix())]
@@ -215,6 +243,12 @@ def _read_folder(source: Path, reader: _Reader) -> None:
             if not stat.S_ISREG(info.st_mode) or rel is None:
                 kind = "link" if stat.S_ISLNK(info.st_mode) else "special file"
                 raise BundleError(f"{source}: refused {rel}: a {kind}; bundles hold only files")
+            first = read.get((info.st_dev, info.st_ino)) if info.st_nlink > 1 else None
+            if first is not None and not is_document(rel):
+                reader.link(rel, first)
+                continue
+            if info.st_nlink > 1 and not is_document(rel):
+                read[(info.st_dev, info.st_ino)] = rel
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             except OSError as exc:

@@ -5,14 +5,15 @@ process reads or writes is left alone, and reported."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .disk_usage import Survey, inodes_of, loose_blob_bytes
 from .errors import CorruptMetadata, LockTimeout, MlcacheError
 from .layout import writing
 from .manifest import EntryKey, Manifest
@@ -68,6 +69,9 @@ class EntryUsage:
     manifest_path: Path | None = None
     versions: tuple[str, ...] = ()
     """The cached model versions whose files this entry holds: `fraud/3@champion`."""
+    unique: int = 0
+    """Bytes of this entry's files that no other entry holds (what removing it frees)."""
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,16 +88,36 @@ class AliasStatus:
         return "current" if self.server == self.cached else "removed" if self.server is None else "moved"
 
 
+@dataclass(frozen=True)
+class CacheUsage:
+    """The whole cache on disk: its entries, the bytes they take with each shared blob counted
+    once, blobs no entry holds any more (`gc` removes them), and whether entries share blobs here."""
+
+    entries: list[EntryUsage]
+    on_disk: int
+    loose_blobs: int
+    dedup: bool
+
+
 @dataclass
 class PruneReport:
-    """What `prune` removed, and what it left because other processes were reading it."""
+    """What `prune` removed (and freed, each shared blob once), and what it left because other
+    processes were reading it."""
 
     removed: list[EntryUsage] = field(default_factory=list)
     busy: list[EntryUsage] = field(default_factory=list)
+    freed: int = 0
 
-    @property
-    def freed(self) -> int:
-        return sum(row.size for row in self.removed)
+
+@dataclass
+class GcReport:
+    """What `gc` removed: blobs no entry holds, and staging that killed processes left."""
+
+    blobs_removed: int = 0
+    freed: int = 0
+    blobs_kept: int = 0
+    temp_removed: int = 0
+    temp_busy: int = 0
 
 
 @dataclass
@@ -115,25 +139,6 @@ class CleanReport:
     temp_busy: int = 0
 
 
-def _measure(path: Path) -> tuple[int, int]:
-    """(bytes, files) of the regular files of a tree, by `lstat`, links not followed."""
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return 0, 0
-    if not stat.S_ISDIR(info.st_mode):
-        return (info.st_size, 1) if stat.S_ISREG(info.st_mode) else (0, 0)
-    size = count = 0
-    for folder, _dirs, names in os.walk(path):
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                item = os.lstat(os.path.join(folder, name))
-                if stat.S_ISREG(item.st_mode):
-                    size += item.st_size
-                    count += 1
-    return size, count
-
-
 class CacheAdmin:
     """Usage, prune, clean and verify of one cache dir."""
 
@@ -143,53 +148,90 @@ class CacheAdmin:
         self._artifacts = artifacts
 
     def usage(self) -> list[EntryUsage]:
-        """Every artifact entry with its size on disk, last use and source, largest first; entries
-        whose manifest is damaged are listed with the reason."""
+        """Every artifact entry with its size on disk, unique bytes, last use and source, largest
+        first; entries whose manifest is damaged are listed with the reason."""
+        return self.survey()[0]
+
+    def survey(self) -> tuple[list[EntryUsage], Survey]:
+        """The usage rows, and the inodes behind them (for totals that count a shared blob once)."""
+        survey = Survey()
         rows = []
         for key, manifest in self._artifacts.entries():
             if isinstance(manifest, CorruptMetadata):
-                rows.append(self._damaged_row(key, manifest))
+                rows.append(self._damaged_row(key, manifest, survey))
             elif self._artifacts.lookup_quiet(key) is not None:  # type: ignore[arg-type]
-                rows.append(self._usage_row(key, manifest))  # type: ignore[arg-type]
-        return sorted(rows, key=lambda row: (-row.size, row.label))
+                rows.append(self._usage_row(key, manifest, survey))  # type: ignore[arg-type]
+        rows = [dataclasses.replace(row, unique=survey.unique(row.label)) for row in rows]
+        return sorted(rows, key=lambda row: (-row.size, row.label)), survey
 
-    def _usage_row(self, key: EntryKey, manifest: Manifest) -> EntryUsage:
-        size, files = _measure(self._artifacts.entry_path(key))
+    def cache_usage(self, rows: list[EntryUsage] | None = None) -> CacheUsage:
+        """Entries (`rows` when already made, with their versions) and the totals of the cache."""
+        made, survey = self.survey()
+        blobs = [((info.st_dev, info.st_ino), info.st_size) for _d, _p, info in self._artifacts.blobs.all()]
+        loose = loose_blob_bytes(blobs, survey)
+        dedup = self._artifacts.blobs.can_link() if self._writable() else bool(blobs)
+        return CacheUsage(made if rows is None else rows, survey.total() + loose, loose, dedup)
+
+    def _writable(self) -> bool:
+        return os.access(self._layout.root, os.W_OK) if self._layout.root.exists() else False
+
+    def _usage_row(self, key: EntryKey, manifest: Manifest, survey: Survey) -> EntryUsage:
+        inodes, files = inodes_of(self._artifacts.entry_path(key))
+        survey.add(key.label, inodes)
         last = self._artifacts.last_used(key)
-        return EntryUsage(key.label, key, size, files, last, manifest.pulled_at, manifest.source)
+        pinned = self._artifacts.pinned(key)
+        size = sum(inodes.values())
+        return EntryUsage(key.label, key, size, files, last, manifest.pulled_at, manifest.source, pinned=pinned)
 
-    def _damaged_row(self, key: EntryKey | None, error: CorruptMetadata) -> EntryUsage:
-        size, files = _measure(self._artifacts.entry_path(key)) if key is not None else (0, 0)
+    def _damaged_row(self, key: EntryKey | None, error: CorruptMetadata, survey: Survey) -> EntryUsage:
+        inodes, files = inodes_of(self._artifacts.entry_path(key)) if key is not None else ({}, 0)
+        label = key.label if key is not None else str(error.path.relative_to(self._layout.root))
+        survey.add(label, inodes)
+        size = sum(inodes.values())
         with contextlib.suppress(OSError):
             size += error.path.lstat().st_size
-        label = key.label if key is not None else str(error.path.relative_to(self._layout.root))
         epoch = datetime.fromtimestamp(0, tz=timezone.utc)
         return EntryUsage(label, key, size, files, epoch, None, "", str(error), error.path)
 
-    def prune(self, max_size: int | str, dry_run: bool = False) -> PruneReport:
-        """Remove least recently used entries (damaged ones first) until the artifacts fit in
-        `max_size` bytes. Each entry is removed under its exclusive lock; one that a reader or
-        writer holds is left alone and reported as busy. `dry_run` only says what would go."""
+    def prune(self, max_size: int | str, dry_run: bool = False, keep: frozenset[EntryKey] = frozenset()) -> PruneReport:
+        """Remove least recently used entries (damaged ones first) until the cache fits in
+        `max_size` bytes on disk, a blob shared by entries counted once; pinned entries and those
+        in `keep` stay. Each entry is removed under its exclusive lock; one that another process
+        holds is left alone and reported as busy. `dry_run` only says what would go."""
         budget = parse_size(max_size)
-        rows = sorted(self.usage(), key=lambda row: (row.damaged is None, row.last_used))
-        total = sum(row.size for row in rows)
+        if not dry_run and self._layout.root.exists():
+            with writing(self._layout.root, "prune the cache"):
+                self._artifacts.blobs.collect()
+        rows, survey = self.survey()
+        total = survey.total()
+        order = sorted(rows, key=lambda row: (row.damaged is None, row.last_used))
         report = PruneReport()
-        if dry_run:
-            for row in rows:
-                if total <= budget:
-                    break
-                report.removed.append(row)
-                total -= row.size
-            return report
         with writing(self._layout.root, "prune the cache"):
-            for row in rows:
+            for row in order:
                 if total <= budget:
                     break
-                if self._remove_row(row):
+                if row.pinned or (row.key is not None and row.key in keep):
+                    continue
+                if dry_run or self._remove_row(row):
+                    freed = survey.drop(row.label)
                     report.removed.append(row)
-                    total -= row.size
+                    report.freed += freed
+                    total -= freed
                 else:
                     report.busy.append(row)
+        return report
+
+    def gc(self) -> GcReport:
+        """Remove staging that killed processes left, then every blob no entry holds (by the blob
+        store's rename-then-recheck protocol, so a blob a running pull links stays)."""
+        report = GcReport()
+        if not self._layout.root.exists():
+            return report
+        self._layout.check_version()
+        with writing(self._layout.root, "collect the cache's garbage"):
+            report.temp_removed, report.temp_busy = clean_tmp(self._layout)
+            collected = self._artifacts.blobs.collect()
+        report.blobs_removed, report.freed, report.blobs_kept = collected.removed, collected.freed, collected.kept
         return report
 
     def _remove_row(self, row: EntryUsage) -> bool:

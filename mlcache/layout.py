@@ -14,7 +14,11 @@ from pathlib import Path
 from .errors import CacheNotWritable, CorruptMetadata, IncompatibleCache, MlcacheError
 from .names import UnsafePath
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+"""2: files of complete entries may be hardlinks into `blobs/`. Version 1 (entries are copies) is
+read and written as it is: its marker is raised to 2 on the first write, and its entries stay
+valid copies until they are pulled again."""
+READABLE_VERSIONS = (1, 2)
 
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -86,6 +90,13 @@ def read_regular(path: Path, limit: int = 256 << 20) -> tuple[bytes, int] | None
         os.close(fd)
 
 
+def _marked_version(marker: Path) -> object:
+    try:
+        return json.loads(marker.read_bytes()[:4096]).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class CacheLayout:
     """Paths of one cache dir (or bundle); creates its skeleton only when first written to."""
 
@@ -94,6 +105,7 @@ class CacheLayout:
         self.soft_locks = soft_locks
         self.stale_lock_age = stale_lock_age
         self.metadata = self.root / "metadata"
+        self.blobs = self.root / "blobs"
         self.artifacts = self.root / "artifacts"
         self.manifests = self.root / "manifests"
         self.tmp = self.root / "tmp"
@@ -119,9 +131,10 @@ class CacheLayout:
             raise IncompatibleCache(
                 f'malformed cache file {marker} ({exc}); it should hold {{"version": {LAYOUT_VERSION}}}'
             ) from exc
-        if found != LAYOUT_VERSION or isinstance(found, bool):
+        if found not in READABLE_VERSIONS or isinstance(found, bool):
             raise IncompatibleCache(
-                f"cache at {self.root} has layout version {found!r}; this mlcache reads version {LAYOUT_VERSION}: "
+                f"cache at {self.root} has layout version {found!r}; this mlcache reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: "
                 "use the mlcache release that wrote it, or point cache_dir (MLCACHE_CACHE_DIR) at another folder"
             )
         self._version_checked = True
@@ -161,6 +174,6 @@ class CacheLayout:
         if not tag.exists():
             write_atomic(tag, CACHEDIR_TAG.encode(), self.tmp)
         marker = self.root / "layout.json"
-        if not marker.exists():
+        if _marked_version(marker) != LAYOUT_VERSION:
             write_atomic(marker, json.dumps({"version": LAYOUT_VERSION}).encode(), self.tmp)
         self._ready = True

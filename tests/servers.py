@@ -192,7 +192,7 @@ def _port_open(port: int) -> bool:
 
 
 def rclone_binary() -> str:
-    from mlcache.transfer import find_rclone
+    from mlcache.rclone import find_rclone
 
     return find_rclone()
 

@@ -25,7 +25,7 @@ def store(tmp_path: Path) -> ArtifactStore:
 
 
 def writer(files: dict[str, bytes], links: dict[str, str] | None = None):
-    def fetch(stage: Path, on_file) -> None:
+    def fetch(stage: Path, on_file, only=None) -> None:
         for rel, data in files.items():
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             (stage / rel).write_bytes(data)
@@ -116,7 +116,7 @@ def _partial_writer(final: bytes, replace_after_notice: bytes | None = None):
     """Like rclone: write `x.bin.1a2b3c4d.partial`, announce it, rename it to `x.bin`. With
     `replace_after_notice`, the announced file is then replaced by a new one (a retried transfer)."""
 
-    def fetch(stage: Path, on_file) -> None:
+    def fetch(stage: Path, on_file, only=None) -> None:
         partial = stage / "x.bin.1a2b3c4d.partial"
         partial.write_bytes(final)
         on_file("x.bin", staged=partial.name)
@@ -158,7 +158,7 @@ def test_an_early_hash_of_a_file_that_was_replaced_is_not_used(tmp_path: Path) -
 def test_big_transfers_whose_bytes_are_all_written_are_announced_once_where_they_sit(
     tmp_path: Path,
 ) -> None:
-    from mlcache.transfer import EARLY_HASH_MIN_SIZE, _announce_complete_files
+    from mlcache.rclone import EARLY_HASH_MIN_SIZE, _announce_complete_files
 
     (tmp_path / "d").mkdir()
     for name in ("d/w.bin", "w.bin", "x.bin"):
@@ -191,7 +191,7 @@ def test_big_transfers_whose_bytes_are_all_written_are_announced_once_where_they
 
 @pytest.mark.parametrize("name", ["model", "we$ird [1].txt", "x{y}}", "a{{b}}", "back\\slash*", "é€?"])
 def test_listing_tells_a_file_from_a_folder_holding_one_file_of_the_same_name(tmp_path: Path, name: str) -> None:
-    from mlcache.transfer import RcloneTransfer
+    from mlcache.rclone import RcloneTransfer
 
     (tmp_path / "as_dir" / name).mkdir(parents=True)
     (tmp_path / "as_dir" / name / name).write_bytes(b"12")
@@ -225,7 +225,7 @@ def test_one_instant_has_one_spelling_in_source_versions() -> None:
 def test_a_listing_made_in_another_time_zone_has_the_same_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlcache.transfer import RcloneTransfer
+    from mlcache.rclone import RcloneTransfer
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "w.bin").write_bytes(b"w")

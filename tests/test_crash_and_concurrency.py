@@ -69,7 +69,7 @@ def puller_code(url: str, cache_dir: Path, run_id: str, bwlimit: str | None, go_
             f"""
         import hashlib, logging, sys, time
         from mlcache.plugins.mlflow import MlflowApi
-        from mlcache.transfer import RcloneTransfer
+        from mlcache.rclone import RcloneTransfer
         logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(name)s %(message)s")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         api = MlflowApi(tracking_uri={url!r}, cache_dir={str(cache_dir)!r},

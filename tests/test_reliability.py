@@ -148,8 +148,8 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
             f"BlobEndpoint={endpoint};"
         )
+        from mlcache.rclone import RcloneTransfer
         from mlcache.remotes import to_rclone
-        from mlcache.transfer import RcloneTransfer
 
         target = to_rclone("az://models/x", env={"AZURE_STORAGE_CONNECTION_STRING": conn})
         RcloneTransfer()._run(["mkdir", "MLCACHE_AZ:models"], target.env)

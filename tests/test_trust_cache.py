@@ -221,7 +221,7 @@ def test_a_cache_of_another_layout_version_is_refused_offline(api: mlcache.BaseM
         lambda: list(fresh.find_runs()),
         fresh.usage,
     ):
-        with pytest.raises(IncompatibleCache, match="has layout version 99; this mlcache reads version 1"):
+        with pytest.raises(IncompatibleCache, match="has layout version 99; this mlcache reads versions 1, 2:"):
             read()
     result = cli("--offline", "pull", "models:/m/1", MLCACHE_CACHE_DIR=str(api.cache_dir))
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "layout version 99" in result.stderr

@@ -421,4 +421,4 @@ class InMemoryPlugin(BaseMlflowApi):
             local_path(url).relative_to(self.backend.artifact_root)
         except (ValueError, UnsupportedUrl):
             return None
-        return LocalTransfer()
+        return LocalTransfer(store_hashes=True)

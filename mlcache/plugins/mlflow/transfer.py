@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,13 +48,22 @@ class MlflowArtifactsTransfer(Transfer):
                 return Listing(url, False, (RemoteFile(name, int(info.file_size or 0)),))
         raise EntityNotFound("artifact", url, "nothing at that location")
 
-    def pull(self, url: str, dest: Path, progress: Progress = False, on_file: OnFile | None = None) -> None:
+    def pull(
+        self,
+        url: str,
+        dest: Path,
+        progress: Progress = False,
+        on_file: OnFile | None = None,
+        only: Sequence[str] | None = None,
+    ) -> None:
         listing = self.list(url)
+        wanted = None if only is None else set(only)
+        files = [f for f in listing.files if wanted is None or f.path in wanted]
         dest.mkdir(parents=True, exist_ok=True)
-        with file_by_file(progress, url, sum(f.size for f in listing.files), dest) as advanced:
+        with file_by_file(progress, url, sum(f.size for f in files), dest) as advanced:
             if listing.is_dir:
                 repo = self._repo(listing.url)
-                for item in listing.files:
+                for item in files:
                     download = functools.partial(repo.download_artifacts, item.path, dst_path=str(dest))
                     self._call("artifact", listing.url, download)
                     advanced(item.size)

@@ -1,0 +1,244 @@
+"""Content-addressed blobs: each distinct file of the cache stored once, under its sha256.
+
+On-disk protocol (no lock is needed for any of it):
+- `blobs/sha256/<2 hex>/<62 hex>` is a read-only regular file whose bytes hash to its name. It is
+  only ever made from a staged file that was hashed, by `os.link(staged, blob)`; when the blob
+  exists already, the staged file is replaced by a link to it (linked to a temp name in the stage,
+  then renamed over), so an entry installed from a stage shares the blob's inode.
+- A blob's link count is its reference count: the blob's own name plus one per entry or staged
+  file holding it. Entries never need the blob's name to stay valid (they hold the inode), so no
+  reader can be hurt by a blob's removal; the name only lets later pulls share the bytes.
+- `collect` (gc, prune) removes a blob only at link count 1: it first renames it into a private
+  stage (the name disappears at once, so a pull that links it afterwards fails and downloads
+  instead), checks the count again there, and puts it back if a pull linked it meanwhile.
+- `blobs/store/<algo>/<2 hex>/<rest>.<size>` maps a store's own hash of a file (S3 ETag MD5,
+  Azure Content-MD5, GCS MD5) to the sha256 of the blob it was downloaded as. It is a hint: a
+  match is used only when that blob exists with the same size.
+
+Where hardlinks cannot be made (another filesystem, no link support), entries hold their own
+copies and `can_link` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CorruptMetadata
+from .layout import CacheLayout, read_regular, write_atomic
+from .manifest import STORE_HASH
+from .staging import Stage
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+_NO_LINKS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
+
+
+@dataclass(frozen=True)
+class CollectReport:
+    """What one collection of unreferenced blobs removed, and what it kept because a pull linked it."""
+
+    removed: int = 0
+    freed: int = 0
+    kept: int = 0
+
+
+class BlobStore:
+    """The blobs of one cache dir (or bundle folder)."""
+
+    def __init__(self, layout: CacheLayout) -> None:
+        self.layout = layout
+        self.root = layout.root / "blobs"
+        self._linkable: bool | None = None
+
+    def path(self, digest: str) -> Path:
+        """Where the blob of `digest` lives; `digest` must be 64 lowercase hex digits."""
+        if not SHA256.fullmatch(digest):
+            raise ValueError(f"not a sha256 digest: {digest!r}")
+        return self.root / "sha256" / digest[:2] / digest[2:]
+
+    def held(self, digest: str, size: int) -> Path | None:
+        """The blob of `digest` when it exists as a regular file of `size` bytes (never a link)."""
+        path = self.path(digest)
+        try:
+            info = path.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return path if stat.S_ISREG(info.st_mode) and info.st_size == size else None
+
+    def can_link(self) -> bool:
+        """Whether entries can be hardlinks into the blobs here (probed once, in `tmp/`)."""
+        if self._linkable is None:
+            self.layout.ensure()
+            probe = self.layout.tmp / f"link-probe-{uuid.uuid4().hex}"
+            try:
+                probe.write_bytes(b"")
+                self._guarded_dir(self.root)
+                twin = self.root / f".probe-{uuid.uuid4().hex}"
+                os.link(probe, twin)
+                twin.unlink()
+                self._linkable = True
+            except OSError:
+                self._linkable = False
+            finally:
+                probe.unlink(missing_ok=True)
+        return self._linkable
+
+    def _guarded_dir(self, folder: Path) -> None:
+        self.layout.guard(folder / "x")
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def adopt(self, staged: Path, digest: str, size: int) -> bool:
+        """Make the hashed, read-only staged file `staged` share the blob of `digest`: it becomes the
+        blob, or is replaced by a link to the blob already held. False when links cannot be made
+        here (the staged file is then left as it is)."""
+        blob = self.path(digest)
+        try:
+            self._guarded_dir(blob.parent)
+            os.link(staged, blob)
+            return True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if exc.errno in _NO_LINKS:
+                self._linkable = False
+                return False
+            raise
+        held = self.held(digest, size)
+        if held is None or os.path.samestat(os.stat(held), os.lstat(staged)):
+            return held is not None
+        twin = staged.with_name(f".{uuid.uuid4().hex}.blob")
+        try:
+            os.link(held, twin)
+        except FileNotFoundError:
+            return False
+        os.replace(twin, staged)
+        return True
+
+    def link_into(self, digest: str, size: int, dest: Path) -> bool:
+        """Hardlink the held blob of `digest` at `dest` (a new file in a stage); False when no such
+        blob is held any more (a collector took it), so the caller downloads the file instead."""
+        blob = self.held(digest, size)
+        if blob is None:
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(blob, dest)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if exc.errno in _NO_LINKS:
+                self._linkable = False
+                return False
+            raise
+        return True
+
+    # ----------------------------------------------------------------- store hashes
+    def _hint_path(self, store_hash: str, size: int) -> Path | None:
+        match = STORE_HASH.fullmatch(store_hash)
+        if match is None:
+            return None
+        algo, value = match.groups()
+        return self.root / "store" / algo / value[:2] / f"{value[2:]}.{size}"
+
+    def remember(self, store_hash: str, size: int, digest: str) -> None:
+        """Record that the file a store hashes as `store_hash` (of `size` bytes) is blob `digest`."""
+        hint = self._hint_path(store_hash, size)
+        if hint is None or not SHA256.fullmatch(digest):
+            return
+        read = read_regular(hint, limit=128) if hint.exists() else None
+        if read is not None and read[0].decode(errors="replace") == digest:
+            return
+        self._guarded_dir(hint.parent)
+        write_atomic(hint, digest.encode(), self.layout.tmp)
+
+    def by_store_hash(self, store_hash: str, size: int) -> str | None:
+        """The sha256 of the held blob a store hash was recorded for, when that blob is still held."""
+        hint = self._hint_path(store_hash, size)
+        if hint is None:
+            return None
+        try:
+            read = read_regular(hint, limit=128)
+        except CorruptMetadata:
+            return None
+        if read is None:
+            return None
+        digest = read[0].decode(errors="replace").strip()
+        return digest if SHA256.fullmatch(digest) and self.held(digest, size) is not None else None
+
+    def has_hints(self) -> bool:
+        """Whether any store hash is recorded (else a pull need not list before it downloads)."""
+        store = self.root / "store"
+        return store.is_dir() and not store.is_symlink() and any(store.iterdir())
+
+    # ----------------------------------------------------------------- collection
+    def all(self) -> Iterator[tuple[str, Path, os.stat_result]]:
+        """Every blob: digest, path and `lstat`; names that are not blob names are skipped."""
+        top = self.root / "sha256"
+        if not top.is_dir() or top.is_symlink():
+            return
+        for folder in sorted(top.iterdir()):
+            if len(folder.name) != 2 or folder.is_symlink() or not folder.is_dir():
+                continue
+            for item in sorted(folder.iterdir()):
+                digest = folder.name + item.name
+                if not SHA256.fullmatch(digest):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    yield digest, item, item.lstat()
+
+    def collect(self, digests: list[str] | None = None) -> CollectReport:
+        """Remove the blobs (all, or those of `digests`) that nothing links any more, by the
+        rename-then-recheck protocol of this module; hints whose blob is gone go too."""
+        if digests is None:
+            candidates = [(d, p, i) for d, p, i in self.all() if stat.S_ISREG(i.st_mode) and i.st_nlink == 1]
+        else:
+            candidates = []
+            for digest in sorted(set(digests)):
+                path = self.path(digest)
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    info = path.lstat()
+                    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                        candidates.append((digest, path, info))
+        removed = freed = kept = 0
+        if candidates:
+            with Stage(self.layout, "gc") as aside:
+                for digest, path, info in candidates:
+                    doomed = aside / digest
+                    try:
+                        os.rename(self.layout.guard(path), doomed)
+                    except FileNotFoundError:
+                        continue
+                    if os.lstat(doomed).st_nlink > 1:
+                        with contextlib.suppress(FileExistsError):
+                            os.link(doomed, path)
+                        kept += 1
+                    else:
+                        removed += 1
+                        freed += info.st_size
+                    doomed.unlink()
+        if digests is None:
+            self._drop_stale_hints()
+        return CollectReport(removed, freed, kept)
+
+    def _drop_stale_hints(self) -> None:
+        store = self.root / "store"
+        if not store.is_dir() or store.is_symlink():
+            return
+        for hint in store.rglob("*"):
+            if hint.is_symlink() or not hint.is_file():
+                continue
+            size = hint.name.rpartition(".")[2]
+            try:
+                read = read_regular(hint, limit=128)
+                digest = read[0].decode(errors="replace").strip() if read else ""
+            except CorruptMetadata:
+                digest = ""
+            if not (size.isdigit() and SHA256.fullmatch(digest) and self.held(digest, int(size)) is not None):
+                hint.unlink(missing_ok=True)
