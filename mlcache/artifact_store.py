@@ -94,16 +94,20 @@ def _check_against(listing: Listing, files: dict[str, StagedFile]) -> None:
         )
 
 
+def _files(count: int) -> str:
+    return f"{count:,} file" if count == 1 else f"{count:,} files"
+
+
 def _report_pull(key: EntryKey, listing: Listing, linked: dict[str, str]) -> None:
     """Say how much of a pull came from blobs the cache held and how much was downloaded."""
     linked_bytes = sum(f.size for f in listing.files if f.path in linked)
     total = sum(f.size for f in listing.files)
     log.info(
-        "%s: linked %s files, %s, from the cache; downloaded %s files, %s",
+        "%s: linked %s, %s, from the cache; downloaded %s, %s",
         key.label,
-        f"{len(linked):,}",
+        _files(len(linked)),
         human_size(linked_bytes),
-        f"{len(listing.files) - len(linked):,}",
+        _files(len(listing.files) - len(linked)),
         human_size(total - linked_bytes),
     )
 
