@@ -175,7 +175,7 @@ class ArtifactCache:
             name, version = record.key
             try:
                 target = self.model_target((name, version))
-                found = self.store.covering(target.key)
+                found = self.store.covering(target.key, touch=False)
                 mv = self.composer.mv(record)
             except MlcacheError:
                 continue

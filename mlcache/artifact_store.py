@@ -102,14 +102,17 @@ def _report_pull(key: EntryKey, listing: Listing, linked: dict[str, str]) -> Non
     """Say how much of a pull came from blobs the cache held and how much was downloaded."""
     linked_bytes = sum(f.size for f in listing.files if f.path in linked)
     total = sum(f.size for f in listing.files)
-    log.info(
-        "%s: linked %s, %s, from the cache; downloaded %s, %s",
-        key.label,
-        _files(len(linked)),
-        human_size(linked_bytes),
-        _files(len(listing.files) - len(linked)),
-        human_size(total - linked_bytes),
-    )
+    downloaded = f"downloaded {_files(len(listing.files) - len(linked))}, {human_size(total - linked_bytes)}"
+    if linked:
+        log.info(
+            "%s: linked %s, %s, from the cache; %s",
+            key.label,
+            _files(len(linked)),
+            human_size(linked_bytes),
+            downloaded,
+        )
+    else:
+        log.info("%s: %s", key.label, downloaded)
 
 
 class ArtifactStore:
@@ -171,17 +174,18 @@ class ArtifactStore:
             return path
         return None
 
-    def covering(self, key: EntryKey) -> tuple[EntryKey, Path] | None:
+    def covering(self, key: EntryKey, touch: bool = True) -> tuple[EntryKey, Path] | None:
         """The complete entry holding `key`'s files (itself or, for runs, a parent path's entry) and
-        the path of those files inside it."""
+        the path of those files inside it; `touch=False` for reports, which are no use."""
+        look = self.lookup if touch else self.lookup_quiet
         if key.kind != "runs":
-            hit = self.lookup(key)
+            hit = look(key)
             return (key, hit) if hit is not None else None
         run_id, path_in_run = key.parts
         parts = path_in_run.split("/")
         for depth in range(1, len(parts) + 1):
             outer = EntryKey("runs", (run_id, "/".join(parts[:depth])))
-            hit = self.lookup(outer)
+            hit = look(outer)
             if hit is not None:
                 inner = hit.joinpath(*parts[depth:])
                 if inner.exists():

@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 
 from .artifact_store import ArtifactStore
 from .bundle_base import BaseBundle, keep_each_blob_once, read_base
-from .bundle_check import BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_VERSION, CheckedBundle, check_bundle
+from .bundle_check import BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_VERSION, BaseRef, CheckedBundle, check_bundle
 from .bundle_reader import BundleError, BundleLimits, BundleTree, is_archive, read_bundle
 from .errors import CorruptMetadata
 from .hashing import sha256_file
@@ -212,16 +212,33 @@ def _version() -> str:
 def verify(path: Path | str, limits: BundleLimits | None = None) -> list[str]:
     """Every problem of a bundle (folder or archive) or cache dir, one line each: missing, resized,
     changed or unlisted files, misplaced or unreadable documents. An empty list means intact."""
+    return verify_report(path, limits).problems
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found: the problems, and for a differential bundle the base it names and the
+    blobs (sha256 -> size) it relies on that base for."""
+
+    problems: list[str]
+    base: BaseRef | None = None
+    relies: dict[str, int] = field(default_factory=dict)
+
+
+def verify_report(path: Path | str, limits: BundleLimits | None = None) -> VerifyReport:
+    """`verify`, also saying what a differential bundle relies on."""
     given = path
     path = Path(path).expanduser().absolute()
     if not path.exists():
         raise BundleError(f"no bundle or cache dir at {given}: no such file or folder")
-    if is_archive(path) or (path / BUNDLE_FILE).exists():
+    if (is_archive(path) and not path.is_dir()) or (path / BUNDLE_FILE).exists():
         try:
-            return check_bundle(read_bundle(path, limits)).problems
+            checked = check_bundle(read_bundle(path, limits))
         except BundleError as exc:
-            return [str(exc)]
-    return _verify_cache(path)
+            return VerifyReport([str(exc)])
+        base = checked.document.base if checked.document is not None else None
+        return VerifyReport(checked.problems, base, dict(checked.relies))
+    return VerifyReport(_verify_cache(path))
 
 
 def _verify_cache(root: Path) -> list[str]:

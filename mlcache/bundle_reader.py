@@ -176,7 +176,7 @@ class _Reader:
 def read_bundle(source: Path, limits: BundleLimits | None = None, stage: Path | None = None) -> BundleTree:
     """Read every member of the bundle at `source` once (hash, and stage into `stage` if given)."""
     reader = _Reader(source, limits or BundleLimits(), stage)
-    if is_archive(source):
+    if is_archive(source) and not source.is_dir():
         _read_archive(source, reader)
     else:
         _read_folder(source, reader)

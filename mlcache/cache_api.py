@@ -79,12 +79,17 @@ class CacheMethods:
         """Remove least recently used entries until the cache fits in `max_size` (`10G`, bytes) on
         disk, a blob shared by entries counted once. Pinned entries stay, and with `keep_aliases` so
         do the versions any alias points to; `dry_run` only reports what would be removed."""
+        rows = self.usage()
         keep = frozenset(
             row.key
-            for row in (self.usage() if keep_aliases else [])
-            if row.key is not None and any("@" in held for held in row.versions)
+            for row in rows
+            if keep_aliases and row.key is not None and any("@" in held for held in row.versions)
         )
-        return self._admin.prune(max_size, dry_run, keep)
+        report = self._admin.prune(max_size, dry_run, keep)
+        versions = {row.label: row.versions for row in rows}
+        report.removed = [dataclasses.replace(row, versions=versions.get(row.label, ())) for row in report.removed]
+        report.busy = [dataclasses.replace(row, versions=versions.get(row.label, ())) for row in report.busy]
+        return report
 
     def gc(self) -> GcReport:
         """Remove blobs no entry holds and staging left by killed processes; never a blob a

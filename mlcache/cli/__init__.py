@@ -51,6 +51,23 @@ def _warnings_as_lines(quiet: bool) -> None:
     handler.mlcache_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.propagate = False
+    pulls = logging.getLogger("mlcache.pulls")
+    for handler in [h for h in pulls.handlers if getattr(h, "mlcache_cli", False)]:
+        pulls.removeHandler(handler)
+    if not quiet:
+        told = logging.StreamHandler(sys.stderr)
+        told.setFormatter(_PlainFormatter())
+        told.setLevel(logging.INFO)
+        told.mlcache_cli = True  # type: ignore[attr-defined]
+        pulls.addHandler(told)
+        pulls.setLevel(logging.INFO)
+
+
+class _PlainFormatter(logging.Formatter):
+    """What a pull brought (linked and downloaded), said as it is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _one_line(record.getMessage())
 
 
 class _OneLineFormatter(logging.Formatter):

@@ -21,8 +21,10 @@ from .core import JsonOption, app, data, is_run_uri, json_line, note, settings, 
 
 @app.command()
 def du(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Usage of the cache: each artifact entry, the model versions it holds, its size and last use."""
-    rows = settings(ctx).api().usage()
+    """Usage of the cache: each artifact entry, the model versions it holds, its size, the bytes
+    only it holds (what removing it frees), and the cache's bytes on disk, shared blobs once."""
+    usage = settings(ctx).api().cache_usage()
+    rows = usage.entries
     if as_json:
         for row in rows:
             json_line(
@@ -30,53 +32,86 @@ def du(ctx: typer.Context, as_json: JsonOption = False) -> None:
                     "entry": row.label,
                     "versions": list(row.versions),
                     "size": row.size,
+                    "unique": row.unique,
                     "files": row.files,
+                    "pinned": row.pinned,
                     "last_used": row.last_used.isoformat(),
                     "source": row.source,
                     "damaged": row.damaged,
                 }
             )
+        json_line({"total_on_disk": usage.on_disk, "loose_blobs": usage.loose_blobs, "dedup": usage.dedup})
         return
     table(
-        ["entry", "versions", "size", "files", "last used"],
+        ["entry", "versions", "size", "unique", "files", "last used"],
         [
             [
-                row.label,
+                row.label + (" (pinned)" if row.pinned else ""),
                 ", ".join(row.versions) or ("damaged: " + row.damaged if row.damaged else "-"),
                 human_size(row.size),
+                human_size(row.unique),
                 str(row.files),
                 f"{row.last_used:%Y-%m-%d %H:%M}",
             ]
             for row in rows
         ],
     )
-    note(ctx, f"total {human_size(sum(r.size for r in rows))} in {len(rows)} entries")
+    loose = f", {human_size(usage.loose_blobs)} in blobs no entry holds (`mlcache gc`)" if usage.loose_blobs else ""
+    note(ctx, f"total {human_size(usage.on_disk)} on disk in {len(rows)} entries{loose}")
+    if not usage.dedup and rows:
+        note(ctx, "dedup is off here: hardlinks cannot be made in this cache dir, so entries hold their own copies")
 
 
 @app.command()
 def prune(
     ctx: typer.Context,
-    max_size: Annotated[str, typer.Option("--max-size", help="Budget for artifacts, e.g. 500M, 10G.")],
+    max_size: Annotated[str, typer.Option("--max-size", help="Budget on disk, e.g. 500M, 10G.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
+    keep_aliases: Annotated[
+        bool, typer.Option("--keep-aliases", help="Never evict a version an alias points to.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Remove least recently used artifact entries until the cache fits the budget."""
+    """Remove least recently used artifact entries until the cache fits the budget (a blob shared by
+    entries counts once; pinned entries stay)."""
     from ..cache_admin import parse_size
 
     try:
         budget = parse_size(max_size)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    report = settings(ctx).api().prune(budget, dry_run=dry_run)
+    report = settings(ctx).api().prune(budget, dry_run=dry_run, keep_aliases=keep_aliases)
     verb = "would remove" if dry_run else "removed"
     for row in report.removed:
         if as_json:
-            json_line({"entry": row.label, "size": row.size, "removed": not dry_run})
+            json_line({"entry": row.label, "size": row.size, "unique": row.unique, "removed": not dry_run})
         else:
             data(f"{verb} {row.label} ({human_size(row.size)})")
     for row in report.busy:
         note(ctx, f"kept {row.label} ({human_size(row.size)}): another process is using it")
     note(ctx, f"{'would free' if dry_run else 'freed'} {human_size(report.freed)}")
+
+
+@app.command()
+def gc(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Remove blobs no entry holds and staging left by killed processes (never what a running pull uses)."""
+    report = settings(ctx).api().gc()
+    if as_json:
+        json_line(
+            {
+                "blobs_removed": report.blobs_removed,
+                "freed": report.freed,
+                "blobs_kept": report.blobs_kept,
+                "temp_removed": report.temp_removed,
+                "temp_busy": report.temp_busy,
+            }
+        )
+        return
+    data(
+        f"removed {report.blobs_removed} blobs ({human_size(report.freed)}) and {report.temp_removed} temporary item(s)"
+    )
+    if report.blobs_kept or report.temp_busy:
+        note(ctx, f"kept {report.blobs_kept} blobs and {report.temp_busy} temporary item(s) that pulls are using")
 
 
 def _confirm_all(ctx: typer.Context, cache_dir: Path, yes: bool) -> None:

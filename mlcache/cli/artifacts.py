@@ -82,6 +82,27 @@ def pull(
         note(ctx, f"{len(wanted)} artifacts ready")
 
 
+@app.command()
+def pin(
+    ctx: typer.Context,
+    uri: Annotated[str, typer.Argument(help="models:/name/3, models:/name@alias, models:/m-<id>, runs:/<id>/path")],
+) -> None:
+    """Keep an artifact through every prune (pulled first if needed), until `mlcache unpin`."""
+    api = settings(ctx).api()
+    path = api.pin_artifact(uri)
+    data(f"pinned {uri} ({path})")
+
+
+@app.command()
+def unpin(
+    ctx: typer.Context,
+    uri: Annotated[str, typer.Argument(help="A URI given to `mlcache pin`.")],
+) -> None:
+    """Let prune evict a pinned artifact again."""
+    unpinned = settings(ctx).api().unpin_artifact(uri)
+    data(f"unpinned {uri}" if unpinned else f"not pinned: {uri}")
+
+
 @app.command("ls")
 def list_files(
     ctx: typer.Context,

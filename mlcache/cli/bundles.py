@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..progress import human_size
 from .artifacts import parse_json
 from .core import JsonOption, app, data, json_line, note, settings, status
 
@@ -23,16 +24,23 @@ def export(
     query: Annotated[
         str | None, typer.Option("--query", help="Also every model version matching this JSON query.")
     ] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option("--base", help="An older bundle (folder, archive or its bundle.json): hold only what it lacks."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Export model versions, runs and experiments with everything needed offline into a bundle."""
+    """Export model versions, runs and experiments with everything needed offline into a bundle
+    (with --base, a differential one that needs the base's blobs where it is imported)."""
     from ..bundle import selection_from
 
     selection = selection_from(items or [])
     version_query = parse_json(query, "--query") if query else None
     api = settings(ctx).api()
     status(ctx, f"exporting to {to}")
-    path = api.export_bundle(to, selection.model_versions, selection.runs, selection.experiments, version_query)
+    path = api.export_bundle(
+        to, selection.model_versions, selection.runs, selection.experiments, version_query, base=base
+    )
     if as_json:
         json_line({"bundle": str(path)})
     else:
@@ -80,7 +88,7 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Re-hash every file of a bundle or cache; list each bad file; exit 1 if any."""
-    from ..bundle import verify as verify_path
+    from ..bundle import verify_report
 
     if source is not None and not repair:
         raise typer.BadParameter("--from goes with --repair")
@@ -89,15 +97,26 @@ def verify(
     if repair:
         if api is None or target.absolute() != api.cache_dir.absolute():
             raise typer.BadParameter("--repair works on the cache (leave out PATH, or give --cache-dir)")
-        report = api.repair_cache(source)
-        for label in report.repaired:
+        repaired = api.repair_cache(source)
+        for label in repaired.repaired:
             data(f"repaired {label}")
-        for line in report.failed:
-            note(ctx, f"not repaired: {line}")
+        for failure in repaired.failed:
+            note(ctx, f"not repaired: {failure}")
     status(ctx, f"verifying {target}")
-    problems = verify_path(target)
+    checked = verify_report(target)
+    problems = checked.problems
+    base = checked.base
+    if base is not None:
+        note(
+            ctx,
+            f"differential bundle: relies on {base.name} (bundle.json sha256 {base.digest}) for "
+            f"{len(checked.relies)} blobs, {human_size(sum(checked.relies.values()))}, that it does not hold",
+        )
     if as_json:
-        json_line({"path": str(target), "ok": not problems, "problems": problems})
+        line: dict = {"path": str(target), "ok": not problems, "problems": problems}
+        if base is not None:
+            line["base"] = {"name": base.name, "digest": base.digest, "relies_on": len(checked.relies)}
+        json_line(line)
     else:
         for problem in problems:
             data(f"BAD {problem}")
