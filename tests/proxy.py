@@ -3,7 +3,11 @@
     python tests/proxy.py --port P --target http://127.0.0.1:T --stats FILE [--fail-rate 0.3 --fail-status 503]
 
 Each request is forwarded to the target (method, path, headers, body) unless it is chosen to
-fail; the running totals are written to the stats file as JSON after every request.
+fail; the running totals are written to the stats file as JSON after every request, before the
+response is sent (so a client that got its answer finds it counted):
+`requests`, `failed`, `by_method` (method -> count), `paths` (method -> request path with its
+query -> count), `gets` (the same for GET alone), `bytes_out` (bytes of response bodies sent),
+`bytes_by_method` (method -> those bytes) and `get_bytes` (GET path -> those bytes).
 """
 
 from __future__ import annotations
@@ -31,16 +35,33 @@ def main() -> None:
     parser.add_argument("--require-token", default=None, help="answer 401 unless 'Authorization: Bearer <it>'")
     args = parser.parse_args()
     target = urlparse(args.target)
-    stats = {"requests": 0, "failed": 0, "by_method": {}}
+    stats: dict = {
+        "requests": 0,
+        "failed": 0,
+        "by_method": {},
+        "paths": {},
+        "gets": {},
+        "bytes_out": 0,
+        "bytes_by_method": {},
+        "get_bytes": {},
+    }
     lock = threading.Lock()
     rng = random.Random(args.seed)
     stats_path = Path(args.stats)
 
-    def record(method: str, failed: bool) -> None:
+    def record(method: str, failed: bool, path: str | None = None, sent: int = 0) -> None:
         with lock:
             stats["requests"] += 1
             stats["failed"] += int(failed)
             stats["by_method"][method] = stats["by_method"].get(method, 0) + 1
+            if path is not None:
+                by_path = stats["paths"].setdefault(method, {})
+                by_path[path] = by_path.get(path, 0) + 1
+                stats["bytes_out"] += sent
+                stats["bytes_by_method"][method] = stats["bytes_by_method"].get(method, 0) + sent
+                if method == "GET":
+                    stats["gets"][path] = stats["gets"].get(path, 0) + 1
+                    stats["get_bytes"][path] = stats["get_bytes"].get(path, 0) + sent
             tmp = stats_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(stats))
             tmp.replace(stats_path)
@@ -57,8 +78,8 @@ def main() -> None:
             with lock:
                 fail = rng.random() < args.fail_rate
             if args.require_token and self.headers.get("Authorization") != f"Bearer {args.require_token}":
-                record(self.command, True)
                 payload = json.dumps({"error_code": "UNAUTHENTICATED", "message": "token required"}).encode()
+                record(self.command, True, self.path, len(payload))
                 self.send_response(401)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -66,9 +87,9 @@ def main() -> None:
                 self.wfile.write(payload)
                 return
             if fail:
-                record(self.command, True)
                 code = "RESOURCE_DOES_NOT_EXIST" if args.fail_status == 404 else "TEMPORARILY_UNAVAILABLE"
                 payload = json.dumps({"error_code": code, "message": "injected fault"}).encode()
+                record(self.command, True, self.path, len(payload))
                 self.send_response(args.fail_status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -83,7 +104,7 @@ def main() -> None:
                 data = response.read()
             finally:
                 conn.close()
-            record(self.command, False)
+            record(self.command, False, self.path, 0 if self.command == "HEAD" else len(data))
             self.send_response(response.status, response.reason)
             for key, value in response.getheaders():
                 if key.lower() not in HOP_HEADERS and key.lower() != "content-length":
