@@ -162,7 +162,7 @@ class Breakdown:
         self.wrap(artifact_store, "scan_tree", "scan_tree")
         self.wrap(hashing, "_sha256_of", "sha256 (thread-sum)")
         self.wrap(hashing, "_sha256_if_file", "sha256 (thread-sum)")
-        self.wrap(artifact_store, "_make_read_only", "chmod read-only")
+        self.wrap(artifact_store, "make_read_only", "chmod read-only")
         self.wrap(artifact_store, "remove_tree", "remove_tree")
         return self
 

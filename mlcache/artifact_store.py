@@ -10,10 +10,8 @@ lock only keeps N readers from downloading the same thing N times.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
-import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -23,96 +21,20 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .blobs import BlobStore
-from .errors import CorruptMetadata, MlcacheError, UnsafeArtifact
-from .hashing import PullHasher, StagedFile, copy_hashed, identity, sha256_file, sha256_files
+from .errors import CorruptMetadata, UnsafeArtifact
+from .hashing import PullHasher, StagedFile, sha256_files
 from .layout import CacheLayout, read_regular, write_atomic, writing
 from .locks import entry_lock, hold_shared, shared_entry_lock
 from .manifest import EntryKey, Manifest, ManifestFile
 from .names import UnsafePath, decode_part, file_name, is_normalized_relative
-from .progress import human_size
+from .staged_tree import check_against, make_read_only, report_pull, scan_tree
 from .staging import Stage
 from .timeutil import utcnow
 from .transfer import Listing, OnFile, TransferError
 
-log = logging.getLogger("mlcache.pulls")
-
 Fetch = Callable[[Path, OnFile, "list[str] | None"], None]
 """`fetch(stage, on_file, only)`: download the listed remote into `stage` (only those paths when
 `only` is given)."""
-
-
-def _make_read_only(path: str, mode: int) -> None:
-    """Drop the write bits of a regular file whose mode (from its scan) is `mode`."""
-    if stat.S_ISREG(mode) and mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-        os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-
-
-def scan_tree(root: Path, is_dir: bool) -> dict[str, StagedFile]:
-    """Relative POSIX path -> file of a staged tree; refuses links that leave the tree. Links to
-    folders are not followed (as `os.walk`), links to files are listed."""
-    if not is_dir:
-        info = root.lstat()
-        return {
-            root.name: StagedFile(str(root), info.st_size, info.st_mode, stat.S_ISLNK(info.st_mode), identity(info))
-        }
-    files: dict[str, StagedFile] = {}
-    top = root.resolve()
-
-    def walk(folder: str, prefix: str) -> None:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                rel = prefix + entry.name
-                if entry.is_symlink():
-                    target = Path(entry.path).resolve()
-                    if target != top and top not in target.parents:
-                        raise UnsafeArtifact(f"link {rel} points outside the artifact ({os.readlink(entry.path)})")
-                    if not target.exists():
-                        raise UnsafeArtifact(f"link {rel} points to nothing ({os.readlink(entry.path)})")
-                    if not target.is_dir():
-                        info = entry.stat(follow_symlinks=False)
-                        files[rel] = StagedFile(entry.path, target.stat().st_size, info.st_mode, True)
-                elif entry.is_dir(follow_symlinks=False):
-                    walk(entry.path, f"{rel}/")
-                else:
-                    info = entry.stat(follow_symlinks=False)
-                    files[rel] = StagedFile(entry.path, info.st_size, info.st_mode, False, identity(info))
-
-    walk(str(root), "")
-    return files
-
-
-def _check_against(listing: Listing, files: dict[str, StagedFile]) -> None:
-    """Refuse a staged tree whose paths or sizes differ from the remote listing."""
-    expected = {f.path: f.size for f in listing.files}
-    got = {rel: staged.size for rel, staged in files.items()}
-    if got != expected:
-        missing = sorted(set(expected) - set(got))[:3]
-        extra = sorted(set(got) - set(expected))[:3]
-        wrong = sorted(p for p in set(got) & set(expected) if got[p] != expected[p])[:3]
-        raise UnsafeArtifact(
-            f"pulled {listing.url} differs from its listing (missing {missing}, extra {extra}, size {wrong})"
-        )
-
-
-def _files(count: int) -> str:
-    return f"{count:,} file" if count == 1 else f"{count:,} files"
-
-
-def _report_pull(key: EntryKey, listing: Listing, linked: dict[str, str]) -> None:
-    """Say how much of a pull came from blobs the cache held and how much was downloaded."""
-    linked_bytes = sum(f.size for f in listing.files if f.path in linked)
-    total = sum(f.size for f in listing.files)
-    downloaded = f"downloaded {_files(len(listing.files) - len(linked))}, {human_size(total - linked_bytes)}"
-    if linked:
-        log.info(
-            "%s: linked %s, %s, from the cache; %s",
-            key.label,
-            _files(len(linked)),
-            human_size(linked_bytes),
-            downloaded,
-        )
-    else:
-        log.info("%s: %s", key.label, downloaded)
 
 
 class ArtifactStore:
@@ -321,11 +243,11 @@ class ArtifactStore:
                 if not (produced.exists() or produced.is_symlink()):
                     raise UnsafeArtifact(f"pulling {listing.url} produced nothing")
                 files = scan_tree(produced, listing.is_dir)
-                _check_against(listing, files)
+                check_against(listing, files)
                 known = hasher.digests(files)
                 known.update(linked)
                 path = self._commit(key, produced, files, listing.url, listing.version(), replace, known, listing)
-                _report_pull(key, listing, linked)
+                report_pull(key, listing, linked)
                 return path
             finally:
                 hasher.close()
@@ -371,7 +293,7 @@ class ArtifactStore:
         digests.update(sha256_files({rel: f for rel, f in files.items() if rel not in digests}))
         for staged in files.values():
             if not staged.is_link:
-                _make_read_only(staged.path, staged.mode)
+                make_read_only(staged.path, staged.mode)
         now = utcnow()
         manifest = Manifest(
             kind=key.kind,
@@ -399,9 +321,13 @@ class ArtifactStore:
         process finished meanwhile is kept; a leftover without manifest is replaced."""
         target = self.layout.guard(self.entry_path(key))
         manifest_path = self.layout.guard(self.manifest_path(key))
+        replaced: list[str] = []
         if manifest_path.exists() and (target.exists() or target.is_symlink()):
             if not replace:
                 return target
+            with contextlib.suppress(CorruptMetadata):
+                old = self.read_manifest(key)
+                replaced = [item.sha256 for item in old.files] if old is not None else []
             manifest_path.unlink()
         self._share_blobs(produced, manifest)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -411,6 +337,8 @@ class ArtifactStore:
         os.replace(produced, target)
         write_atomic(manifest_path, manifest.model_dump_json(indent=1).encode(), self.layout.tmp)
         self.layout.guard(self._used_path(key)).touch()
+        if replaced:
+            self.blobs.collect(replaced)
         return target
 
     def _share_blobs(self, produced: Path, manifest: Manifest) -> None:
@@ -427,34 +355,6 @@ class ArtifactStore:
         whole or gone, and a crash leaves it where a cleaner finds it."""
         with Stage(self.layout, "old") as aside:
             os.replace(self.layout.guard(path), aside / "old")
-
-    def export_entry(self, key: EntryKey, target: ArtifactStore) -> Path:
-        """Copy a complete entry into another cache dir or bundle. The bytes are copied (never
-        hardlinked: the bundle shares no inode with the cache) and checked against the manifest as
-        they are read, so a damaged cache entry is refused, not exported."""
-        manifest = self.read_manifest(key)
-        source = self.lookup(key)
-        if manifest is None or source is None:
-            raise MlcacheError(f"{key.label} is not complete in the cache at {self.layout.root}")
-        with target.lock(key):
-            if target.lookup(key) is not None:
-                return target.entry_path(key)
-            with writing(target.layout.root, f"export {key.label}"), Stage(target.layout, "export") as stage:
-                produced = stage / source.name
-                for item in manifest.files:
-                    src = source.joinpath(*item.path.split("/")) if manifest.is_dir else source
-                    dst = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    size, digest = copy_hashed(src, dst)
-                    if (size, digest) != (item.size, item.sha256):
-                        raise UnsafeArtifact(
-                            f"{key.label} in the cache at {self.layout.root} is damaged ({item.path} differs from "
-                            "its manifest); run `mlcache verify` and pull it again"
-                        )
-                    os.chmod(dst, 0o444)
-                if manifest.is_dir:
-                    produced.mkdir(exist_ok=True)
-                return target.install(key, produced, manifest)
 
     def remove(self, key: EntryKey) -> bool:
         """Drop an entry: manifest first (no longer a hit), then its files, then the blobs no other
@@ -475,46 +375,3 @@ class ArtifactStore:
         if held is not None:
             self.blobs.collect([item.sha256 for item in held.files])
         return existed
-
-    def verify(self, key: EntryKey, manifest: Manifest, hashed: dict[tuple[int, int], str] | None = None) -> list[str]:
-        """Problems of one entry: missing, resized, changed or unlisted files (empty when intact).
-        `hashed` (inode -> sha256) is shared across calls so a blob many entries hold is read once."""
-        root = self.entry_path(key)
-        seen = {} if hashed is None else hashed
-        problems = []
-        for item in manifest.files:
-            path = root.joinpath(*item.path.split("/")) if manifest.is_dir else root
-            if not path.exists():
-                problems.append(f"{path}: missing")
-                continue
-            info = path.stat()
-            if info.st_size != item.size:
-                problems.append(f"{path}: size {info.st_size} != {item.size}")
-                continue
-            inode = (info.st_dev, info.st_ino)
-            if inode not in seen:
-                seen[inode] = sha256_file(path)
-            if seen[inode] != item.sha256:
-                problems.append(f"{path}: sha256 differs")
-        if manifest.is_dir and root.is_dir() and not root.is_symlink():
-            listed = {item.path for item in manifest.files}
-            nested = self._nested_entries(key)
-            for folder, _dirs, names in os.walk(root):
-                for name in names:
-                    rel = Path(folder, name).relative_to(root).as_posix()
-                    if rel not in listed and not any(rel == n or rel.startswith(f"{n}/") for n in nested):
-                        problems.append(f"{root / rel}: not listed in the entry's manifest")
-        return problems
-
-    def _nested_entries(self, key: EntryKey) -> list[str]:
-        """Paths (relative to `key`'s entry) of run entries nested inside it."""
-        if key.kind != "runs":
-            return []
-        folder = self.manifest_path(key).parent
-        prefix = file_name(key.parts[1])
-        found = []
-        for sibling in folder.glob("*.json") if folder.is_dir() else ():
-            inner = decode_part(sibling.name[: -len(".json")])
-            if inner is not None and inner.startswith(f"{key.parts[1]}/") and sibling.name != f"{prefix}.json":
-                found.append(inner[len(key.parts[1]) + 1 :])
-        return found

@@ -34,6 +34,7 @@ from .artifact_store import ArtifactStore
 from .bundle_base import BaseBundle, keep_each_blob_once, read_base
 from .bundle_check import BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_VERSION, BaseRef, CheckedBundle, check_bundle
 from .bundle_reader import BundleError, BundleLimits, BundleTree, is_archive, read_bundle
+from .entry_io import verify_entry
 from .errors import CorruptMetadata
 from .hashing import sha256_file
 from .layout import CacheLayout, writing
@@ -249,7 +250,7 @@ def _verify_cache(root: Path) -> list[str]:
         if key is None or isinstance(manifest, CorruptMetadata):
             problems.append(str(manifest))
         else:
-            problems.extend(store.verify(key, manifest, hashed))
+            problems.extend(verify_entry(store, key, manifest, hashed))
     for digest, blob, info in store.blobs.all():
         if (info.st_dev, info.st_ino) not in hashed and sha256_file(blob) != digest:
             problems.append(f"{blob}: its bytes do not hash to its name; no entry holds it, `mlcache gc` removes it")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .disk_usage import Survey, inodes_of, loose_blob_bytes
+from .entry_io import verify_entry
 from .errors import CorruptMetadata, LockTimeout, MlcacheError
 from .layout import writing
 from .manifest import EntryKey, Manifest
@@ -286,7 +287,7 @@ class CacheAdmin:
                 rows.append(row)
                 continue
             manifest = self._artifacts.read_manifest(row.key)
-            if manifest is None or self._artifacts.verify(row.key, manifest):
+            if manifest is None or verify_entry(self._artifacts, row.key, manifest):
                 rows.append(row)
         return rows
 

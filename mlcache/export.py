@@ -17,6 +17,7 @@ from typing import Any
 from .artifact_cache import ArtifactCache
 from .artifact_store import ArtifactStore
 from .compose import Composer
+from .entry_io import export_entry
 from .errors import CacheMiss, EntityNotFound
 from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .identifiers import (
@@ -136,7 +137,7 @@ class Exporter:
         target = self.artifacts.run_target(run, path_in_run)
         self.artifacts.ensure(target)
         self.run(target.key.parts[0], to)
-        return self.artifacts.store.export_entry(self.artifacts.covered(target), to.artifacts)
+        return export_entry(self.artifacts.store, self.artifacts.covered(target), to.artifacts)
 
     def model_artifact(self, model_version: Any, to: ExportTarget) -> Path:
         """The version's (or logged model's) files (pulled first if needed) and its closure."""
@@ -146,7 +147,7 @@ class Exporter:
             self.logged_model(model_version, to)
         else:
             self.model_version(model_version, to)
-        return self.artifacts.store.export_entry(self.artifacts.covered(target), to.artifacts)
+        return export_entry(self.artifacts.store, self.artifacts.covered(target), to.artifacts)
 
     def label(self, model_version: Any) -> str:
         """How `bundle.json` names an exported version: `models:/<name>/<version>` or `models:/m-<id>`."""

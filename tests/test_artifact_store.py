@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlcache.artifact_store import ArtifactStore, UnsafeArtifact
+from mlcache.entry_io import verify_entry
 from mlcache.layout import CacheLayout
 from mlcache.manifest import EntryKey
 from mlcache.timeutil import canonical_rfc3339
@@ -43,7 +44,7 @@ def test_a_verified_pull_is_installed_with_its_manifest(tmp_path: Path) -> None:
     assert (path / "d" / "b.bin").read_bytes() == b"b"
     manifest = s.read_manifest(KEY)
     assert manifest is not None and [f.path for f in manifest.files] == ["a.bin", "d/b.bin"] and manifest.size == 3
-    assert s.lookup(KEY) == path and s.verify(KEY, manifest) == []
+    assert s.lookup(KEY) == path and verify_entry(s, KEY, manifest) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
 
 
@@ -107,7 +108,7 @@ def test_remove_and_tampering_is_reported_by_verify(tmp_path: Path) -> None:
     manifest = s.read_manifest(KEY)
     (path / "a.bin").chmod(0o644)
     (path / "a.bin").write_bytes(b"ab")
-    assert s.verify(KEY, manifest) == [f"{path / 'a.bin'}: sha256 differs"]
+    assert verify_entry(s, KEY, manifest) == [f"{path / 'a.bin'}: sha256 differs"]
     assert s.remove(KEY) is True and s.lookup(KEY) is None and not path.exists()
     assert s.remove(KEY) is False
 
@@ -140,7 +141,7 @@ def test_a_file_announced_under_its_partial_name_is_hashed_once_and_right(tmp_pa
     s.pull(KEY, _partial_writer(data), lambda: listing(("x.bin", len(data)), is_dir=True))
     manifest = s.read_manifest(KEY)
     assert manifest is not None and manifest.files[0].sha256 == hashlib.sha256(data).hexdigest()
-    assert s.verify(KEY, manifest) == []
+    assert verify_entry(s, KEY, manifest) == []
 
 
 def test_an_early_hash_of_a_file_that_was_replaced_is_not_used(tmp_path: Path) -> None:

@@ -185,7 +185,9 @@ def test_du_prune_lru_and_a_locked_entry_survives(registered: dict, tmp_path: Pa
     now = time.time()
     for stamp in stamps:
         os.utime(stamp, (now - 3600, now - 3600) if stamp.name == "model.used" else (now, now))
-    usage = json.loads("[" + ",".join(cli("du", "--json", env=env, check=True).stdout.splitlines()) + "]")
+    lines = [json.loads(line) for line in cli("du", "--json", env=env, check=True).stdout.splitlines()]
+    usage, total = lines[:-1], lines[-1]["total"]
+    assert total == {"on_disk": 4108 + 112 - 12, "loose_blobs": 0, "dedup": True}  # one MLmodel file both hold
     assert [(u["entry"], u["size"]) for u in usage] == [
         (f"runs:/{run.id}/model", 4108),
         (f"runs:/{run.id}/model2", 112),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlcache import CacheMiss
+from mlcache.entry_io import verify_entry
 from mlcache.manifest import EntryKey
 from mlcache.plugins.mlflow import MlflowApi
 
@@ -132,7 +133,7 @@ def test_a_pull_killed_at_any_point_is_never_served_and_is_redone(
     path = reader.get_run_artifact(run_id, "data")
     assert digest_tree(path) == big_artifact["digests"]
     key = EntryKey("runs", (run_id, "data"))
-    assert reader._artifacts.verify(key, reader._artifacts.read_manifest(key)) == []
+    assert verify_entry(reader._artifacts, key, reader._artifacts.read_manifest(key)) == []
 
 
 def test_a_leftover_entry_without_manifest_is_replaced(

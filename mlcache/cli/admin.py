@@ -40,7 +40,7 @@ def du(ctx: typer.Context, as_json: JsonOption = False) -> None:
                     "damaged": row.damaged,
                 }
             )
-        json_line({"total_on_disk": usage.on_disk, "loose_blobs": usage.loose_blobs, "dedup": usage.dedup})
+        json_line({"total": {"on_disk": usage.on_disk, "loose_blobs": usage.loose_blobs, "dedup": usage.dedup}})
         return
     table(
         ["entry", "versions", "size", "unique", "files", "last used"],
