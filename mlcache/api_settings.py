@@ -62,6 +62,10 @@ class ApiSettings(BaseModel):
     """Makes the progress reporter of each pull or upload, given what to call it; by default, with
     `show_progress`, a bar when stderr is a terminal and plain lines elsewhere."""
     retry: RetryPolicy = Field(default_factory=RetryPolicy.from_env)
+    signing_key: Path | None = Field(default_factory=lambda: env_path("MLCACHE_SIGNING_KEY"))
+    """The private key (PEM, EC P-256; `mlcache keygen`) exports sign with."""
+    trusted_keys: Path | None = Field(default_factory=lambda: env_path("MLCACHE_TRUSTED_KEYS"))
+    """A public key file, or a folder of them: imports then refuse what they did not sign."""
 
     def __init__(self, **conf: Any) -> None:
         """Settings are validated here: a bad argument is an `InvalidSetting` naming it."""

@@ -32,16 +32,25 @@ from filelock import FileLock, Timeout
 
 from .artifact_store import ArtifactStore
 from .bundle_base import BaseBundle, keep_each_blob_once, read_base
-from .bundle_check import BUNDLE_FILE, BUNDLE_FORMAT, BUNDLE_VERSION, BaseRef, CheckedBundle, check_bundle
+from .bundle_check import (
+    BUNDLE_FILE,
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    SIGNATURE_FILE,
+    CheckedBundle,
+    check_bundle,
+)
 from .bundle_reader import BundleError, BundleLimits, BundleTree, is_archive, read_bundle
-from .entry_io import verify_entry
+from .bundle_trust import Evidence, judge, refusals, sign_bundle_document, sign_bundle_folder
+from .bundle_verify import verify
 from .errors import CorruptMetadata
 from .hashing import sha256_file
 from .layout import CacheLayout, writing
 from .manifest import EntryKey, Manifest
-from .metadata_store import KINDS, MetadataStore
+from .metadata_store import MetadataStore
 from .placement import check_export_target
 from .progress import human_size
+from .signing import TrustedKey, load_private_key
 from .staging import Stage, remove_tree
 from .timeutil import utcnow
 
@@ -142,13 +151,22 @@ def _unsupported_archive(name: str) -> str | None:
 
 
 def export_bundle(
-    exporter: Exporter, versions: list[Any], selection: Selection, target: Path | str, base: Path | str | None = None
+    exporter: Exporter,
+    versions: list[Any],
+    selection: Selection,
+    target: Path | str,
+    base: Path | str | None = None,
+    sign_key: Path | str | None = None,
 ) -> Path:
     """Write the selection (with `versions`, the selected model versions, the query's included),
     with everything needed offline, to a bundle folder or archive; with `base` (a bundle folder,
-    archive or its `bundle.json`), a differential bundle holding only the blobs the base lacks."""
+    archive or its `bundle.json`), a differential bundle holding only the blobs the base lacks;
+    with `sign_key`, every entry it holds and its `bundle.json` are signed."""
     given = target
     over = read_base(base) if base is not None else None
+    key = Path(sign_key).expanduser().absolute() if sign_key is not None else None
+    if key is not None:
+        load_private_key(key)
     check_export_target(exporter.cache_root, given)
     target = Path(target).expanduser().absolute()
     unsupported = _unsupported_archive(target.name)
@@ -165,7 +183,7 @@ def export_bundle(
         owner = stage.with_name(stage.name + ".lock")
         try:
             with FileLock(str(owner), timeout=0):
-                _export_into(exporter, versions, selection, stage, target, over)
+                _export_into(exporter, versions, selection, stage, target, over, key)
         finally:
             remove_tree(stage)
             owner.unlink(missing_ok=True)
@@ -173,7 +191,13 @@ def export_bundle(
 
 
 def _export_into(
-    exporter: Exporter, versions: list[Any], selection: Selection, stage: Path, target: Path, base: BaseBundle | None
+    exporter: Exporter,
+    versions: list[Any],
+    selection: Selection,
+    stage: Path,
+    target: Path,
+    base: BaseBundle | None,
+    key: Path | None,
 ) -> None:
     folder = stage if not is_archive(target) else stage / "bundle"
     to = exporter.open(folder)
@@ -181,6 +205,8 @@ def _export_into(
     CacheLayout(folder).ensure()
     _derived_files(folder)
     keep_each_blob_once(folder, base)
+    if key is not None:
+        sign_bundle_folder(folder, key)
     document: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
@@ -192,13 +218,18 @@ def _export_into(
     }
     if base is not None:
         document["base"] = {"digest": base.digest, "name": base.name}
-    (folder / BUNDLE_FILE).write_text(json.dumps(document, indent=1, ensure_ascii=False))
+    raw = json.dumps(document, indent=1, ensure_ascii=False).encode()
+    (folder / BUNDLE_FILE).write_bytes(raw)
+    if key is not None:
+        sign_bundle_document(folder, raw, key)
     if is_archive(target):
         partial = stage / f"bundle{''.join(Path(target.name).suffixes)}"
         compressed = target.name.lower().endswith((".gz", ".tgz"))
         with tarfile.open(partial, "w:gz") if compressed else tarfile.open(partial, "w") as tar:
-            tar.add(folder / BUNDLE_FILE, arcname=BUNDLE_FILE)
-            tar.add(folder, arcname=".", filter=lambda info: None if info.name == f"./{BUNDLE_FILE}" else info)
+            first = [name for name in (BUNDLE_FILE, SIGNATURE_FILE) if (folder / name).exists()]
+            for name in first:
+                tar.add(folder / name, arcname=name)
+            tar.add(folder, arcname=".", filter=lambda info: None if info.name[2:] in first else info)
         os.replace(partial, target)
     else:
         os.replace(stage, target)
@@ -208,56 +239,6 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def verify(path: Path | str, limits: BundleLimits | None = None) -> list[str]:
-    """Every problem of a bundle (folder or archive) or cache dir, one line each: missing, resized,
-    changed or unlisted files, misplaced or unreadable documents. An empty list means intact."""
-    return verify_report(path, limits).problems
-
-
-@dataclass
-class VerifyReport:
-    """What `verify` found: the problems, and for a differential bundle the base it names and the
-    blobs (sha256 -> size) it relies on that base for."""
-
-    problems: list[str]
-    base: BaseRef | None = None
-    relies: dict[str, int] = field(default_factory=dict)
-
-
-def verify_report(path: Path | str, limits: BundleLimits | None = None) -> VerifyReport:
-    """`verify`, also saying what a differential bundle relies on."""
-    given = path
-    path = Path(path).expanduser().absolute()
-    if not path.exists():
-        raise BundleError(f"no bundle or cache dir at {given}: no such file or folder")
-    if (is_archive(path) and not path.is_dir()) or (path / BUNDLE_FILE).exists():
-        try:
-            checked = check_bundle(read_bundle(path, limits))
-        except BundleError as exc:
-            return VerifyReport([str(exc)])
-        base = checked.document.base if checked.document is not None else None
-        return VerifyReport(checked.problems, base, dict(checked.relies))
-    return VerifyReport(_verify_cache(path))
-
-
-def _verify_cache(root: Path) -> list[str]:
-    problems: list[str] = []
-    store = ArtifactStore(CacheLayout(root))
-    hashed: dict[tuple[int, int], str] = {}
-    for key, manifest in store.entries():
-        if key is None or isinstance(manifest, CorruptMetadata):
-            problems.append(str(manifest))
-        else:
-            problems.extend(verify_entry(store, key, manifest, hashed))
-    for digest, blob, info in store.blobs.all():
-        if (info.st_dev, info.st_ino) not in hashed and sha256_file(blob) != digest:
-            problems.append(f"{blob}: its bytes do not hash to its name; no entry holds it, `mlcache gc` removes it")
-    meta = MetadataStore(CacheLayout(root))
-    for kind in KINDS:
-        list(meta.scan(kind, on_error=lambda exc: problems.append(str(exc))))
-    return problems
 
 
 @dataclass
@@ -271,11 +252,17 @@ class ImportReport:
 
 
 def import_bundle(
-    meta: MetadataStore, local: ArtifactStore, source: Path | str, limits: BundleLimits | None = None
+    meta: MetadataStore,
+    local: ArtifactStore,
+    source: Path | str,
+    limits: BundleLimits | None = None,
+    trusted: list[TrustedKey] | None = None,
+    evidence: Evidence | None = None,
 ) -> ImportReport:
     """Bring a bundle into the cache of these stores: read once into a private stage, checked, and
-    exactly that stage installed. Refuses (installing nothing) a damaged bundle, unlisted content and
-    entries whose content differs from what the cache holds."""
+    exactly that stage installed. Refuses (installing nothing) a damaged bundle, unlisted content,
+    entries whose content differs from what the cache holds, and with `trusted` keys anything not
+    signed by one of them as it is. `evidence`, when given, is filled with what was checked."""
     source = Path(source).expanduser().absolute()
     if not source.exists():
         raise BundleError(f"no bundle at {source}")
@@ -287,10 +274,18 @@ def import_bundle(
     with writing(layout.root, f"import {source}"), Stage(layout, "import") as stage:
         tree = read_bundle(source, limits, stage)
         checked = check_bundle(tree)
+        signatures = judge(tree, checked, stage, trusted) if trusted and not checked.problems else []
+        if evidence is not None:
+            evidence.tree, evidence.signatures = tree, signatures
+            evidence.problems = checked.problems + refusals(signatures)
         if checked.problems:
             shown = "; ".join(checked.problems[:5])
             more = f" (+{len(checked.problems) - 5} more)" if len(checked.problems) > 5 else ""
             raise BundleError(f"bundle {source} is damaged, nothing imported: {shown}{more}")
+        refused = refusals(signatures)
+        if refused:
+            shown = "; ".join(refused[:3]) + (f" (+{len(refused) - 3} more)" if len(refused) > 3 else "")
+            raise BundleError(f"bundle {source} is not trusted, nothing imported: {shown}")
         conflicts = [
             key.label
             for key, (manifest, _) in checked.entries.items()

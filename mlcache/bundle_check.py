@@ -36,7 +36,8 @@ BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "mlcache-bundle"
 BUNDLE_VERSION = 1
 _ROOT = Path("/bundle")
-_TOP_FILES = (BUNDLE_FILE, "layout.json", "CACHEDIR.TAG")
+SIGNATURE_FILE = "bundle.json.sig"
+_TOP_FILES = (BUNDLE_FILE, SIGNATURE_FILE, "layout.json", "CACHEDIR.TAG")
 
 
 class BundleFile(FileRow):
@@ -112,11 +113,11 @@ def _check_listing(tree: BundleTree, document: BundleDocument, problems: list[st
     bad: set[str] = set()
     listed: dict[str, BundleFile] = {}
     for row in document.files:
-        if row.path in listed or row.path == BUNDLE_FILE:
+        if row.path in listed or row.path in (BUNDLE_FILE, SIGNATURE_FILE):
             problems.append(f"{row.path}: listed twice in {BUNDLE_FILE}")
         listed[row.path] = row
     for rel in sorted(tree.members):
-        if rel != BUNDLE_FILE and rel not in listed:
+        if rel not in (BUNDLE_FILE, SIGNATURE_FILE) and rel not in listed:
             problems.append(f"{rel}: not listed in {BUNDLE_FILE}")
             bad.add(rel)
     for rel, row in sorted(listed.items()):
@@ -156,14 +157,23 @@ def _check_layout(tree: BundleTree, checked: CheckedBundle, reported: set[str]) 
             _check_document(tree, rel, metadata, checked)
         elif top == "blobs":
             _check_blob(tree, rel, problems)
+        elif top == "signatures":
+            continue
         elif top != "artifacts":
             problems.append(f"{rel}: not part of an mlcache bundle")
+    entry_paths = {rel for _manifest, rel in checked.entries.values()}
     for rel in sorted(tree.members):
         if rel.startswith(("artifacts/", "blobs/")) and rel not in covered and rel not in reported:
             problems.append(f"{rel}: not part of any entry (no manifest lists it)")
+        elif rel.startswith("signatures/") and rel not in reported and not _signs_an_entry(rel, entry_paths):
+            problems.append(f"{rel}: not the signature of an entry of the bundle")
     if checked.relies and (checked.document is None or checked.document.base is None):
         problems.extend(checked.absent)
         checked.relies.clear()
+
+
+def _signs_an_entry(rel: str, entry_paths: set[str]) -> bool:
+    return rel.endswith(".sig") and rel[len("signatures/") : -len(".sig")] in entry_paths
 
 
 def _blob_rel(digest: str) -> str:

@@ -25,8 +25,8 @@ from .errors import BundleError, MlcacheError
 from .names import UnsafePath, safe_relative_path
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-DOCUMENT_PREFIXES = ("metadata/", "manifests/")
-DOCUMENT_FILES = ("bundle.json", "layout.json")
+DOCUMENT_PREFIXES = ("metadata/", "manifests/", "signatures/")
+DOCUMENT_FILES = ("bundle.json", "bundle.json.sig", "layout.json")
 _BLOCK = 1 << 20
 
 

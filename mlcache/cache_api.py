@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .bundle import BundleLimits, ImportReport, Selection, export_bundle, import_bundle
+from .bundle_trust import Evidence
 from .cache_admin import AliasStatus, CacheUsage, CleanReport, EntryUsage, GcReport, PruneReport, RepairReport
 from .repair import repair
+from .signing import load_trusted_keys
 
 if TYPE_CHECKING:
     from .artifact_cache import ArtifactCache, Target
@@ -29,6 +31,8 @@ class CacheMethods:
 
     if TYPE_CHECKING:
         offline_mode: bool
+        signing_key: Path | None
+        trusted_keys: Path | None
         _meta: MetadataStore
         _artifacts: ArtifactStore
         _resolver: MetadataResolver
@@ -126,15 +130,30 @@ class CacheMethods:
         experiments: Iterable[Any] = (),
         version_query: dict[str, Any] | None = None,
         base: Path | str | None = None,
+        sign_key: Path | str | None = None,
     ) -> Path:
         """A bundle (folder, `.tar` or `.tar.gz`) holding the selection and all it needs offline;
-        with `base` (an older bundle), a differential one holding only the blobs `base` lacks."""
+        with `base` (an older bundle), a differential one holding only the blobs `base` lacks; signed
+        with `sign_key` (default: the `signing_key` setting, `MLCACHE_SIGNING_KEY`) when one is set."""
         selection = Selection(list(model_versions), list(runs), list(experiments), version_query)
         versions = list(selection.model_versions)
         if version_query is not None:
             versions.extend(self.find_model_versions(version_query))
-        return export_bundle(self._exporter, versions, selection, target, base)
+        key = sign_key if sign_key is not None else self.signing_key
+        return export_bundle(self._exporter, versions, selection, target, base, key)
 
-    def import_bundle(self, source: Path | str, limits: BundleLimits | None = None) -> ImportReport:
-        """Check a bundle and bring it into this cache (idempotent, never replacing other content)."""
-        return import_bundle(self._meta, self._artifacts, source, limits)
+    def import_bundle(
+        self,
+        source: Path | str,
+        limits: BundleLimits | None = None,
+        trusted_keys: Path | str | None = None,
+        evidence: Evidence | None = None,
+    ) -> ImportReport:
+        """Check a bundle and bring it into this cache (idempotent, never replacing other content).
+        With trusted keys (`trusted_keys`, else the setting, `MLCACHE_TRUSTED_KEYS`) anything they did
+        not sign, as it is, is refused; `evidence` is filled with what was checked."""
+        keys = trusted_keys if trusted_keys is not None else self.trusted_keys
+        trusted = load_trusted_keys(keys) if keys is not None else None
+        if evidence is not None:
+            evidence.trusted = trusted or []
+        return import_bundle(self._meta, self._artifacts, source, limits, trusted, evidence)

@@ -18,7 +18,8 @@ import pytest
 import mlcache
 from mlcache import hashing
 from mlcache.blobs import BlobStore
-from mlcache.bundle import verify, verify_report
+from mlcache.bundle import verify
+from mlcache.bundle_verify import verify_report
 from mlcache.errors import BundleError
 from mlcache.layout import CacheLayout
 from mlcache.testing import InMemoryPlugin, MemoryBackend

@@ -476,9 +476,9 @@ def test_a_killed_export_leaves_nothing_the_next_one_keeps(api: mlcache.BaseMlfl
         f"""
         import pathlib, time
         import mlcache
-        from mlcache import artifact_store
+        from mlcache import entry_io
 
-        copy = artifact_store.copy_hashed
+        copy = entry_io.copy_hashed
 
         def copy_then_stop(src, dst):
             result = copy(src, dst)
@@ -486,7 +486,7 @@ def test_a_killed_export_leaves_nothing_the_next_one_keeps(api: mlcache.BaseMlfl
             time.sleep(120)
             return result
 
-        artifact_store.copy_hashed = copy_then_stop
+        entry_io.copy_hashed = copy_then_stop
         api = mlcache.get_api("offline", cache_dir={str(api.cache_dir)!r})
         api.export_bundle({str(out)!r}, runs=["runs:/r1/big"])
         """

@@ -7,9 +7,37 @@ from typing import Annotated
 
 import typer
 
+from ..bundle_trust import Evidence
+from ..errors import MlcacheError
 from ..progress import human_size
+from ..settings import env_path
+from ..signing import keygen as make_keys
+from ..signing import load_trusted_keys
 from .artifacts import parse_json
 from .core import JsonOption, app, data, json_line, note, settings, status
+
+TrustedKeysOption = Annotated[
+    Path | None,
+    typer.Option("--trusted-keys", help="Public key file or folder (default: MLCACHE_TRUSTED_KEYS): refuse the rest."),
+]
+ReportOption = Annotated[
+    Path | None, typer.Option("--report", help="Write the evidence of what was checked to this JSON file.")
+]
+
+
+@app.command()
+def keygen(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the new key pair.")] = Path("."),
+    name: Annotated[str, typer.Option("--name", help="File name of the pair: NAME.key and NAME.pub.")] = (
+        "mlcache-signing"
+    ),
+) -> None:
+    """Write a new EC P-256 signing key pair (the private key readable by you alone)."""
+    private, public = make_keys(out, name)
+    data(str(private))
+    data(str(public))
+    note(ctx, f"sign with --sign-key {private} (or MLCACHE_SIGNING_KEY); give {public} to those who verify")
 
 
 @app.command()
@@ -28,6 +56,10 @@ def export(
         Path | None,
         typer.Option("--base", help="An older bundle (folder, archive or its bundle.json): hold only what it lacks."),
     ] = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option("--sign-key", help="Sign with this private key (default: MLCACHE_SIGNING_KEY; `mlcache keygen`)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Export model versions, runs and experiments with everything needed offline into a bundle
@@ -39,7 +71,7 @@ def export(
     api = settings(ctx).api()
     status(ctx, f"exporting to {to}")
     path = api.export_bundle(
-        to, selection.model_versions, selection.runs, selection.experiments, version_query, base=base
+        to, selection.model_versions, selection.runs, selection.experiments, version_query, base=base, sign_key=sign_key
     )
     if as_json:
         json_line({"bundle": str(path)})
@@ -51,12 +83,23 @@ def export(
 def import_(
     ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="Bundle folder or archive.")],
+    trusted_keys: TrustedKeysOption = None,
+    evidence_file: ReportOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Verify a bundle and bring it into the cache."""
+    """Verify a bundle and bring it into the cache (with trusted keys, only what they signed)."""
     api = settings(ctx).api()
     status(ctx, f"importing {source}")
-    report = api.import_bundle(source)
+    evidence = Evidence("import", str(source))
+    try:
+        report = api.import_bundle(source, trusted_keys=trusted_keys, evidence=evidence)
+    except MlcacheError as exc:
+        if evidence_file is not None:
+            evidence.problems = evidence.problems or [str(exc)]
+            note(ctx, f"evidence written to {evidence.write(evidence_file)}")
+        raise
+    if evidence_file is not None:
+        note(ctx, f"evidence written to {evidence.write(evidence_file)}")
     if as_json:
         json_line(
             {
@@ -85,10 +128,12 @@ def verify(
     source: Annotated[
         Path | None, typer.Option("--from", help="With --repair: the bundle to import bad entries from.")
     ] = None,
+    trusted_keys: TrustedKeysOption = None,
+    evidence_file: ReportOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-hash every file of a bundle or cache; list each bad file; exit 1 if any."""
-    from ..bundle import verify_report
+    from ..bundle_verify import verify_report
 
     if source is not None and not repair:
         raise typer.BadParameter("--from goes with --repair")
@@ -103,8 +148,16 @@ def verify(
         for failure in repaired.failed:
             note(ctx, f"not repaired: {failure}")
     status(ctx, f"verifying {target}")
-    checked = verify_report(target)
+    keys = trusted_keys or env_path("MLCACHE_TRUSTED_KEYS")
+    trusted = load_trusted_keys(keys) if keys is not None else None
+    checked = verify_report(target, trusted=trusted)
     problems = checked.problems
+    if evidence_file is not None:
+        evidence = Evidence("verify", str(target), checked.tree, trusted or [], checked.signatures, problems)
+        note(ctx, f"evidence written to {evidence.write(evidence_file)}")
+    if checked.tree is not None and not trusted:
+        signer = checked.signed_by
+        note(ctx, f"signed by key {signer} (not checked: no trusted keys)" if signer else "not signed")
     base = checked.base
     if base is not None:
         note(
