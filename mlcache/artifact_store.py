@@ -333,7 +333,7 @@ class ArtifactStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         self.layout.guard(target)
         if target.exists() or target.is_symlink():
-            self._discard(target)
+            self.discard_tree(target)
         os.replace(produced, target)
         write_atomic(manifest_path, manifest.model_dump_json(indent=1).encode(), self.layout.tmp)
         self.layout.guard(self._used_path(key)).touch()
@@ -350,15 +350,16 @@ class ArtifactStore:
             if not path.is_symlink() and not self.blobs.adopt(path, item.sha256, item.size):
                 return
 
-    def _discard(self, path: Path) -> None:
+    def discard_tree(self, path: Path) -> None:
         """Move a tree of the cache aside into a private stage, then delete it there: readers see it
         whole or gone, and a crash leaves it where a cleaner finds it."""
         with Stage(self.layout, "old") as aside:
             os.replace(self.layout.guard(path), aside / "old")
 
     def remove(self, key: EntryKey) -> bool:
-        """Drop an entry: manifest first (no longer a hit), then its files, then the blobs no other
-        entry holds. The caller holds the lock."""
+        """Drop an entry: manifest first (no longer a hit), then its files (moved aside at once),
+        then the blobs no other entry holds. A crash in between leaves a tree without manifest,
+        which no read takes for a hit and `gc` removes. The caller holds the lock."""
         try:
             held = self.read_manifest(key)
         except CorruptMetadata:
@@ -370,7 +371,7 @@ class ArtifactStore:
         self.unpin(key)
         target = self.layout.guard(self.entry_path(key))
         if target.exists() or target.is_symlink():
-            self._discard(target)
+            self.discard_tree(target)
             existed = True
         if held is not None:
             self.blobs.collect([item.sha256 for item in held.files])

@@ -38,6 +38,8 @@ from .staging import Stage
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_LINKS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
+_ADOPT_ATTEMPTS = 8
+"""How often `adopt` tries again when a collector takes the blob it found between two of its looks."""
 
 
 @dataclass(frozen=True)
@@ -96,30 +98,38 @@ class BlobStore:
 
     def adopt(self, staged: Path, digest: str, size: int) -> bool:
         """Make the hashed, read-only staged file `staged` share the blob of `digest`: it becomes the
-        blob, or is replaced by a link to the blob already held. False when links cannot be made
-        here (the staged file is then left as it is)."""
+        blob, or is replaced by a link to the blob already held. A collector may take that blob
+        between two looks (the name is then free, and the staged file becomes the blob). False when
+        links cannot be made here, or something that is not this blob holds its name (the staged
+        file is then left as it is)."""
         blob = self.path(digest)
-        try:
-            self._guarded_dir(blob.parent)
-            os.link(staged, blob)
+        for _ in range(_ADOPT_ATTEMPTS):
+            try:
+                self._guarded_dir(blob.parent)
+                os.link(staged, blob)
+                return True
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                if exc.errno in _NO_LINKS:
+                    self._linkable = False
+                    return False
+                raise
+            held = self.held(digest, size)
+            if held is None:
+                if os.path.lexists(blob):
+                    return False  # something that is not this blob holds its name: keep the copy
+                continue  # a collector took the blob since the link was refused: its name is free
+            twin = staged.with_name(f".{uuid.uuid4().hex}.blob")
+            try:
+                if os.path.samestat(os.stat(held), os.lstat(staged)):
+                    return True
+                os.link(held, twin)
+            except FileNotFoundError:
+                continue  # a collector took the blob between the two looks: its name is free
+            os.replace(twin, staged)
             return True
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            if exc.errno in _NO_LINKS:
-                self._linkable = False
-                return False
-            raise
-        held = self.held(digest, size)
-        if held is None or os.path.samestat(os.stat(held), os.lstat(staged)):
-            return held is not None
-        twin = staged.with_name(f".{uuid.uuid4().hex}.blob")
-        try:
-            os.link(held, twin)
-        except FileNotFoundError:
-            return False
-        os.replace(twin, staged)
-        return True
+        return False
 
     def link_into(self, digest: str, size: int, dest: Path) -> bool:
         """Hardlink the held blob of `digest` at `dest` (a new file in a stage); False when no such

@@ -18,6 +18,7 @@ from .entry_io import verify_entry
 from .errors import CorruptMetadata, LockTimeout, MlcacheError
 from .layout import writing
 from .manifest import EntryKey, Manifest
+from .orphans import ORPHAN_MIN_AGE, remove_orphans
 from .staging import clean_tmp
 
 if TYPE_CHECKING:
@@ -119,6 +120,8 @@ class GcReport:
     blobs_kept: int = 0
     temp_removed: int = 0
     temp_busy: int = 0
+    orphans_removed: int = 0
+    """Trees without manifest and manifests without files that killed pulls or removals left."""
 
 
 @dataclass
@@ -222,14 +225,17 @@ class CacheAdmin:
                     report.busy.append(row)
         return report
 
-    def gc(self) -> GcReport:
-        """Remove staging that killed processes left, then every blob no entry holds (by the blob
-        store's rename-then-recheck protocol, so a blob a running pull links stays)."""
+    def gc(self, orphan_age: float = ORPHAN_MIN_AGE) -> GcReport:
+        """Remove staging that killed processes left, trees without manifest (older than
+        `orphan_age` seconds) and manifests without files, then every blob no entry holds (by the
+        blob store's rename-then-recheck protocol, so a blob a running pull links stays)."""
         report = GcReport()
         if not self._layout.root.exists():
             return report
         self._layout.check_version()
         with writing(self._layout.root, "collect the cache's garbage"):
+            orphans = remove_orphans(self._artifacts, orphan_age)
+            report.orphans_removed = orphans.trees + orphans.manifests
             report.temp_removed, report.temp_busy = clean_tmp(self._layout)
             collected = self._artifacts.blobs.collect()
         report.blobs_removed, report.freed, report.blobs_kept = collected.removed, collected.freed, collected.kept

@@ -95,10 +95,11 @@ class CacheMethods:
         report.busy = [dataclasses.replace(row, versions=versions.get(row.label, ())) for row in report.busy]
         return report
 
-    def gc(self) -> GcReport:
-        """Remove blobs no entry holds and staging left by killed processes; never a blob a
-        running pull links."""
-        return self._admin.gc()
+    def gc(self, orphan_age: float = 600.0) -> GcReport:
+        """Remove blobs no entry holds, staging left by killed processes, and the half-made trees
+        and manifests they leave (trees once `orphan_age` seconds old); never a blob a running pull
+        links."""
+        return self._admin.gc(orphan_age)
 
     def repair_cache(self, bundle: Path | str | None = None) -> RepairReport:
         """Remove every entry that fails verification and fill it again: from `bundle` when given

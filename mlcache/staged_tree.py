@@ -75,7 +75,8 @@ def _files(count: int) -> str:
 
 
 def report_pull(key: EntryKey, listing: Listing, linked: dict[str, str]) -> None:
-    """Say how much of a pull came from blobs the cache held and how much was downloaded."""
+    """Say how much of a pull came from blobs the cache held and how much was downloaded (at INFO
+    when something was linked; a plain download at DEBUG, its progress already said it)."""
     linked_bytes = sum(f.size for f in listing.files if f.path in linked)
     total = sum(f.size for f in listing.files)
     downloaded = f"downloaded {_files(len(listing.files) - len(linked))}, {human_size(total - linked_bytes)}"
@@ -88,4 +89,4 @@ def report_pull(key: EntryKey, listing: Listing, linked: dict[str, str]) -> None
             downloaded,
         )
     else:
-        log.info("%s: %s", key.label, downloaded)
+        log.debug("%s: %s", key.label, downloaded)

@@ -105,7 +105,7 @@ def test_a_hint_naming_a_blob_the_cache_does_not_hold_is_not_followed(
     for hint in (api.cache_dir / "blobs" / "store").rglob("*.*"):
         hint.chmod(0o644)
         hint.write_text("0" * 64)
-    with caplog.at_level(logging.INFO, logger="mlcache.pulls"):
+    with caplog.at_level(logging.DEBUG, logger="mlcache.pulls"):
         two = api.get_model_artifact(("fraud", v2))
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.name == "mlcache.pulls"] == [
         "downloaded 3 files, 1.0 MiB"

@@ -156,7 +156,7 @@ def test_second_version_downloads_only_the_files_the_cache_lacks(
     # From here on, mlcache's rclone reaches the store through the counting proxy only.
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", proxy.url)
     api = MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=cache_dir)
-    caplog.set_level(logging.INFO, logger="mlcache.pulls")
+    caplog.set_level(logging.DEBUG, logger="mlcache.pulls")
 
     start = proxy.stats()
     first = api.get_model_artifact((name, "1"))

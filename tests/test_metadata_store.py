@@ -25,7 +25,7 @@ def test_first_write_creates_the_documented_layout(tmp_path: Path) -> None:
     store.put("run", ("r1",), {"id": "r1"})
     root = tmp_path / "c"
     assert (root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
-    assert json.loads((root / "layout.json").read_text()) == {"version": 1}
+    assert json.loads((root / "layout.json").read_text()) == {"version": 2}
     body = json.loads((root / "metadata" / "run" / "r1.json").read_text())
     assert body["kind"] == "run" and body["key"] == ["r1"] and body["data"] == {"id": "r1"}
     assert body["cached_at"].endswith("+00:00")
