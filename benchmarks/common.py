@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlcache.artifact_store import remove_tree as rmtree
+from mlcache.staging import remove_tree as rmtree
 
 __all__ = ["calls_per_second", "rmtree", "tree_stats"]
 

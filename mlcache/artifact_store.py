@@ -27,7 +27,7 @@ from .layout import CacheLayout, read_regular, write_atomic, writing
 from .locks import entry_lock, hold_shared, shared_entry_lock
 from .manifest import EntryKey, Manifest, ManifestFile
 from .names import UnsafePath, decode_part, file_name, is_normalized_relative
-from .staged_tree import check_against, make_read_only, report_pull, scan_tree
+from .staged_tree import check_against, make_read_only, report_pull, scan_tree, trusted_store_hashes
 from .staging import Stage
 from .timeutil import utcnow
 from .transfer import Listing, OnFile, TransferError
@@ -246,7 +246,8 @@ class ArtifactStore:
                 check_against(listing, files)
                 known = hasher.digests(files)
                 known.update(linked)
-                path = self._commit(key, produced, files, listing.url, listing.version(), replace, known, listing)
+                hashes = trusted_store_hashes(listing, files, linked)
+                path = self._commit(key, produced, files, listing.url, listing.version(), replace, known, hashes)
                 report_pull(key, listing, linked)
                 return path
             finally:
@@ -286,10 +287,10 @@ class ArtifactStore:
         version: str,
         replace: bool,
         known: dict[str, str] | None = None,
-        listing: Listing | None = None,
+        store_hashes: dict[str, str] | None = None,
     ) -> Path:
         digests = dict(known or {})
-        hashes = {f.path: f.hash for f in listing.files if f.hash} if listing is not None else {}
+        hashes = store_hashes or {}
         digests.update(sha256_files({rel: f for rel, f in files.items() if rel not in digests}))
         for staged in files.values():
             if not staged.is_link:

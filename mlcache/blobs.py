@@ -162,11 +162,10 @@ class BlobStore:
         hint = self._hint_path(store_hash, size)
         if hint is None or not SHA256.fullmatch(digest):
             return
-        read = read_regular(hint, limit=128) if hint.exists() else None
-        if read is not None and read[0].decode(errors="replace") == digest:
+        if self.by_store_hash(store_hash, size) == digest:
             return
         self._guarded_dir(hint.parent)
-        write_atomic(hint, digest.encode(), self.layout.tmp)
+        write_atomic(hint, digest.encode(), self.layout.tmp, durable=False)
 
     def by_store_hash(self, store_hash: str, size: int) -> str | None:
         """The sha256 of the held blob a store hash was recorded for, when that blob is still held."""

@@ -27,15 +27,17 @@ CACHEDIR_TAG = (
 )
 
 
-def write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a partial one."""
+def write_atomic(path: Path, data: bytes, tmp_dir: Path, durable: bool = True) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a partial one;
+    `durable=False` skips the fsync, for files whose loss in a power cut costs nothing but time."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / f"{path.name[:40]}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
     finally:

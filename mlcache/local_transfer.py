@@ -94,6 +94,8 @@ class LocalTransfer(Transfer):
                 out = dest.joinpath(*item.path.split("/"))
                 out.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, out, follow_symlinks=False)
+                info = src.lstat()
+                os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
                 if on_file is not None:
                     on_file(item.path)
                 advanced(item.size)

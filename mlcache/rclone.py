@@ -171,7 +171,7 @@ class RcloneTransfer(Transfer):
             with tempfile.NamedTemporaryFile("w", suffix=".files", encoding="utf-8") as listed:
                 listed.write("".join(f"{path}\n" for path in only))
                 listed.flush()
-                self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name, "--no-traverse"])
+                self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name])
             return
         self._copy(target, dest, progress, url, on_file, [])
 

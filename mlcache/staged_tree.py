@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import UnsafeArtifact
 from .hashing import StagedFile, identity
 from .manifest import EntryKey
 from .progress import human_size
+from .timeutil import canonical_rfc3339
 from .transfer import Listing
 
 log = logging.getLogger("mlcache.pulls")
@@ -90,3 +92,31 @@ def report_pull(key: EntryKey, listing: Listing, linked: dict[str, str]) -> None
         )
     else:
         log.debug("%s: %s", key.label, downloaded)
+
+
+def _listed_ns(mtime: str) -> int | None:
+    """A listing's modification time (RFC 3339, any offset and precision) in ns since the epoch."""
+    text = canonical_rfc3339(mtime)
+    if not text.endswith("Z") or "." not in text:
+        return None
+    whole, _, fraction = text[:-1].partition(".")
+    try:
+        seconds = datetime.fromisoformat(whole).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+    return int(seconds) * 1_000_000_000 + int(fraction.ljust(9, "0")[:9])
+
+
+def trusted_store_hashes(listing: Listing, files: dict[str, StagedFile], linked: dict[str, str]) -> dict[str, str]:
+    """The store hashes a manifest may record: of files linked by that very hash, and of downloaded
+    files whose modification time (set from the store's) is the one listed, so the bytes are the
+    object the listing hashed, not a newer one written between the listing and the copy."""
+    hashes = {}
+    for item in listing.files:
+        if not item.hash:
+            continue
+        staged = files.get(item.path)
+        listed = _listed_ns(item.mtime)
+        if item.path in linked or (staged is not None and listed is not None and staged.identity[3] == listed):
+            hashes[item.path] = item.hash
+    return hashes

@@ -382,3 +382,39 @@ api.get_model_artifact(("old", "@prod"))
     assert json.loads((cache / "layout.json").read_text()) == {"version": 2}
     with pytest.raises(mlcache.CacheMiss):
         offline.get_model_artifact(("old", "@prod"))
+
+
+def test_a_file_rewritten_between_the_listing_and_the_copy_records_no_store_hash(tmp_path: Path) -> None:
+    """The listing's MD5 describes the object it listed; bytes of a newer object written in between
+    (another modification time) must not be recorded under it, or a later pull would link them for
+    the old file."""
+    import hashlib as md5lib
+
+    from mlcache.artifact_store import ArtifactStore
+    from mlcache.manifest import EntryKey
+    from mlcache.transfer import Listing, RemoteFile
+
+    store = ArtifactStore(CacheLayout(tmp_path / "cache"))
+    old, new = b"old weights", b"new weights"
+    listed = Listing(
+        "s3://bucket/r/model",
+        True,
+        (
+            RemoteFile("w.bin", len(old), "2026-01-01T00:00:00.000000000Z", f"md5:{md5lib.md5(old).hexdigest()}"),
+            RemoteFile("same.bin", 4, "2026-01-01T00:00:00.000000000Z", f"md5:{md5lib.md5(b'same').hexdigest()}"),
+        ),
+    )
+
+    def fetch(stage: Path, on_file: object, only: object = None) -> None:
+        (stage / "w.bin").write_bytes(new)
+        (stage / "same.bin").write_bytes(b"same")
+        when = 1767225600 * 1_000_000_000
+        os.utime(stage / "same.bin", ns=(when, when))
+
+    key = EntryKey("runs", ("0" * 32, "model"))
+    store.pull(key, fetch, lambda: listed)
+    manifest = store.read_manifest(key)
+    assert manifest is not None
+    assert {f.path: f.store_hash for f in manifest.files} == {"same.bin": listed.files[1].hash, "w.bin": None}
+    assert store.blobs.by_store_hash(listed.files[0].hash, len(old)) is None
+    assert store.blobs.by_store_hash(listed.files[1].hash, 4) == md5lib.sha256(b"same").hexdigest()
