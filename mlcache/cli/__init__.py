@@ -15,10 +15,10 @@ import typer
 from typer.exceptions import TyperException
 
 from ..errors import MlcacheError, ServerUnreachable
-from . import admin, artifacts, bundles, search
+from . import admin, artifacts, bundles, search, selftest
 from .core import app, printable
 
-__all__ = ["admin", "app", "artifacts", "bundles", "run", "search"]
+__all__ = ["admin", "app", "artifacts", "bundles", "run", "search", "selftest"]
 
 
 def _one_line(text: str) -> str:

@@ -1,0 +1,368 @@
+"""`selftest`: prove a bundle loads on its own, with no network and no tracking server.
+
+The bundle is imported (and so verified) into an empty temporary cache; then ONE child Python
+process, cut off from the network, resolves every model version, alias and run artifact the bundle
+holds through the offline plugin and loads each MLflow model with `mlflow.pyfunc.load_model` (files
+that are not an MLflow model are read back). Each item is reported as loaded or failed, and why.
+
+Isolation: a fresh network namespace holding only loopback (`unshare --net --map-root-user`, where
+the system allows unprivileged user namespaces), else sockets refused inside the child (its
+`socket` module refuses every non-loopback connect, send and name lookup: best effort, as native
+code can bypass it). `SelftestReport.network_isolation` says which one was used.
+
+Loading goes through the mlflow plugin (`plugins/mlflow/loading.py`), imported in the child only
+when mlflow is installed; without it, MLflow models fail with a clear reason and plain files are
+still read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .bundle_check import BUNDLE_FILE
+from .bundle_reader import is_archive
+from .errors import BundleError, CacheMiss
+from .isolation import checked_method, child_env, isolated_command, isolation_method
+from .layout import CacheLayout
+from .metadata_store import MetadataStore
+from .plugins import get_api
+
+
+@dataclass(frozen=True)
+class SelftestRow:
+    """One item of the bundle: its URI, whether it loaded, and what happened (or why not)."""
+
+    uri: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class SelftestReport:
+    """What `selftest` found: a row per model version, alias and run artifact the bundle holds,
+    the aliases it could not check (they point to versions the bundle does not hold), and how the
+    loading process was kept off the network."""
+
+    bundle: Path
+    network_isolation: str
+    rows: list[SelftestRow] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[SelftestRow]:
+        return [row for row in self.rows if not row.ok]
+
+    @property
+    def ok(self) -> bool:
+        """True when every item loaded."""
+        return not self.failed
+
+
+# ----------------------------------------------------------------- isolation
+
+
+_CHILD_CODE = "from mlcache.selftest import check_items_here; check_items_here()"
+_DETAIL_LIMIT = 1000
+
+
+# ----------------------------------------------------------------- the parent
+
+
+def _bundle_document(path: Path) -> dict[str, Any]:
+    """`bundle.json` of a bundle folder or archive; empty when it cannot be read (the import then
+    says what is wrong with the bundle)."""
+    raw: bytes | None = None
+    with contextlib.suppress(OSError, tarfile.TarError, EOFError):
+        if path.is_dir():
+            raw = (path / BUNDLE_FILE).read_bytes()
+        elif is_archive(path):
+            with tarfile.open(path, "r|*") as tar:
+                for member in tar:
+                    if member.name.lstrip("./") == BUNDLE_FILE and member.isreg():
+                        handle = tar.extractfile(member)
+                        raw = handle.read() if handle is not None else None
+                        break
+    try:
+        document = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        document = {}
+    return document if isinstance(document, dict) else {}
+
+
+def _items(document: dict[str, Any], cache: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """What the child checks (each with its URI, kind and reference) and the aliases it cannot:
+    those pointing to versions the bundle does not hold."""
+    contents = document.get("contents") or {}
+    versions = [str(label) for label in contents.get("model_versions") or ()]
+    items: list[dict[str, Any]] = [{"uri": label, "kind": "model", "ref": label} for label in versions]
+    skipped: list[tuple[str, str]] = []
+    for record in MetadataStore(CacheLayout(cache)).scan("alias", on_error=lambda exc: None):
+        name, alias = record.key
+        uri, version = f"models:/{name}@{alias}", str(record.data["version"])
+        if f"models:/{name}/{version}" in versions:
+            items.append({"uri": uri, "kind": "model", "ref": [name, f"@{alias}"]})
+        else:
+            skipped.append((uri, f"points to version {version}, which the bundle does not hold"))
+    for run in contents.get("runs") or ():
+        if str(run).startswith("runs:/") and str(run).removeprefix("runs:/").strip("/").count("/"):
+            items.append({"uri": str(run), "kind": "run", "ref": str(run)})
+    return items, skipped
+
+
+def selftest(
+    bundle: Path | str,
+    *,
+    base: Path | str | None = None,
+    trusted_keys: Path | str | None = None,
+    on_row: Callable[[SelftestRow], None] | None = None,
+    timeout: float | None = None,
+    method: str | None = None,
+) -> SelftestReport:
+    """Import `bundle` (folder or archive; after `base`, for a differential bundle) into an empty
+    temporary cache, then load every model version, alias and run artifact it holds in one child
+    process with no network and no tracking server. With `trusted_keys` (else the setting,
+    `MLCACHE_TRUSTED_KEYS`) the import refuses what they did not sign. `on_row` sees each row as
+    it is found; `timeout` bounds the child (seconds); `method` forces the isolation. A damaged
+    bundle raises its `BundleError`. The temporary cache is removed afterwards."""
+    source = Path(bundle).expanduser().absolute()
+    if not source.exists():
+        raise BundleError(f"no bundle at {bundle}")
+    chosen = checked_method(method or isolation_method())
+    work = Path(tempfile.mkdtemp(prefix="mlcache-selftest-"))
+    try:
+        cache = work / "cache"
+        keys = {"trusted_keys": Path(trusted_keys)} if trusted_keys is not None else {}
+        document = _import(get_api("offline", cache_dir=cache, **keys), source, base)
+        items, skipped = _items(document, cache)
+        report = SelftestReport(source, chosen, skipped=skipped)
+        if items:
+            job = work / "job.json"
+            job.write_text(json.dumps({"cache_dir": str(cache), "items": items}))
+            with contextlib.closing(_run_child(work, cache, job, items, chosen, timeout)) as rows:
+                for row in rows:
+                    report.rows.append(row)
+                    if on_row is not None:
+                        on_row(row)
+        return report
+    finally:
+        _remove(work)
+
+
+def _import(api: Any, source: Path, base: Path | str | None) -> dict[str, Any]:
+    """Import the bundle (after its base) into the api's cache; its `bundle.json`."""
+    document = _bundle_document(source)
+    over = document.get("base")
+    if base is None and isinstance(over, dict):
+        said = f"{source.name} is a differential bundle over {over.get('name')}: give that bundle"
+        error = BundleError(f"{said} as base=")
+        error.cli_text = f"{said} with --base"
+        raise error
+    if base is not None:
+        api.import_bundle(base)
+    api.import_bundle(source)
+    return document
+
+
+def _remove(path: Path) -> None:
+    """Remove the temporary tree, folders a model load left read-only included."""
+    try:
+        shutil.rmtree(path)
+    except OSError:
+        for folder, _dirs, _files in os.walk(path):
+            with contextlib.suppress(OSError):
+                os.chmod(folder, 0o700)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_child(
+    work: Path, cache: Path, job: Path, items: list[dict[str, Any]], method: str, timeout: float | None
+) -> Generator[SelftestRow, None, None]:
+    """The child's rows as it reports them; an item it never reported (it crashed or ran out of
+    time) fails with what it left on stderr."""
+    env = child_env({"MLCACHE_OFFLINE": "1", "MLCACHE_CACHE_DIR": str(cache)})
+    argv = isolated_command(_CHILD_CODE, [str(job)], method)
+    expired = threading.Event()
+    with (work / "child.stderr").open("w+b") as stderr:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            cwd=work,
+            start_new_session=True,
+        )
+        timer = threading.Timer(timeout, _kill, (proc, expired)) if timeout is not None else None
+        if timer is not None:
+            timer.start()
+        seen: set[str] = set()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                row = _parse_row(line)
+                if row is not None and row.uri not in seen:
+                    seen.add(row.uri)
+                    yield row
+            code = proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if proc.poll() is None:
+                _kill(proc, None)
+                proc.wait()
+        why = _ended(code, expired.is_set(), timeout, stderr)
+        for item in items:
+            if item["uri"] not in seen:
+                yield SelftestRow(item["uri"], False, why)
+
+
+def _kill(proc: subprocess.Popen[bytes], expired: threading.Event | None) -> None:
+    """End the child and whatever it started (its own session), by its process group."""
+    if proc.poll() is not None:
+        return
+    if expired is not None:
+        expired.set()
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _parse_row(line: bytes) -> SelftestRow | None:
+    try:
+        found = json.loads(line)
+        return SelftestRow(str(found["uri"]), bool(found["ok"]), str(found["detail"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _ended(code: int, expired: bool, timeout: float | None, stderr: IO[bytes]) -> str:
+    """Why the child left items unchecked, in one line."""
+    if expired:
+        return f"not checked: the loading process ran out of time ({timeout:g} s)"
+    stderr.seek(0)
+    lines = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()]
+    last = f": {_one_line(lines[-1])}" if lines else ""
+    return f"not checked: the loading process ended (exit code {code}) before reaching it{last}"
+
+
+# ----------------------------------------------------------------- the child
+
+
+def check_items_here(job_path: str | None = None) -> None:
+    """The child's side: check each item of the job (`sys.argv[1]`) with the offline plugin and
+    print one JSON line per item on the original stdout; whatever else is printed (by MLflow or a
+    model's code) goes to stderr."""
+    results = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    job = json.loads(Path(job_path or sys.argv[1]).read_text())
+    api = get_api("offline", cache_dir=job["cache_dir"])
+    done: dict[Path, tuple[str, bool, str]] = {}
+    for item in job["items"]:
+        ok, detail = _check_one(api, item, done)
+        results.write(json.dumps({"uri": item["uri"], "ok": ok, "detail": detail}) + "\n")
+        results.flush()
+
+
+class _NotLoadable(Exception):
+    """A model this process cannot load for a reason stated in full (its message is the detail)."""
+
+
+def _check_one(api: Any, item: dict[str, Any], done: dict[Path, tuple[str, bool, str]]) -> tuple[bool, str]:
+    """Resolve one item offline and load (or read back) its files; files already checked under
+    another URI (an alias of a version) are not loaded twice."""
+    ref = tuple(item["ref"]) if isinstance(item["ref"], list) else item["ref"]
+    path: Path | None = None
+    try:
+        path = api.get_run_artifact(ref) if item["kind"] == "run" else api.get_model_artifact(ref)
+        if path in done:
+            first, ok, detail = done[path]
+            return ok, f"{detail}; same files as {first}"
+        if path.is_dir() and (path / "MLmodel").is_file():
+            ok, detail = True, _load(path)
+        else:
+            ok, detail = True, _read_back(path)
+    except KeyboardInterrupt:
+        raise
+    except CacheMiss as exc:
+        return False, f"the bundle does not hold {exc.kind} {exc.key!r}"
+    except _NotLoadable as exc:
+        ok, detail = False, str(exc)
+    except BaseException as exc:
+        ok, detail = False, _why(exc, path)
+    if path is not None:
+        done[path] = (item["uri"], ok, detail)
+    return ok, detail
+
+
+def _load(path: Path) -> str:
+    """Load an MLflow model as an air-gapped job would (python_function flavor), else read it."""
+    try:
+        installed = importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):  # blocked (sys.modules["mlflow"] = None) or broken
+        installed = False
+    if not installed:
+        raise _NotLoadable("mlflow is not installed, so this MLflow model cannot be loaded (pip install mlflow)")
+    loading = importlib.import_module("mlcache.plugins.mlflow.loading")
+    flavors = loading.model_flavors(path)
+    if "python_function" not in flavors:
+        return f"no python_function flavor (flavors: {', '.join(flavors) or 'none'}); {_read_back(path)}"
+    loading.load_pyfunc(path)
+    return f"loaded with mlflow.pyfunc.load_model (flavors: {', '.join(flavors)})"
+
+
+def _read_back(path: Path) -> str:
+    """Read every file of the entry to its end."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    size = 0
+    for file in files:
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                size += len(chunk)
+    return f"not an MLflow model; read back {len(files)} file(s), {size} bytes"
+
+
+def _missing_file(exc: BaseException) -> OSError | None:
+    """A file-not-found error in the exception's chain, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, FileNotFoundError) and current.filename:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _why(exc: BaseException, path: Path | None) -> str:
+    """The failure in one line, paths shown relative to the model's files."""
+
+    def short(text: str) -> str:
+        if path is not None:
+            text = text.replace(f"{path}{os.sep}", "").replace(str(path), ".")
+        return _one_line(text)
+
+    text = short(f"{type(exc).__name__}: {exc}")
+    missing = _missing_file(exc)
+    if missing is not None:
+        name = short(os.fsdecode(missing.filename))
+        why = f"{type(exc).__name__}: {missing.strerror}" if missing is exc else text
+        text = f"missing file {name} ({why})"
+    return text[:_DETAIL_LIMIT]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
