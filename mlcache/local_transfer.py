@@ -84,8 +84,7 @@ class LocalTransfer(Transfer):
         only: Sequence[str] | None = None,
     ) -> None:
         listing = self.list(url)
-        wanted = None if only is None else set(only)
-        files = [f for f in listing.files if wanted is None or f.path in wanted]
+        files = listing.selected(only)
         root = local_path(url)
         dest.mkdir(parents=True, exist_ok=True)
         with file_by_file(progress, url, sum(f.size for f in files), dest) as advanced:

@@ -42,6 +42,11 @@ class Listing:
     is_dir: bool
     files: tuple[RemoteFile, ...]
 
+    def selected(self, only: Sequence[str] | None) -> list[RemoteFile]:
+        """The listed files, or those of them whose paths `only` names."""
+        wanted = None if only is None else set(only)
+        return [f for f in self.files if wanted is None or f.path in wanted]
+
     def version(self) -> str:
         """A cheap fingerprint of the remote content (paths, sizes, modification times; one spelling
         per instant, so listings made in different time zones compare)."""
