@@ -107,16 +107,23 @@ def _listed_ns(mtime: str) -> int | None:
     return int(seconds) * 1_000_000_000 + int(fraction.ljust(9, "0")[:9])
 
 
+def _same_second(staged_ns: int, listed_ns: int) -> bool:
+    return abs(staged_ns - listed_ns) < 1_000_000_000
+
+
 def trusted_store_hashes(listing: Listing, files: dict[str, StagedFile], linked: dict[str, str]) -> dict[str, str]:
     """The store hashes a manifest may record: of files linked by that very hash, and of downloaded
-    files whose modification time (set from the store's) is the one listed, so the bytes are the
-    object the listing hashed, not a newer one written between the listing and the copy."""
+    files whose modification time (set from the store's) is the one listed, to the second (stores
+    give some times to the second only, as HTTP dates), so the bytes are the object the listing
+    hashed, not a newer one written between the listing and the copy."""
     hashes = {}
     for item in listing.files:
         if not item.hash:
             continue
         staged = files.get(item.path)
         listed = _listed_ns(item.mtime)
-        if item.path in linked or (staged is not None and listed is not None and staged.identity[3] == listed):
+        if item.path in linked or (
+            staged is not None and listed is not None and _same_second(staged.identity[3], listed)
+        ):
             hashes[item.path] = item.hash
     return hashes
