@@ -50,6 +50,7 @@ from .manifest import EntryKey, Manifest
 from .metadata_store import MetadataStore
 from .placement import check_export_target
 from .progress import human_size
+from .requirements import download_wheels
 from .signing import TrustedKey, load_private_key
 from .staging import Stage, remove_tree
 from .timeutil import utcnow
@@ -157,11 +158,14 @@ def export_bundle(
     target: Path | str,
     base: Path | str | None = None,
     sign_key: Path | str | None = None,
+    with_requirements: bool = False,
 ) -> Path:
     """Write the selection (with `versions`, the selected model versions, the query's included),
     with everything needed offline, to a bundle folder or archive; with `base` (a bundle folder,
     archive or its `bundle.json`), a differential bundle holding only the blobs the base lacks;
-    with `sign_key`, every entry it holds and its `bundle.json` are signed."""
+    with `sign_key`, every entry it holds and its `bundle.json` are signed; with
+    `with_requirements`, the wheels each MLflow model's `requirements.txt` names, for this
+    machine's platform, are downloaded into its `wheels/` (see `requirements`)."""
     given = target
     over = read_base(base) if base is not None else None
     key = Path(sign_key).expanduser().absolute() if sign_key is not None else None
@@ -183,7 +187,7 @@ def export_bundle(
         owner = stage.with_name(stage.name + ".lock")
         try:
             with FileLock(str(owner), timeout=0):
-                _export_into(exporter, versions, selection, stage, target, over, key)
+                _export_into(exporter, versions, selection, stage, target, over, key, with_requirements)
         finally:
             remove_tree(stage)
             owner.unlink(missing_ok=True)
@@ -198,12 +202,15 @@ def _export_into(
     target: Path,
     base: BaseBundle | None,
     key: Path | None,
+    with_requirements: bool = False,
 ) -> None:
     folder = stage if not is_archive(target) else stage / "bundle"
     to = exporter.open(folder)
     contents = exporter.selection(versions, list(selection.runs), list(selection.experiments), to)
     CacheLayout(folder).ensure()
     _derived_files(folder)
+    # the wheels before the entries' files may go (a differential bundle), and before signing and listing
+    requirements = download_wheels(folder) if with_requirements else None
     keep_each_blob_once(folder, base)
     if key is not None:
         sign_bundle_folder(folder, key)
@@ -218,6 +225,8 @@ def _export_into(
     }
     if base is not None:
         document["base"] = {"digest": base.digest, "name": base.name}
+    if requirements is not None:
+        document["requirements"] = requirements.model_dump()
     raw = json.dumps(document, indent=1, ensure_ascii=False).encode()
     (folder / BUNDLE_FILE).write_bytes(raw)
     if key is not None:

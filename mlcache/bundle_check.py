@@ -6,8 +6,9 @@ size and sha256. Checked on what one pass over the bundle actually read (`bundle
 - every file has its place in the layout: `layout.json` of a readable layout version,
   `CACHEDIR.TAG`, metadata documents at the path their own key maps to, manifests likewise,
   artifact files that some manifest lists with the same size and digest, and blobs
-  (`blobs/sha256/...`) whose bytes hash to their name and that some manifest lists; anything else
-  is refused;
+  (`blobs/sha256/...`) whose bytes hash to their name and that some manifest lists, and wheels
+  (`wheels/<name>.whl`, one level) that `bundle.json`'s `requirements` names (see `requirements`);
+  anything else is refused;
 - every file a manifest lists is in the bundle (at its entry's path, or as a blob), except in a
   *differential* bundle: what it lacks it relies on its base for (`CheckedBundle.relies`).
 Problems are reported one line each, as `<path in the bundle>: <what is wrong>`.
@@ -31,6 +32,7 @@ from .layout import READABLE_VERSIONS, CacheLayout
 from .manifest import EntryKey, FileRow, Manifest
 from .metadata_store import KINDS, MetadataStore
 from .names import UnsafePath
+from .requirements import WHEELS, RequirementsRecord, wheel_problem
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "mlcache-bundle"
@@ -68,6 +70,7 @@ class BundleDocument(BaseModel):
     contents: dict[str, list[str]]
     files: list[BundleFile]
     base: BaseRef | None = None
+    requirements: RequirementsRecord | None = None
 
 
 @dataclass
@@ -159,8 +162,11 @@ def _check_layout(tree: BundleTree, checked: CheckedBundle, reported: set[str]) 
             _check_blob(tree, rel, problems)
         elif top == "signatures":
             continue
+        elif top == WHEELS:
+            _check_wheel(rel, checked)
         elif top != "artifacts":
             problems.append(f"{rel}: not part of an mlcache bundle")
+    _check_wheels_named(tree, checked, reported)
     entry_paths = {rel for _manifest, rel in checked.entries.values()}
     for rel in sorted(tree.members):
         if rel.startswith(("artifacts/", "blobs/")) and rel not in covered and rel not in reported:
@@ -170,6 +176,28 @@ def _check_layout(tree: BundleTree, checked: CheckedBundle, reported: set[str]) 
     if checked.relies and (checked.document is None or checked.document.base is None):
         problems.extend(checked.absent)
         checked.relies.clear()
+
+
+def _check_wheel(rel: str, checked: CheckedBundle) -> None:
+    """A wheel sits one level under `wheels/` and some model's requirements name it."""
+    problem = wheel_problem(rel)
+    requirements = checked.document.requirements if checked.document is not None else None
+    named = requirements is not None and any(rel in wheels for wheels in requirements.models.values())
+    if problem is not None:
+        checked.problems.append(f"{rel}: {problem}")
+    elif not named:
+        checked.problems.append(f"{rel}: a wheel the requirements in {BUNDLE_FILE} do not name")
+
+
+def _check_wheels_named(tree: BundleTree, checked: CheckedBundle, reported: set[str]) -> None:
+    """Every wheel `bundle.json`'s requirements name is a wheel the bundle holds."""
+    requirements = checked.document.requirements if checked.document is not None else None
+    for folder, wheels in sorted(requirements.models.items()) if requirements is not None else ():
+        for rel in wheels:
+            if rel in reported:
+                continue
+            if wheel_problem(rel) is not None or rel not in tree.members:
+                checked.problems.append(f"{BUNDLE_FILE}: the requirements of {folder} name {rel}, not a wheel it holds")
 
 
 def _signs_an_entry(rel: str, entry_paths: set[str]) -> bool:

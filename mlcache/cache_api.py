@@ -132,16 +132,19 @@ class CacheMethods:
         version_query: dict[str, Any] | None = None,
         base: Path | str | None = None,
         sign_key: Path | str | None = None,
+        with_requirements: bool = False,
     ) -> Path:
         """A bundle (folder, `.tar` or `.tar.gz`) holding the selection and all it needs offline;
         with `base` (an older bundle), a differential one holding only the blobs `base` lacks; signed
-        with `sign_key` (default: the `signing_key` setting, `MLCACHE_SIGNING_KEY`) when one is set."""
+        with `sign_key` (default: the `signing_key` setting, `MLCACHE_SIGNING_KEY`) when one is set;
+        with `with_requirements`, also the wheels (for this machine's platform) each MLflow model's
+        `requirements.txt` names, so `pip install --no-index` can build its environment offline."""
         selection = Selection(list(model_versions), list(runs), list(experiments), version_query)
         versions = list(selection.model_versions)
         if version_query is not None:
             versions.extend(self.find_model_versions(version_query))
         key = sign_key if sign_key is not None else self.signing_key
-        return export_bundle(self._exporter, versions, selection, target, base, key)
+        return export_bundle(self._exporter, versions, selection, target, base, key, with_requirements)
 
     def import_bundle(
         self,

@@ -10,6 +10,13 @@ the system allows unprivileged user namespaces), else sockets refused inside the
 `socket` module refuses every non-loopback connect, send and name lookup: best effort, as native
 code can bypass it). `SelftestReport.network_isolation` says which one was used.
 
+A bundle exported `--with-requirements` holds wheels (`requirements`): they are copied out of the
+bundle (each checked against the digest the import read), and before a model is loaded the child
+installs what its `requirements.txt` names from them alone (`pip install --no-index --find-links
+<the wheels> --target <temporary folder>`, in a Python whose sockets refuse the network, with no
+pip configuration) and puts that folder first on `sys.path` while it loads the model; the row says
+"environment built from N wheels", or why pip could not.
+
 Loading goes through the mlflow plugin (`plugins/mlflow/loading.py`), imported in the child only
 when mlflow is installed; without it, MLflow models fail with a clear reason and plain files are
 still read back.
@@ -35,12 +42,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from .bundle_check import BUNDLE_FILE
-from .bundle_reader import is_archive
+from .bundle_reader import BundleTree, is_archive
+from .bundle_trust import Evidence
 from .errors import BundleError, CacheMiss
 from .isolation import checked_method, child_env, isolated_command, isolation_method
 from .layout import CacheLayout
 from .metadata_store import MetadataStore
 from .plugins import get_api
+from .selftest_env import Environments, NotLoadable, wheel_environments
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class SelftestRow:
     uri: str
     ok: bool
     detail: str
+    environment: str | None = None
+    """How the model's environment was built from the bundle's wheels, when it has some."""
 
 
 @dataclass
@@ -147,12 +158,16 @@ def selftest(
     try:
         cache = work / "cache"
         keys = {"trusted_keys": Path(trusted_keys)} if trusted_keys is not None else {}
-        document = _import(get_api("offline", cache_dir=cache, **keys), source, base)
+        document, tree = _import(get_api("offline", cache_dir=cache, **keys), source, base)
         items, skipped = _items(document, cache)
         report = SelftestReport(source, chosen, skipped=skipped)
         if items:
             job = work / "job.json"
-            job.write_text(json.dumps({"cache_dir": str(cache), "items": items}))
+            task: dict[str, Any] = {"cache_dir": str(cache), "items": items}
+            environments = wheel_environments(document, tree, source, work)
+            if environments is not None:
+                task["environments"] = environments
+            job.write_text(json.dumps(task))
             with contextlib.closing(_run_child(work, cache, job, items, chosen, timeout)) as rows:
                 for row in rows:
                     report.rows.append(row)
@@ -163,8 +178,9 @@ def selftest(
         _remove(work)
 
 
-def _import(api: Any, source: Path, base: Path | str | None) -> dict[str, Any]:
-    """Import the bundle (after its base) into the api's cache; its `bundle.json`."""
+def _import(api: Any, source: Path, base: Path | str | None) -> tuple[dict[str, Any], BundleTree | None]:
+    """Import the bundle (after its base) into the api's cache; its `bundle.json` as the import
+    checked it, and what the import read of it."""
     document = _bundle_document(source)
     over = document.get("base")
     if base is None and isinstance(over, dict):
@@ -174,8 +190,13 @@ def _import(api: Any, source: Path, base: Path | str | None) -> dict[str, Any]:
         raise error
     if base is not None:
         api.import_bundle(base)
-    api.import_bundle(source)
-    return document
+    evidence = Evidence("import", str(source))
+    api.import_bundle(source, evidence=evidence)
+    raw = evidence.tree.documents.get(BUNDLE_FILE) if evidence.tree is not None else None
+    with contextlib.suppress(ValueError):
+        checked = json.loads(raw) if raw is not None else None
+        document = checked if isinstance(checked, dict) else document
+    return document, evidence.tree
 
 
 def _remove(path: Path) -> None:
@@ -244,7 +265,10 @@ def _kill(proc: subprocess.Popen[bytes], expired: threading.Event | None) -> Non
 def _parse_row(line: bytes) -> SelftestRow | None:
     try:
         found = json.loads(line)
-        return SelftestRow(str(found["uri"]), bool(found["ok"]), str(found["detail"]))
+        environment = found.get("environment")
+        return SelftestRow(
+            str(found["uri"]), bool(found["ok"]), str(found["detail"]), str(environment) if environment else None
+        )
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -270,42 +294,66 @@ def check_items_here(job_path: str | None = None) -> None:
     os.dup2(2, 1)
     job = json.loads(Path(job_path or sys.argv[1]).read_text())
     api = get_api("offline", cache_dir=job["cache_dir"])
+    environments = Environments(Path(job["cache_dir"]), job["environments"]) if job.get("environments") else None
     done: dict[Path, tuple[str, bool, str]] = {}
     for item in job["items"]:
-        ok, detail = _check_one(api, item, done)
-        results.write(json.dumps({"uri": item["uri"], "ok": ok, "detail": detail}) + "\n")
+        ok, detail = _check_one(api, item, done, environments)
+        row: dict[str, Any] = {"uri": item["uri"], "ok": ok, "detail": detail}
+        if environments is not None and environments.said.get(item["uri"]):
+            row["environment"] = environments.said[item["uri"]]
+        results.write(json.dumps(row) + "\n")
         results.flush()
 
 
-class _NotLoadable(Exception):
-    """A model this process cannot load for a reason stated in full (its message is the detail)."""
-
-
-def _check_one(api: Any, item: dict[str, Any], done: dict[Path, tuple[str, bool, str]]) -> tuple[bool, str]:
-    """Resolve one item offline and load (or read back) its files; files already checked under
-    another URI (an alias of a version) are not loaded twice."""
+def _check_one(
+    api: Any,
+    item: dict[str, Any],
+    done: dict[Path, tuple[str, bool, str]],
+    environments: Environments | None = None,
+) -> tuple[bool, str]:
+    """Resolve one item offline and load (or read back) its files, in the environment built from
+    the bundle's wheels when it has some; files already checked under another URI (an alias of a
+    version) are not loaded twice."""
     ref = tuple(item["ref"]) if isinstance(item["ref"], list) else item["ref"]
     path: Path | None = None
     try:
         path = api.get_run_artifact(ref) if item["kind"] == "run" else api.get_model_artifact(ref)
         if path in done:
             first, ok, detail = done[path]
+            if environments is not None and first in environments.said:
+                environments.said[item["uri"]] = environments.said[first]
             return ok, f"{detail}; same files as {first}"
         if path.is_dir() and (path / "MLmodel").is_file():
-            ok, detail = True, _load(path)
+            target = environments.target(item["uri"], path) if environments is not None else None
+            ok, detail = True, _load_in(path, target)
         else:
             ok, detail = True, _read_back(path)
     except KeyboardInterrupt:
         raise
     except CacheMiss as exc:
         return False, f"the bundle does not hold {exc.kind} {exc.key!r}"
-    except _NotLoadable as exc:
+    except NotLoadable as exc:
         ok, detail = False, str(exc)
     except BaseException as exc:
         ok, detail = False, _why(exc, path)
     if path is not None:
         done[path] = (item["uri"], ok, detail)
     return ok, detail
+
+
+def _load_in(path: Path, environment: tuple[Path, str] | None) -> str:
+    """`_load`, with the environment built from the bundle's wheels (its folder, and how it was
+    built) first on `sys.path` while the model loads."""
+    if environment is None:
+        return _load(path)
+    where, said = str(environment[0]), environment[1]
+    sys.path.insert(0, where)
+    importlib.invalidate_caches()
+    try:
+        return f"{said}; {_load(path)}"
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(where)
 
 
 def _load(path: Path) -> str:
@@ -315,7 +363,7 @@ def _load(path: Path) -> str:
     except (ImportError, ValueError):  # blocked (sys.modules["mlflow"] = None) or broken
         installed = False
     if not installed:
-        raise _NotLoadable("mlflow is not installed, so this MLflow model cannot be loaded (pip install mlflow)")
+        raise NotLoadable("mlflow is not installed, so this MLflow model cannot be loaded (pip install mlflow)")
     loading = importlib.import_module("mlcache.plugins.mlflow.loading")
     flavors = loading.model_flavors(path)
     if "python_function" not in flavors:

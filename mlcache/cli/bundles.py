@@ -60,10 +60,18 @@ def export(
         Path | None,
         typer.Option("--sign-key", help="Sign with this private key (default: MLCACHE_SIGNING_KEY; `mlcache keygen`)."),
     ] = None,
+    with_requirements: Annotated[
+        bool,
+        typer.Option(
+            "--with-requirements",
+            help="Also the wheels each MLflow model's requirements.txt names (pip download, this machine's platform).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Export model versions, runs and experiments with everything needed offline into a bundle
-    (with --base, a differential one that needs the base's blobs where it is imported)."""
+    (with --base, a differential one that needs the base's blobs where it is imported; with
+    --with-requirements, the wheels to build each model's environment with no index)."""
     from ..bundle import selection_from
 
     selection = selection_from(items or [])
@@ -71,7 +79,14 @@ def export(
     api = settings(ctx).api()
     status(ctx, f"exporting to {to}")
     path = api.export_bundle(
-        to, selection.model_versions, selection.runs, selection.experiments, version_query, base=base, sign_key=sign_key
+        to,
+        selection.model_versions,
+        selection.runs,
+        selection.experiments,
+        version_query,
+        base=base,
+        sign_key=sign_key,
+        with_requirements=with_requirements,
     )
     if as_json:
         json_line({"bundle": str(path)})

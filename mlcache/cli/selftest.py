@@ -27,15 +27,18 @@ def selftest(
 ) -> None:
     """Import a bundle into an empty temporary cache and, in a process with no network and no
     tracking server, resolve every model version and alias in it and load each MLflow model with
-    mlflow.pyfunc.load_model (other files are read back); exit 1 unless all load."""
+    mlflow.pyfunc.load_model (other files are read back), in the environment built from the
+    bundle's wheels with no index when it was exported --with-requirements; exit 1 unless all load."""
     from ..selftest import SelftestRow
     from ..selftest import selftest as run_selftest
 
     def show(row: SelftestRow) -> None:
         if as_json:
-            json_line({"uri": row.uri, "ok": row.ok, "detail": row.detail})
+            line = {"uri": row.uri, "ok": row.ok, "detail": row.detail}
+            json_line({**line, "environment": row.environment} if row.environment else line)
         else:
-            data(f"ok {row.uri}" if row.ok else f"FAIL {row.uri}: {row.detail}")
+            shown = f"ok {row.uri}" + (f" ({row.environment})" if row.environment else "")
+            data(shown if row.ok else f"FAIL {row.uri}: {row.detail}")
 
     status(ctx, f"importing {bundle} into a temporary cache and loading its models with no network")
     report = run_selftest(bundle, base=base, trusted_keys=trusted_keys, on_row=show, timeout=load_timeout)
