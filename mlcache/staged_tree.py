@@ -108,14 +108,17 @@ def _listed_ns(mtime: str) -> int | None:
 
 
 def _same_second(staged_ns: int, listed_ns: int) -> bool:
-    return abs(staged_ns - listed_ns) < 1_000_000_000
+    """Whether two times name one write, as stores report it: HTTP dates are whole seconds, and a
+    store's header may fall in the second before its listed time."""
+    return abs(staged_ns - listed_ns) < 2_100_000_000
 
 
 def trusted_store_hashes(listing: Listing, files: dict[str, StagedFile], linked: dict[str, str]) -> dict[str, str]:
     """The store hashes a manifest may record: of files linked by that very hash, and of downloaded
-    files whose modification time (set from the store's) is the one listed, to the second (stores
-    give some times to the second only, as HTTP dates), so the bytes are the object the listing
-    hashed, not a newer one written between the listing and the copy."""
+    files whose modification time (set from the store's) is the one listed, within two seconds
+    (stores give some times as whole-second HTTP dates, rounded either way), so the bytes are the
+    object the listing hashed, not one rewritten between the listing and the copy (an object
+    rewritten within two seconds of its previous write is the case this cannot tell)."""
     hashes = {}
     for item in listing.files:
         if not item.hash:
