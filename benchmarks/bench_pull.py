@@ -52,14 +52,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from common import calls_per_second, rmtree, tree_stats  # noqa: E402
+from common import calls_per_second, rmtree, start_store_and_server, tree_stats  # noqa: E402
 
 import mlcache  # noqa: E402
 from mlcache import artifact_store, hashing, rclone  # noqa: E402
 from mlcache.names import encode_part  # noqa: E402
 from mlcache.rclone import find_rclone  # noqa: E402
-
-from servers import start_mlflow_server, start_s3_server  # noqa: E402
 
 MiB = 1024 * 1024
 SMALL_FILE_SIZE = 4096
@@ -221,18 +219,7 @@ class Bench:
 
     # ------------------------------------------------------------------ setup
     def start(self) -> None:
-        t = time.perf_counter()
-        self.s3 = start_s3_server(self.scratch / "s3")
-        self.s3.bucket("bucket")
-        os.environ.update(self.s3.env)
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-        self.server = start_mlflow_server(
-            self.scratch / "mlflow", artifact_root="s3://bucket/mlartifacts", env=self.s3.env
-        )
-        import mlflow
-
-        mlflow.set_tracking_uri(self.server.url)
-        print(f"servers up in {time.perf_counter() - t:.1f}s: mlflow {self.server.url}, s3 {self.s3.endpoint}")
+        self.s3, self.server = start_store_and_server(self.scratch)
 
     def upload(self) -> None:
         src = self.scratch / "src"

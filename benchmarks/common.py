@@ -10,7 +10,26 @@ from typing import Any
 
 from mlcache.staging import remove_tree as rmtree
 
-__all__ = ["calls_per_second", "rmtree", "tree_stats"]
+__all__ = ["calls_per_second", "rmtree", "start_store_and_server", "tree_stats"]
+
+
+def start_store_and_server(scratch: Path) -> tuple[Any, Any]:
+    """`rclone serve s3` (bucket `bucket`) and `mlflow server` (artifact root
+    `s3://bucket/mlartifacts`) on 127.0.0.1, with the S3 variables set in this process and MLflow's
+    client pointed at the server, so MLflow and mlcache both reach the store."""
+    import mlflow
+
+    from servers import start_mlflow_server, start_s3_server
+
+    t = time.perf_counter()
+    s3 = start_s3_server(scratch / "s3")
+    s3.bucket("bucket")
+    os.environ.update(s3.env)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    server = start_mlflow_server(scratch / "mlflow", artifact_root="s3://bucket/mlartifacts", env=s3.env)
+    mlflow.set_tracking_uri(server.url)
+    print(f"servers up in {time.perf_counter() - t:.1f}s: mlflow {server.url}, s3 {s3.endpoint}")
+    return s3, server
 
 
 def tree_stats(path: Path) -> tuple[int, int]:
