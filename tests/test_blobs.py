@@ -344,9 +344,10 @@ def test_a_cache_of_the_previous_layout_is_read_hit_and_pruned_with_no_download(
     archive = subprocess.run(
         ["git", "-C", str(repo), "archive", "f3bdd5e", "mlcache"], capture_output=True, check=False
     )
-    if archive.returncode != 0:
-        pytest.fail(f"the previous release's code is needed from git: {archive.stderr.decode().strip()}")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+    # A shallow clone lacks that commit: the same code is kept as `git archive` wrote it.
+    source = io.BytesIO(archive.stdout) if archive.returncode == 0 else None
+    kept = Path(__file__).with_name("data") / "mlcache-layout1-release.tar.gz"
+    with tarfile.open(fileobj=source) if source is not None else tarfile.open(kept) as tar:
         tar.extractall(old, filter="data")
     cache = tmp_path / "cache"
     script = f"""
