@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,6 +144,10 @@ class CleanReport:
     temp_busy: int = 0
 
 
+Versions = Mapping[EntryKey, tuple[str, ...]]
+"""For each entry, the cached model versions it holds (`fraud/3@champion`)."""
+
+
 class CacheAdmin:
     """Usage, prune, clean and verify of one cache dir."""
 
@@ -151,12 +156,13 @@ class CacheAdmin:
         self._meta = meta
         self._artifacts = artifacts
 
-    def usage(self) -> list[EntryUsage]:
-        """Every artifact entry with its size on disk, unique bytes, last use and source, largest
-        first; entries whose manifest is damaged are listed with the reason."""
-        return self.survey()[0]
+    def usage(self, versions: Versions | None = None) -> list[EntryUsage]:
+        """Every artifact entry with its size on disk, unique bytes, last use and source (and the
+        cached model versions `versions` says it holds), largest first; entries whose manifest is
+        damaged are listed with the reason."""
+        return self.survey(versions)[0]
 
-    def survey(self) -> tuple[list[EntryUsage], Survey]:
+    def survey(self, versions: Versions | None = None) -> tuple[list[EntryUsage], Survey]:
         """The usage rows, and the inodes behind them (for totals that count a shared blob once)."""
         survey = Survey()
         rows = []
@@ -165,16 +171,22 @@ class CacheAdmin:
                 rows.append(self._damaged_row(key, manifest, survey))
             elif self._artifacts.lookup_quiet(key) is not None:  # type: ignore[arg-type]
                 rows.append(self._usage_row(key, manifest, survey))  # type: ignore[arg-type]
-        rows = [dataclasses.replace(row, unique=survey.unique(row.label)) for row in rows]
+        held = versions or {}
+        rows = [
+            dataclasses.replace(
+                row, unique=survey.unique(row.label), versions=held.get(row.key, ()) if row.key is not None else ()
+            )
+            for row in rows
+        ]
         return sorted(rows, key=lambda row: (-row.size, row.label)), survey
 
-    def cache_usage(self, rows: list[EntryUsage] | None = None) -> CacheUsage:
-        """Entries (`rows` when already made, with their versions) and the totals of the cache."""
-        made, survey = self.survey()
+    def cache_usage(self, versions: Versions | None = None) -> CacheUsage:
+        """The entries (with the versions `versions` says each holds) and the totals of the cache."""
+        rows, survey = self.survey(versions)
         blobs = [((info.st_dev, info.st_ino), info.st_size) for _d, _p, info in self._artifacts.blobs.all()]
         loose = loose_blob_bytes(blobs, survey)
         dedup = self._artifacts.blobs.can_link() if self._writable() else bool(blobs)
-        return CacheUsage(made if rows is None else rows, survey.total() + loose, loose, dedup)
+        return CacheUsage(rows, survey.total() + loose, loose, dedup)
 
     def _writable(self) -> bool:
         return os.access(self._layout.root, os.W_OK) if self._layout.root.exists() else False
@@ -197,16 +209,23 @@ class CacheAdmin:
         epoch = datetime.fromtimestamp(0, tz=timezone.utc)
         return EntryUsage(label, key, size, files, epoch, None, "", str(error), error.path)
 
-    def prune(self, max_size: int | str, dry_run: bool = False, keep: frozenset[EntryKey] = frozenset()) -> PruneReport:
+    def prune(
+        self,
+        max_size: int | str,
+        dry_run: bool = False,
+        keep_aliases: bool = False,
+        versions: Versions | None = None,
+    ) -> PruneReport:
         """Remove least recently used entries (damaged ones first) until the cache fits in
-        `max_size` bytes on disk, a blob shared by entries counted once; pinned entries and those
-        in `keep` stay. Each entry is removed under its exclusive lock; one that another process
-        holds is left alone and reported as busy. `dry_run` only says what would go."""
+        `max_size` bytes on disk, a blob shared by entries counted once; pinned entries stay, and
+        with `keep_aliases` those holding a version an alias points to (as `versions` says). Each
+        entry is removed under its exclusive lock; one that another process holds is left alone
+        and reported as busy. `dry_run` only says what would go."""
         budget = parse_size(max_size)
         if not dry_run and self._layout.root.exists():
             with writing(self._layout.root, "prune the cache"):
                 self._artifacts.blobs.collect()
-        rows, survey = self.survey()
+        rows, survey = self.survey(versions)
         total = survey.total()
         order = sorted(rows, key=lambda row: (row.damaged is None, row.last_used))
         report = PruneReport()
@@ -214,7 +233,7 @@ class CacheAdmin:
             for row in order:
                 if total <= budget:
                     break
-                if row.pinned or (row.key is not None and row.key in keep):
+                if row.pinned or (keep_aliases and any("@" in held for held in row.versions)):
                     continue
                 if dry_run or self._remove_row(row):
                     freed = survey.drop(row.label)

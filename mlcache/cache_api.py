@@ -3,7 +3,6 @@ bundles. `BaseMlflowApi` inherits it; every method delegates to an engine."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,20 +44,19 @@ class CacheMethods:
 
         def find_model_versions(self, query: Any = None) -> Iterable[ModelVersionApi]: ...
 
+    def _versions(self) -> dict[Any, tuple[str, ...]]:
+        """For each entry, the cached model versions it holds (from cached metadata, nothing fetched)."""
+        files = self.in_offline_mode._files if not self.offline_mode else self._files
+        return files.versions_by_entry()
+
     def usage(self) -> list[EntryUsage]:
         """Every artifact entry with its size on disk, unique bytes, last use, source, pin and the
         cached model versions it holds, largest first."""
-        held = (
-            self.in_offline_mode._files.versions_by_entry()
-            if not self.offline_mode
-            else self._files.versions_by_entry()
-        )
-        rows = self._admin.usage()
-        return [dataclasses.replace(row, versions=held[row.key]) if row.key in held else row for row in rows]
+        return self._admin.usage(self._versions())
 
     def cache_usage(self) -> CacheUsage:
         """`usage` plus the cache's totals: bytes on disk (a shared blob once), loose blobs, dedup."""
-        return self._admin.cache_usage(self.usage())
+        return self._admin.cache_usage(self._versions())
 
     def _artifact_target(self, artifact: Any) -> Target:
         if isinstance(artifact, str) and artifact.startswith("runs:/"):
@@ -83,17 +81,7 @@ class CacheMethods:
         """Remove least recently used entries until the cache fits in `max_size` (`10G`, bytes) on
         disk, a blob shared by entries counted once. Pinned entries stay, and with `keep_aliases` so
         do the versions any alias points to; `dry_run` only reports what would be removed."""
-        rows = self.usage()
-        keep = frozenset(
-            row.key
-            for row in rows
-            if keep_aliases and row.key is not None and any("@" in held for held in row.versions)
-        )
-        report = self._admin.prune(max_size, dry_run, keep)
-        versions = {row.label: row.versions for row in rows}
-        report.removed = [dataclasses.replace(row, versions=versions.get(row.label, ())) for row in report.removed]
-        report.busy = [dataclasses.replace(row, versions=versions.get(row.label, ())) for row in report.busy]
-        return report
+        return self._admin.prune(max_size, dry_run, keep_aliases, self._versions())
 
     def gc(self, orphan_age: float = 600.0) -> GcReport:
         """Remove blobs no entry holds, staging left by killed processes, and the half-made trees
