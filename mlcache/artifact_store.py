@@ -247,7 +247,9 @@ class ArtifactStore:
                 known = hasher.digests(files)
                 known.update(linked)
                 hashes = trusted_store_hashes(listing, files, linked)
-                path = self._commit(key, produced, files, listing.url, listing.version(), replace, known, hashes)
+                path = self._commit(
+                    key, produced, files, listing.url, listing.version(), replace, known, hashes, frozenset(linked)
+                )
                 report_pull(key, listing, linked)
                 return path
             finally:
@@ -288,7 +290,11 @@ class ArtifactStore:
         replace: bool,
         known: dict[str, str] | None = None,
         store_hashes: dict[str, str] | None = None,
+        linked: frozenset[str] = frozenset(),
     ) -> Path:
+        """Hash what is not hashed yet, make the files read-only, build the manifest and install.
+        `linked` files are hardlinks of held blobs already, found by their store hash: neither
+        shared again nor remembered again."""
         digests = dict(known or {})
         hashes = store_hashes or {}
         digests.update(sha256_files({rel: f for rel, f in files.items() if rel not in digests}))
@@ -310,16 +316,24 @@ class ArtifactStore:
             pulled_at=now,
             last_used=now,
         )
-        path = self.install(key, produced, manifest, replace)
+        path = self.install(key, produced, manifest, replace, linked)
         for item in manifest.files:
-            if item.store_hash and self.blobs.held(item.sha256, item.size) is not None:
+            if item.store_hash and item.path not in linked and self.blobs.held(item.sha256, item.size) is not None:
                 self.blobs.remember(item.store_hash, item.size, item.sha256)
         return path
 
-    def install(self, key: EntryKey, produced: Path, manifest: Manifest, replace: bool = False) -> Path:
-        """Share the blobs of a verified tree (its files must hold the bytes its manifest names),
-        rename it into place, then write its manifest. Unless `replace`, a complete entry another
-        process finished meanwhile is kept; a leftover without manifest is replaced."""
+    def install(
+        self,
+        key: EntryKey,
+        produced: Path,
+        manifest: Manifest,
+        replace: bool = False,
+        shared: frozenset[str] = frozenset(),
+    ) -> Path:
+        """Share the blobs of a verified tree (its files must hold the bytes its manifest names;
+        those in `shared` are blob links already), rename it into place, then write its manifest.
+        Unless `replace`, a complete entry another process finished meanwhile is kept; a leftover
+        without manifest is replaced."""
         target = self.layout.guard(self.entry_path(key))
         manifest_path = self.layout.guard(self.manifest_path(key))
         replaced: list[str] = []
@@ -330,7 +344,7 @@ class ArtifactStore:
                 old = self.read_manifest(key)
                 replaced = [item.sha256 for item in old.files] if old is not None else []
             manifest_path.unlink()
-        self._share_blobs(produced, manifest)
+        self._share_blobs(produced, manifest, shared)
         target.parent.mkdir(parents=True, exist_ok=True)
         self.layout.guard(target)
         if target.exists() or target.is_symlink():
@@ -342,11 +356,14 @@ class ArtifactStore:
             self.blobs.collect(replaced)
         return target
 
-    def _share_blobs(self, produced: Path, manifest: Manifest) -> None:
-        """Make each regular file of a verified tree a hardlink of its blob (where links work)."""
+    def _share_blobs(self, produced: Path, manifest: Manifest, shared: frozenset[str]) -> None:
+        """Make each regular file of a verified tree a hardlink of its blob (where links work),
+        but those in `shared`, which are already."""
         if not self.blobs.can_link():
             return
         for item in manifest.files:
+            if item.path in shared:
+                continue
             path = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
             if not path.is_symlink() and not self.blobs.adopt(path, item.sha256, item.size):
                 return
