@@ -170,15 +170,15 @@ class BlobStore:
     def by_store_hash(self, store_hash: str, size: int) -> str | None:
         """The sha256 of the held blob a store hash was recorded for, when that blob is still held."""
         hint = self._hint_path(store_hash, size)
-        if hint is None:
-            return None
+        return self._hinted(hint, size) if hint is not None else None
+
+    def _hinted(self, hint: Path, size: int) -> str | None:
+        """The sha256 a hint file names, when it is one and that blob is held with `size` bytes."""
         try:
             read = read_regular(hint, limit=128)
         except CorruptMetadata:
             return None
-        if read is None:
-            return None
-        digest = read[0].decode(errors="replace").strip()
+        digest = read[0].decode(errors="replace").strip() if read is not None else ""
         return digest if SHA256.fullmatch(digest) and self.held(digest, size) is not None else None
 
     def has_hints(self) -> bool:
@@ -244,10 +244,5 @@ class BlobStore:
             if hint.is_symlink() or not hint.is_file():
                 continue
             size = hint.name.rpartition(".")[2]
-            try:
-                read = read_regular(hint, limit=128)
-                digest = read[0].decode(errors="replace").strip() if read else ""
-            except CorruptMetadata:
-                digest = ""
-            if not (size.isdigit() and SHA256.fullmatch(digest) and self.held(digest, int(size)) is not None):
+            if not (size.isdigit() and self._hinted(hint, int(size)) is not None):
                 hint.unlink(missing_ok=True)
