@@ -33,12 +33,13 @@ from .manifest import EntryKey, FileRow, Manifest
 from .metadata_store import KINDS, MetadataStore
 from .names import UnsafePath
 from .requirements import WHEELS, RequirementsRecord, wheel_problem
+from .signing import DOCUMENT_SIGNATURE, SIGNATURES
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "mlcache-bundle"
 BUNDLE_VERSION = 1
 _ROOT = Path("/bundle")
-SIGNATURE_FILE = "bundle.json.sig"
+SIGNATURE_FILE = DOCUMENT_SIGNATURE
 _TOP_FILES = (BUNDLE_FILE, SIGNATURE_FILE, "layout.json", "CACHEDIR.TAG")
 
 
@@ -171,7 +172,7 @@ def _check_layout(tree: BundleTree, checked: CheckedBundle, reported: set[str]) 
     for rel in sorted(tree.members):
         if rel.startswith(("artifacts/", "blobs/")) and rel not in covered and rel not in reported:
             problems.append(f"{rel}: not part of any entry (no manifest lists it)")
-        elif rel.startswith("signatures/") and rel not in reported and not _signs_an_entry(rel, entry_paths):
+        elif rel.startswith(f"{SIGNATURES}/") and rel not in reported and not _signs_an_entry(rel, entry_paths):
             problems.append(f"{rel}: not the signature of an entry of the bundle")
     if checked.relies and (checked.document is None or checked.document.base is None):
         problems.extend(checked.absent)
@@ -201,7 +202,7 @@ def _check_wheels_named(tree: BundleTree, checked: CheckedBundle, reported: set[
 
 
 def _signs_an_entry(rel: str, entry_paths: set[str]) -> bool:
-    return rel.endswith(".sig") and rel[len("signatures/") : -len(".sig")] in entry_paths
+    return rel.endswith(".sig") and rel[len(SIGNATURES) + 1 : -len(".sig")] in entry_paths
 
 
 def _blob_rel(digest: str) -> str:

@@ -23,10 +23,11 @@ from typing import IO
 
 from .errors import BundleError, MlcacheError
 from .names import UnsafePath, safe_relative_path
+from .signing import DOCUMENT_SIGNATURE, SIGNATURES
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-DOCUMENT_PREFIXES = ("metadata/", "manifests/", "signatures/")
-DOCUMENT_FILES = ("bundle.json", "bundle.json.sig", "layout.json")
+DOCUMENT_PREFIXES = ("metadata/", "manifests/", f"{SIGNATURES}/")
+DOCUMENT_FILES = ("bundle.json", DOCUMENT_SIGNATURE, "layout.json")
 _BLOCK = 1 << 20
 
 
