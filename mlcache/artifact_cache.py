@@ -18,14 +18,17 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .artifact_store import ArtifactStore
 from .backend import Backend
 from .compose import Composer
+from .entities import ModelVersion
 from .errors import ArtifactUploadError, CacheFallbackWarning, CacheMiss, MlcacheError, ServerUnreachable
+from .handles import LoggedModelApi, ModelVersionApi, remember, remembered
 from .identifiers import ExpRef, logged_model_id, model_version_ref, run_ref
 from .manifest import EntryKey
+from .metadata_store import MEMO_LIMIT
 from .names import safe_relative_path
 from .progress import ProgressFactory, TransferProgress
 from .remotes import join_url
@@ -89,6 +92,7 @@ class ArtifactCache:
         self.transfer = transfer
         self.retry = retry
         self.settings = settings
+        self._version_targets: dict[Path, tuple[dict[str, Any], Target]] = {}
 
     def _reporter(self, label: str) -> TransferProgress | None:
         return self.settings.progress(label) if self.settings.progress is not None else None
@@ -132,13 +136,35 @@ class ArtifactCache:
     def model_target(self, model_version: Any) -> Target:
         """Where a version's files are: a logged model, a path in its run, or another URL under its
         run's or experiment's artifact root (or an allowed prefix). Logged models are accepted
-        directly too (`m-<id>`, `models:/m-<id>`, the entity)."""
+        directly too (`m-<id>`, `models:/m-<id>`, the entity). What a version's files are never
+        changes: a handle remembers its target, and a version's document maps to one target for as
+        long as it is unchanged."""
+        if isinstance(model_version, (ModelVersionApi, LoggedModelApi)):
+            known = remembered(model_version)
+            if known is not None and known[0] is self:
+                return cast(Target, known[1])
+            target = self._model_target(model_version)
+            remember(model_version, (self, target))
+            return target
+        return self._model_target(model_version)
+
+    def _model_target(self, model_version: Any) -> Target:
         model_id = logged_model_id(model_version)
         if model_id is not None:
             return self._logged_target(model_id, f"models:/{model_id}")
         ref = model_version_ref(model_version)
         freshness: Freshness = "nested" if ref.version is not None else "normal"
-        mv = self.composer.mv(self.resolver.mv(ref, freshness))
+        record = self.resolver.mv(ref, freshness)
+        known = self._version_targets.get(record.path)
+        if known is not None and known[0] is record.data:
+            return known[1]
+        target = self._version_target(self.composer.mv(record))
+        if len(self._version_targets) >= MEMO_LIMIT:
+            self._version_targets.clear()
+        self._version_targets[record.path] = (record.data, target)
+        return target
+
+    def _version_target(self, mv: ModelVersion) -> Target:
         label = f"models:/{mv.model.name}/{mv.version}"
         if mv.logged_model_id:
             return self._logged_target(mv.logged_model_id, label)

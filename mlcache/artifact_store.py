@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -32,6 +33,11 @@ from .staging import Stage
 from .timeutil import utcnow
 from .transfer import Listing, OnFile, TransferError
 
+TOUCH_INTERVAL = 60.0
+"""Seconds between two writes of an entry's last-used stamp by one process."""
+PATH_MEMO_LIMIT = 100_000
+"""How many entries' paths (and stamps) a store remembers before it starts over."""
+
 Fetch = Callable[[Path, OnFile, "list[str] | None"], None]
 """`fetch(stage, on_file, only)`: download the listed remote into `stage` (only those paths when
 `only` is given)."""
@@ -44,18 +50,36 @@ class ArtifactStore:
         self.layout = layout
         self.lock_timeout = lock_timeout
         self.blobs = BlobStore(layout)
+        self._paths: dict[EntryKey, tuple[Path, Path]] = {}
+        self._touched: dict[EntryKey, float] = {}
+        self._outer: dict[EntryKey, tuple[tuple[EntryKey, tuple[str, ...]], ...]] = {}
 
     # ----------------------------------------------------------------- paths
+    def _paths_of(self, key: EntryKey) -> tuple[Path, Path]:
+        """The entry's files and its manifest, worked out once per key."""
+        found = self._paths.get(key)
+        if found is None:
+            if len(self._paths) >= PATH_MEMO_LIMIT:
+                self._paths.clear()
+            found = self._paths[key] = (self._entry_path(key), self._manifest_path(key))
+        return found
+
     def entry_path(self, key: EntryKey) -> Path:
         """`artifacts/runs/<run_id>/<path_in_run>` (the path as in the run), else
         `artifacts/<kind>/<part>`; keys are validated when made, so this stays inside the cache."""
+        return self._paths_of(key)[0]
+
+    def manifest_path(self, key: EntryKey) -> Path:
+        """`manifests/<kind>/<part>/.../<last>.json`, each part one file name (`names.file_name`)."""
+        return self._paths_of(key)[1]
+
+    def _entry_path(self, key: EntryKey) -> Path:
         if key.kind == "runs":
             run_id, path_in_run = key.parts
             return self.layout.artifacts.joinpath("runs", file_name(run_id), *path_in_run.split("/"))
         return self.layout.artifacts.joinpath(key.kind, *(file_name(p) for p in key.parts))
 
-    def manifest_path(self, key: EntryKey) -> Path:
-        """`manifests/<kind>/<part>/.../<last>.json`, each part one file name (`names.file_name`)."""
+    def _manifest_path(self, key: EntryKey) -> Path:
         *dirs, last = (file_name(p) for p in key.parts)
         return self.layout.manifests.joinpath(key.kind, *dirs, f"{last}.json")
 
@@ -91,28 +115,47 @@ class ArtifactStore:
 
     def lookup_quiet(self, key: EntryKey) -> Path | None:
         """Like `lookup`, without touching the last-used stamp (for reports)."""
-        path = self.entry_path(key)
-        if self.manifest_path(key).exists() and (path.exists() or path.is_symlink()):
-            return path
-        return None
+        path, manifest = self._paths_of(key)
+        try:
+            os.stat(manifest)
+            os.lstat(path)
+        except (OSError, ValueError):
+            return None
+        return path
 
     def covering(self, key: EntryKey, touch: bool = True) -> tuple[EntryKey, Path] | None:
         """The complete entry holding `key`'s files (itself or, for runs, a parent path's entry) and
         the path of those files inside it; `touch=False` for reports, which are no use."""
         look = self.lookup if touch else self.lookup_quiet
-        if key.kind != "runs":
-            hit = look(key)
-            return (key, hit) if hit is not None else None
-        run_id, path_in_run = key.parts
-        parts = path_in_run.split("/")
-        for depth in range(1, len(parts) + 1):
-            outer = EntryKey("runs", (run_id, "/".join(parts[:depth])))
+        for outer, rest in self._outer_keys(key):
             hit = look(outer)
-            if hit is not None:
-                inner = hit.joinpath(*parts[depth:])
-                if inner.exists():
-                    return outer, inner
+            if hit is None:
+                continue
+            if not rest:
+                return outer, hit
+            inner = hit.joinpath(*rest)
+            if inner.exists():
+                return outer, inner
         return None
+
+    def _outer_keys(self, key: EntryKey) -> tuple[tuple[EntryKey, tuple[str, ...]], ...]:
+        """The entries that may hold `key`'s files, outermost first, each with the path below it."""
+        found = self._outer.get(key)
+        if found is not None:
+            return found
+        if key.kind != "runs":
+            found = ((key, ()),)
+        else:
+            run_id, path_in_run = key.parts
+            parts = path_in_run.split("/")
+            found = tuple(
+                (EntryKey("runs", (run_id, "/".join(parts[:depth]))), tuple(parts[depth:]))
+                for depth in range(1, len(parts) + 1)
+            )
+        if len(self._outer) >= PATH_MEMO_LIMIT:
+            self._outer.clear()
+        self._outer[key] = found
+        return found
 
     def read_manifest(self, key: EntryKey) -> Manifest | None:
         """The entry's manifest, None when absent; `CorruptMetadata` when it is not a valid manifest
@@ -148,7 +191,15 @@ class ArtifactStore:
         return datetime.fromtimestamp(0, tz=timezone.utc)
 
     def _touch(self, key: EntryKey) -> None:
-        """Best effort: a read-only cache simply keeps its old stamp."""
+        """Stamp the entry used, at most once a minute per entry and process (a hit costs no write);
+        best effort: a read-only cache simply keeps its old stamp."""
+        now = time.monotonic()
+        last = self._touched.get(key)
+        if last is not None and now - last < TOUCH_INTERVAL:
+            return
+        if len(self._touched) >= PATH_MEMO_LIMIT:
+            self._touched.clear()
+        self._touched[key] = now
         stamp = self._used_path(key)
         with contextlib.suppress(OSError):
             try:

@@ -23,14 +23,26 @@ HandleT = TypeVar("HandleT", bound="Handle")
 
 
 class Handle(BaseModel):
-    """Mixin holding the bound api."""
+    """Mixin holding the bound api, and what the api worked out about the entity's files."""
 
     _api: BaseMlflowApi = PrivateAttr()
+    _target: Any = PrivateAttr(default=None)
 
     @property
     def api(self) -> BaseMlflowApi:
         """The api this handle was read through."""
         return self._api
+
+
+def remembered(handle: Handle) -> Any:
+    """What the api remembered on this handle (`remember`), None when nothing; read straight from
+    pydantic's private store, since a warm hit is counted in microseconds."""
+    private = handle.__pydantic_private__
+    return private.get("_target") if private is not None else None
+
+
+def remember(handle: Handle, value: Any) -> None:
+    handle._target = value
 
 
 def bind(cls: type[HandleT], entity: Entity, api: BaseMlflowApi) -> HandleT:

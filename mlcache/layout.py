@@ -74,6 +74,30 @@ def read_regular(path: Path, limit: int = 256 << 20) -> tuple[bytes, int] | None
     """The bytes and modification time (ns) of a small file mlcache wrote (a document, a manifest),
     None when absent. Links are not followed; anything but a regular file of at most `limit` bytes
     is `CorruptMetadata` naming it."""
+    read = read_regular_identified(path, limit)
+    return None if read is None else (read[0], read[1][3])
+
+
+FileIdentity = tuple[int, int, int, int, int]
+"""(device, inode, size, mtime ns, ctime ns) of a file: the same identity means the same bytes for a
+file that is only ever replaced by rename, as mlcache replaces what it writes."""
+
+
+def identity_of(info: os.stat_result) -> FileIdentity:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def regular_identity(path: Path) -> FileIdentity | None:
+    """The identity of a regular file at `path` (links not followed); None for anything else."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return identity_of(info) if stat.S_ISREG(info.st_mode) else None
+
+
+def read_regular_identified(path: Path, limit: int = 256 << 20) -> tuple[bytes, FileIdentity] | None:
+    """`read_regular`, with the identity of the very file the bytes were read from."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except (FileNotFoundError, NotADirectoryError):
@@ -87,7 +111,7 @@ def read_regular(path: Path, limit: int = 256 << 20) -> tuple[bytes, int] | None
         if info.st_size > limit:
             raise CorruptMetadata(path, f"is {info.st_size} bytes, more than a file of this kind can be ({limit})")
         with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(limit + 1), info.st_mtime_ns
+            return handle.read(limit + 1), identity_of(info)
     finally:
         os.close(fd)
 

@@ -20,7 +20,15 @@ from typing import Any
 
 from .errors import CacheFallbackWarning, CorruptMetadata
 from .index import IndexEntry, MetadataIndex, file_digest
-from .layout import CacheLayout, read_regular, write_atomic, writing
+from .layout import (
+    CacheLayout,
+    FileIdentity,
+    read_regular,
+    read_regular_identified,
+    regular_identity,
+    write_atomic,
+    writing,
+)
 from .locks import entry_lock
 from .names import UnsafePath, file_name
 from .timeutil import utcnow
@@ -29,6 +37,8 @@ KINDS = ("exp", "run", "model", "mv", "alias", "lm")
 KEY_LENGTH = {"exp": 1, "run": 1, "model": 1, "mv": 2, "alias": 2, "lm": 1}
 _IDENTITY = {"exp": ("id",), "run": ("id",), "model": ("name",), "mv": ("model_name", "version"), "lm": ("id",)}
 """The document fields that repeat its key: when present they must agree with where it is stored."""
+MEMO_LIMIT = 100_000
+"""How many paths and parsed documents a store remembers before it starts over."""
 CLOCK_SKEW = timedelta(seconds=5)
 """How far in the future a file's modification time may lie before its age counts as unknown."""
 
@@ -65,6 +75,8 @@ class MetadataStore:
         self.lock_timeout = lock_timeout
         self.indexed = indexed
         self.index = MetadataIndex(layout, self._scan_for_index)
+        self._paths: dict[tuple[str, tuple[str, ...]], Path] = {}
+        self._seen: dict[Path, tuple[FileIdentity, Record]] = {}
 
     def _scan_for_index(self, kind: str, paths: list[Path]) -> Iterator[tuple[Path, IndexEntry | None]]:
         """Each of these files of a kind with its index entry; None for one that is gone or is not a
@@ -85,31 +97,46 @@ class MetadataStore:
     def path(self, kind: str, key: tuple[str, ...]) -> Path:
         """File of one entity: `metadata/<kind>/<part>/.../<last>.json`, each part one file name
         (`names.file_name`: percent-encoded, long ones under a digest); bad keys are `UnsafePath`."""
+        try:
+            return self._paths[(kind, key)]
+        except (KeyError, TypeError):
+            pass
         if kind not in KINDS:
             raise UnsafePath(f"unknown metadata kind {kind!r}")
         if not isinstance(key, tuple) or len(key) != KEY_LENGTH[kind]:
             raise UnsafePath(f"a {kind} key has {KEY_LENGTH[kind]} part(s), got {key!r}")
         *dirs, last = (file_name(part, f"{kind} key") for part in key)
-        return self.layout.metadata.joinpath(kind, *dirs, f"{last}.json")
+        path = self.layout.metadata.joinpath(kind, *dirs, f"{last}.json")
+        if len(self._paths) >= MEMO_LIMIT:
+            self._paths.clear()
+        self._paths[(kind, key)] = path
+        return path
 
     def get(self, kind: str, key: tuple[str, ...], indexed: IndexEntry | None = None) -> Record | None:
         """The cached record, None when absent; `CorruptMetadata` naming the file when unreadable.
-        The file is always read; when its bytes are those `indexed` was built from, the indexed
-        document is returned instead of parsing them again."""
+        A file this store parsed before and that has not changed since (same identity: mlcache
+        replaces documents by rename) is not read again; else it is read, and when its bytes are
+        those `indexed` was built from, the indexed document is returned instead of parsing them."""
         path = self.path(kind, key)
         memo = _read_once.get()
         if memo is not None and path in memo:
             return memo[path]
         self.layout.check_version()
-        read = read_regular(path)
+        seen = self._seen.get(path)
+        if seen is not None and seen[0] == regular_identity(path):
+            return seen[1]
+        read = read_regular_identified(path)
         if read is None:
             record = None
         else:
-            raw, mtime_ns = read
+            raw, identity = read
             if indexed is not None and indexed.digest == file_digest(raw):
-                record = Record(kind, key, indexed.data, stored_at(mtime_ns), indexed.stale, path)
+                record = Record(kind, key, indexed.data, stored_at(identity[3]), indexed.stale, path)
             else:
-                record = self._parse(path, raw, kind, key, mtime_ns)
+                record = self._parse(path, raw, kind, key, identity[3])
+            if len(self._seen) >= MEMO_LIMIT:
+                self._seen.clear()
+            self._seen[path] = (identity, record)
         if memo is not None:
             memo[path] = record
         return record
