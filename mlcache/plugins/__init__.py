@@ -1,7 +1,12 @@
-"""Plugin discovery: entry point group `mlcache.plugins` (name -> BaseMlflowApi subclass)."""
+"""Plugin discovery: entry point group `mlcache.plugins` (name -> BaseMlflowApi subclass).
+
+Installed entry points are read once per process (reading them opens every installed package's
+metadata, milliseconds each time), and so is the answer to whether mlflow is installed.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -22,15 +27,17 @@ BUILTIN_PLUGINS = {
 
 def available_plugins() -> dict[str, str]:
     """Plugin name -> `module:Class`, built-ins first, installed entry points over them."""
-    found = dict(BUILTIN_PLUGINS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.value
-    return found
+    return {**BUILTIN_PLUGINS, **_installed_plugins()}
+
+
+@functools.cache
+def _installed_plugins() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def load_plugin(name: str) -> type[BaseMlflowApi]:
     """The api class registered under `name`."""
-    target = available_plugins().get(name)
+    target = _installed_plugins().get(name) or BUILTIN_PLUGINS.get(name)
     if target is None:
         known = ", ".join(sorted(available_plugins()))
         raise PluginNotFound(f"no mlcache plugin named {name!r}; installed: {known}")
@@ -51,6 +58,7 @@ def default_plugin() -> str:
     return "mlflow" if _mlflow_installed() else "offline"
 
 
+@functools.cache
 def _mlflow_installed() -> bool:
     try:
         return importlib.util.find_spec("mlflow") is not None
