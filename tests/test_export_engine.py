@@ -13,6 +13,7 @@ import mlcache
 from mlcache import export as export_module
 from mlcache import metadata_store
 from mlcache.bundle import verify
+from mlcache.layout import FileIdentity
 from mlcache.testing import InMemoryPlugin, MemoryBackend
 
 
@@ -39,19 +40,20 @@ def test_exporting_one_version_reads_each_document_once_and_opens_one_target(
 
     reads: Counter[str] = Counter()
     opened: list[Path] = []
-    real_read = metadata_store.read_regular
+    real_read = metadata_store.read_regular_identified
     real_init = export_module.ExportTarget.__init__
 
-    def counting_read(path: Path) -> tuple[bytes, int] | None:
+    def counting_read(path: Path, limit: int = 256 << 20) -> tuple[bytes, FileIdentity] | None:
         reads[path.relative_to(api.cache_dir).as_posix()] += 1
-        return real_read(path)
+        return real_read(path, limit)
 
     def counting_init(self: export_module.ExportTarget, cache_root: Path, target: Path | str, timeout: float) -> None:
         opened.append(Path(target))
         real_init(self, cache_root, target, timeout)
 
-    monkeypatch.setattr(metadata_store, "read_regular", counting_read)
+    monkeypatch.setattr(metadata_store, "read_regular_identified", counting_read)
     monkeypatch.setattr(export_module.ExportTarget, "__init__", counting_init)
+    api = InMemoryPlugin(cache_dir=tmp_path / "cache", backend=backend)
     calls = backend.calls.copy()
     out = tmp_path / "release"
     api.in_offline_mode.export_bundle(out, model_versions=[("fraud", "@champion")])
