@@ -37,12 +37,12 @@ class Backend:
         """The plugin's own transfer for `url` (an artifact proxy), None for the api's transfer."""
         return self.hooks._impl_transfer_for(url)
 
-    def pages(self, what: str, hook: Callable[..., Page[T]], *args: Any) -> Iterator[T]:
-        """Every document of a paged search, one page per call, asked for only as they are consumed."""
+    def pages(self, what: str, hook: Callable[..., Page[T]], *args: Any) -> Iterator[list[T]]:
+        """The pages of a paged search, one call each, asked for only as they are consumed."""
         token: str | None = None
         while True:
             page = self.call(what, hook, *args, token)
-            yield from page.items
+            yield list(page.items)
             token = page.next_token
             if not token:
                 return

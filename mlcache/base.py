@@ -82,7 +82,7 @@ class BaseMlflowApi(CacheMethods, PluginHooks, ApiSettings):
         """Build the stores and engines this api's settings describe."""
         layout = CacheLayout(self.cache_dir, soft_locks=self.lock_mode == "soft", stale_lock_age=self.stale_lock_age)
         self._layout = layout
-        self._meta = MetadataStore(layout, self.lock_timeout)
+        self._meta = MetadataStore(layout)
         self._artifacts = ArtifactStore(layout, self.pull_lock_timeout)
         backend = Backend(self, self.retry, self.timeout)
         self._resolver = MetadataResolver(self._meta, backend, self.offline_mode, self.metadata_max_age, self.cache_dir)

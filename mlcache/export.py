@@ -41,7 +41,7 @@ class ExportTarget:
     def __init__(self, cache_root: Path, target: Path | str, lock_timeout: float) -> None:
         layout = CacheLayout(check_export_target(cache_root, target))
         self.root = layout.root
-        self.meta = MetadataStore(layout, lock_timeout, indexed=False)
+        self.meta = MetadataStore(layout, indexed=False)
         self.artifacts = ArtifactStore(layout, lock_timeout)
         self._written: set[tuple[str, tuple[str, ...]]] = set()
 

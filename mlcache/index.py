@@ -4,8 +4,8 @@ The JSON files stay the source of truth; the index (`metadata/index.sqlite`) onl
 candidates, with a superset SQL filter (`index_sql`), and the caller applies the full query to
 them. Every query first brings the rows of its kind up to date with the files (`index_refresh`).
 
-Writes. Each metadata write indexes its document and digest in one transaction (its stamp left
-unknown); a delete removes its rows in one transaction, and so does a query re-indexing files.
+Writes. Each metadata write indexes its documents and digests in one transaction (their stamps
+left unknown); a delete removes its rows in one transaction, and so does a query re-indexing files.
 Candidates are read by one statement, fetched at once: readers see a whole write or none of it,
 and hold no lock while the caller goes through them.
 
@@ -207,18 +207,24 @@ class MetadataIndex:
             else:
                 self.close()
 
-    def upsert(self, kind: str, entry: IndexEntry, path: Path) -> None:
-        """Index a document just written to `path`, in one transaction. Its stamp is left unknown,
-        so the next query reads the file once and, finding the indexed digest, records the stamp."""
-        try:
-            name = path.relative_to(self.layout.metadata / kind).as_posix()
-        except ValueError:
+    def upsert(self, kind: str, entries: list[tuple[IndexEntry, Path]]) -> None:
+        """Index documents just written (each with its file), in one transaction. Their stamps are
+        left unknown, so the next query reads each file once and, finding the indexed digest,
+        records its stamp."""
+        base = self.layout.metadata / kind
+        rows: list[tuple[str, bytes | None, str | None, IndexEntry | None]] = []
+        for entry, path in entries:
+            try:
+                name = path.relative_to(base).as_posix()
+            except ValueError:
+                continue
+            rows.append((name, None, key_as_text(entry.key), entry))
+        if not rows:
             return
-        key_text = key_as_text(entry.key)
 
         def work(conn: sqlite3.Connection) -> None:
-            forget(conn, kind, [name], [key_text])
-            remember(conn, kind, [(name, None, key_text, entry)])
+            forget(conn, kind, [row[0] for row in rows], [str(row[2]) for row in rows])
+            remember(conn, kind, rows)
 
         self._write(kind, work)
 

@@ -1,8 +1,10 @@
 """Metadata store: one JSON file per entity under `metadata/<kind>/`, the cache's source of truth.
 
-Writes go to a unique temp file, are fsynced, then renamed into place under the entry's lock, so
-a reader sees the old file or the new one and never a half-written one. Reads take no lock and
-write nothing, so read-only caches and bundles work.
+Writes go to unique temp files, are made durable, then renamed into place, so a reader sees the
+old file or the new one and never a half-written one. They take no lock: of two writers of one
+document, the last rename stands whole, and the index rows a write leaves unstamped are checked
+against the files by the next query. Reads take no lock and write nothing, so read-only caches
+and bundles work.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -26,10 +28,9 @@ from .layout import (
     read_regular,
     read_regular_identified,
     regular_identity,
-    write_atomic,
+    write_atomic_many,
     writing,
 )
-from .locks import entry_lock
 from .names import UnsafePath, file_name
 from .timeutil import utcnow
 
@@ -42,6 +43,9 @@ MEMO_LIMIT = 100_000
 CLOCK_SKEW = timedelta(seconds=5)
 """How far in the future a file's modification time may lie before its age counts as unknown."""
 
+
+Document = tuple[str, tuple[str, ...], dict[str, Any]]
+"""(kind, key, data) of one entity document to write."""
 
 _read_once: ContextVar[dict[Path, Record | None] | None] = ContextVar("mlcache_read_once", default=None)
 
@@ -68,11 +72,10 @@ class Record:
 class MetadataStore:
     """Reads and writes entity documents of one cache dir."""
 
-    def __init__(self, layout: CacheLayout, lock_timeout: float = 60.0, indexed: bool = True) -> None:
+    def __init__(self, layout: CacheLayout, indexed: bool = True) -> None:
         """`indexed=False` for a store that is only written (an export target): its writes keep no
         search index, which its readers build when they need one."""
         self.layout = layout
-        self.lock_timeout = lock_timeout
         self.indexed = indexed
         self.index = MetadataIndex(layout, self._scan_for_index)
         self._paths: dict[tuple[str, tuple[str, ...]], Path] = {}
@@ -152,22 +155,43 @@ class MetadataStore:
             _read_once.reset(token)
 
     def put(self, kind: str, key: tuple[str, ...], data: dict[str, Any], stale: bool = False) -> Record:
-        """Write one entity document atomically, under its lock."""
-        path = self.path(kind, key)
-        record = Record(kind, key, data, utcnow(), stale, path)
-        cached_at = record.cached_at.isoformat()
-        body = {"kind": kind, "key": list(key), "cached_at": cached_at, "stale": stale, "data": data}
-        encoded = json.dumps(body, ensure_ascii=False, sort_keys=True, indent=1).encode()
-        with writing(self.layout.root, f"cache {kind} {list(key)}"):
+        """Write one entity document (`put_many` of one)."""
+        return self.put_many([(kind, key, data)], stale)[0]
+
+    def put_many(self, documents: Sequence[Document], stale: bool = False) -> list[Record]:
+        """Write entity documents (kind, key, data) together: one durable commit for all of them
+        (`write_atomic_many`), then the index of each kind in one transaction."""
+        if not documents:
+            return []
+        records: list[Record] = []
+        files: list[tuple[Path, bytes]] = []
+        entries: dict[str, dict[Path, IndexEntry]] = {}
+        guarded: set[Path] = set()
+        now = utcnow()
+        cached_at = now.isoformat()
+        for kind, key, data in documents:
+            path = self.path(kind, key)
+            if path.parent not in guarded:
+                self.layout.guard(path)
+                guarded.add(path.parent)
+            body = {"kind": kind, "key": list(key), "cached_at": cached_at, "stale": stale, "data": data}
+            encoded = json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+            records.append(Record(kind, key, data, now, stale, path))
+            files.append((path, encoded))
+            entries.setdefault(kind, {})[path] = IndexEntry(key, data, file_digest(encoded), cached_at, stale)
+        first = documents[0]
+        what = f"cache {first[0]} {list(first[1])}" + (f" and {len(documents) - 1} more" if len(documents) > 1 else "")
+        with writing(self.layout.root, what):
             self.layout.ensure()
-            with entry_lock(self.layout, "metadata", kind, *key, timeout=self.lock_timeout):
-                write_atomic(self.layout.guard(path), encoded, self.layout.tmp)
-                if self.indexed:
-                    self.index.upsert(kind, IndexEntry(key, data, file_digest(encoded), cached_at, stale), path)
+            write_atomic_many(files, self.layout.tmp)
+            if self.indexed:
+                for kind, written in entries.items():
+                    self.index.upsert(kind, [(entry, path) for path, entry in written.items()])
         memo = _read_once.get()
         if memo is not None:
-            memo.pop(path, None)
-        return record
+            for path, _ in files:
+                memo.pop(path, None)
+        return records
 
     def mark_stale(self, kind: str, key: tuple[str, ...]) -> None:
         """Flag a cached document as outdated (after a write to the server) without losing it."""
@@ -183,9 +207,8 @@ class MetadataStore:
         """Remove one cached document, if present."""
         path = self.path(kind, key)
         if path.exists():
-            with entry_lock(self.layout, "metadata", kind, *key, timeout=self.lock_timeout):
-                self.layout.guard(path).unlink(missing_ok=True)
-                self.index.delete(kind, key)
+            self.layout.guard(path).unlink(missing_ok=True)
+            self.index.delete(kind, key)
 
     def clear(self) -> int:
         """Remove every metadata document (the derived index notices and follows); returns how many."""

@@ -7,10 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .artifact_store import ArtifactStore
 from .errors import MlcacheError
-from .layout import CacheLayout
-from .metadata_store import MetadataStore
 from .staging import remove_tree
 
 
@@ -91,13 +88,3 @@ def check_export_target(cache_root: Path, target: Path | str) -> Path:
     if _is_inside(real, root) or _is_inside(root, real):
         raise MlcacheError(f"cannot export into {target}: it is the cache at {root}, inside it or a parent of it")
     return dest
-
-
-def export_store(cache_root: Path, target: Path | str, lock_timeout: float) -> ArtifactStore:
-    """The artifact store of an export target (never the cache, inside it or a parent)."""
-    return ArtifactStore(CacheLayout(check_export_target(cache_root, target)), lock_timeout)
-
-
-def export_meta_store(cache_root: Path, target: Path | str, lock_timeout: float) -> MetadataStore:
-    """The metadata store of an export target (never the cache, inside it or a parent)."""
-    return MetadataStore(CacheLayout(check_export_target(cache_root, target)), lock_timeout)

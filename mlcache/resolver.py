@@ -13,7 +13,7 @@ Writing a document through also writes what it implies: a model's aliases, a ver
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +23,7 @@ from .backend import Backend
 from .cache_admin import AliasStatus
 from .errors import BackendError, CacheFallbackWarning, CacheMiss, CorruptMetadata, EntityNotFound, ServerUnreachable
 from .identifiers import ExpRef, ModelVersionRef
-from .metadata_store import CLOCK_SKEW, MetadataStore, Record
+from .metadata_store import CLOCK_SKEW, Document, MetadataStore, Record
 from .timeutil import utcnow
 
 Freshness = Literal["normal", "force", "nested"]
@@ -133,18 +133,26 @@ class MetadataResolver:
 
     def store(self, kind: str, fetched: Mapping[str, Any]) -> Record:
         """Write a fetched document through, with what it implies (alias pointers)."""
-        if not isinstance(fetched, dict):
-            raise BackendError(f"the backend returned {type(fetched).__name__} where a {KINDS[kind].label} was due")
-        data: dict[str, Any] = fetched
-        key = KINDS[kind].key_of(data)
-        record = self.meta.put(kind, key, data)
-        if kind == "model":
-            for alias, version in (data.get("aliases") or {}).items():
-                self.meta.put("alias", (key[0], alias), {"version": str(version)})
-        elif kind == "mv":
-            for alias in data.get("aliases") or ():
-                self.meta.put("alias", (key[0], alias), {"version": key[1]})
-        return record
+        return self.store_many(kind, [fetched])[0]
+
+    def store_many(self, kind: str, fetched: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Write fetched documents of one kind through together (a page of a search), with the
+        alias pointers they imply; their records in the order given."""
+        documents: list[Document] = []
+        for item in fetched:
+            if not isinstance(item, dict):
+                raise BackendError(f"the backend returned {type(item).__name__} where a {KINDS[kind].label} was due")
+            data: dict[str, Any] = item
+            key = KINDS[kind].key_of(data)
+            documents.append((kind, key, data))
+            if kind == "model":
+                documents.extend(
+                    ("alias", (key[0], alias), {"version": str(version)})
+                    for alias, version in (data.get("aliases") or {}).items()
+                )
+            elif kind == "mv":
+                documents.extend(("alias", (key[0], alias), {"version": key[1]}) for alias in data.get("aliases") or ())
+        return [record for record in self.meta.put_many(documents) if record.kind == kind]
 
     def warn_bad(self, exc: CorruptMetadata) -> None:
         warnings.warn(f"{exc}; skipped", CacheFallbackWarning, stacklevel=3)

@@ -154,8 +154,8 @@ class SearchEngine:
             "mv": (hooks._impl_search_model_versions, (query,)),
         }
         hook, args = searches[spec.kind]
-        for data in self.backend.pages(spec.label, hook, *args):
-            yield self.resolver.store(spec.kind, data)
+        for page in self.backend.pages(spec.label, hook, *args):
+            yield from self.resolver.store_many(spec.kind, page)
 
     def _offline(
         self,

@@ -65,7 +65,8 @@ def test_an_unchanged_document_gives_the_same_handle_and_a_changed_one_is_read_a
     document = tmp_path / "cache" / "metadata" / "run" / f"{run_id}.json"
     before = document.stat()
     time.sleep(0.05)
-    edited = document.read_bytes().replace(b'"team": "b"', b'"team": "c"')
+    edited = document.read_bytes().replace(b'"team":"b"', b'"team":"c"')
+    assert edited != document.read_bytes()
     with document.open("r+b") as handle:
         handle.write(edited)
     os.utime(document, ns=(before.st_atime_ns, before.st_mtime_ns))

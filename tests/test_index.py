@@ -73,7 +73,7 @@ def edit_in_place(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
     change(body["data"])
     with path.open("r+b") as handle:
         handle.truncate(0)
-        handle.write(json.dumps(body, sort_keys=True, indent=1).encode())
+        handle.write(json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode())
 
 
 # ----------------------------------------------------------------------------- numbers

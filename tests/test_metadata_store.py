@@ -30,7 +30,7 @@ def test_first_write_creates_the_documented_layout(tmp_path: Path) -> None:
     assert body["kind"] == "run" and body["key"] == ["r1"] and body["data"] == {"id": "r1"}
     assert body["cached_at"].endswith("+00:00")
     assert list((root / "tmp").iterdir()) == []
-    assert (root / "locks" / "metadata" / "run" / "r1.lock").exists()
+    assert not (root / "locks" / "metadata").exists()
 
 
 def test_keys_with_separators_and_dots_stay_inside_their_folder(tmp_path: Path) -> None:
