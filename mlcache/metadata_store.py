@@ -56,6 +56,13 @@ def stored_at(mtime_ns: int) -> datetime:
     return datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc)
 
 
+def _parse_time(text: str | None) -> datetime:
+    try:
+        return datetime.fromisoformat(text) if text else stored_at(0)
+    except ValueError:
+        return stored_at(0)
+
+
 @dataclass(frozen=True)
 class Record:
     """One cached entity document; `cached_at` is when the cache stored it (its file's modification
@@ -143,6 +150,11 @@ class MetadataStore:
         if memo is not None:
             memo[path] = record
         return record
+
+    def indexed_record(self, kind: str, indexed: IndexEntry) -> Record:
+        """The record of a document as the index, up to date with its file, holds it."""
+        when = _parse_time(indexed.cached_at)
+        return Record(kind, indexed.key, indexed.data, when, indexed.stale, self.path(kind, indexed.key))
 
     @contextmanager
     def reading_once(self) -> Iterator[None]:

@@ -164,27 +164,17 @@ class SearchEngine:
         exp_ids: list[str] | None,
         matching: Callable[[Mapping[str, Any]], MatchDoc | None],
     ) -> Iterator[tuple[Record, MatchDoc]]:
-        """Matching cached records: the index selects candidates and its copy of each document is
-        matched first; a match's file is then read again (the source of truth) and, when it changed
-        since it was indexed, its new document is matched instead."""
+        """Matching cached records: the index, brought up to date with the files by the query
+        (`index_refresh`: any file new, renamed over or edited in place is read again), selects
+        candidates, and its copy of each document is matched and composed."""
         flt = sql_filter(compiled.definition, spec.field_map, spec.kind)
         if exp_ids is not None:
             flt.clauses.append(f"exp_id IN ({', '.join('?' * len(exp_ids))})")
             flt.params.extend(exp_ids)
         for indexed in self.meta.index.candidates(spec.kind, flt):
             doc = matching(indexed.data)
-            if doc is None:
-                continue
-            try:
-                record = self.meta.get(spec.kind, indexed.key, indexed)
-            except CorruptMetadata as exc:
-                self.resolver.warn_bad(exc)
-                continue
-            if record is None:
-                continue
-            if record.data is not indexed.data and (doc := matching(record.data)) is None:
-                continue
-            yield record, doc
+            if doc is not None:
+                yield self.meta.indexed_record(spec.kind, indexed), doc
 
     def _composer(self, kind: str) -> Callable[[Record], Any]:
         """Composition for one search: each experiment of runs and logged models read once."""
