@@ -6,8 +6,11 @@ are the same for every plugin, and a plugin only speaks its backend's protocol.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from . import deadline
@@ -38,11 +41,21 @@ class Backend:
         return self.hooks._impl_transfer_for(url)
 
     def pages(self, what: str, hook: Callable[..., Page[T]], *args: Any) -> Iterator[list[T]]:
-        """The pages of a paged search, one call each, asked for only as they are consumed."""
-        token: str | None = None
-        while True:
-            page = self.call(what, hook, *args, token)
-            yield list(page.items)
-            token = page.next_token
-            if not token:
-                return
+        """The pages of a paged search, one call each. While the caller works through a page, the
+        next one is fetched on a thread beside it (one call ahead, never more), so the server's time
+        and the caller's overlap; a caller that stops early costs at most that one call, which is
+        left to finish within its deadline. An error of a call is raised where its page is due."""
+        page = self.call(what, hook, *args, None)
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlcache-next-page")
+        try:
+            while True:
+                following: Future[Page[T]] | None = None
+                if page.next_token:
+                    fetch = functools.partial(self.call, what, hook, *args, page.next_token)
+                    following = ahead.submit(contextvars.copy_context().run, fetch)
+                yield list(page.items)
+                if following is None:
+                    return
+                page = following.result()
+        finally:
+            ahead.shutdown(wait=False, cancel_futures=True)

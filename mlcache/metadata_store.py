@@ -2,9 +2,9 @@
 
 Writes go to unique temp files, are made durable, then renamed into place, so a reader sees the
 old file or the new one and never a half-written one. They take no lock: of two writers of one
-document, the last rename stands whole, and the index rows a write leaves unstamped are checked
-against the files by the next query. Reads take no lock and write nothing, so read-only caches
-and bundles work.
+document, the last rename stands whole, and the index rows a write leaves unstamped (written beside
+the files, for a page of them) are checked against the files by the next query. Reads take no lock
+and write nothing, so read-only caches and bundles work.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ KINDS = ("exp", "run", "model", "mv", "alias", "lm")
 KEY_LENGTH = {"exp": 1, "run": 1, "model": 1, "mv": 2, "alias": 2, "lm": 1}
 _IDENTITY = {"exp": ("id",), "run": ("id",), "model": ("name",), "mv": ("model_name", "version"), "lm": ("id",)}
 """The document fields that repeat its key: when present they must agree with where it is stored."""
+OVERLAP_FROM = 64
+"""From how many documents a write indexes them while their files are being made durable: the index
+rows it leaves are unstamped, so a file that did not land is found out by the next query."""
 MEMO_LIMIT = 100_000
 """How many paths and parsed documents a store remembers before it starts over."""
 CLOCK_SKEW = timedelta(seconds=5)
@@ -195,15 +199,27 @@ class MetadataStore:
         what = f"cache {first[0]} {list(first[1])}" + (f" and {len(documents) - 1} more" if len(documents) > 1 else "")
         with writing(self.layout.root, what):
             self.layout.ensure()
-            write_atomic_many(files, self.layout.tmp)
-            if self.indexed:
-                for kind, written in entries.items():
-                    self.index.upsert(kind, [(entry, path) for path, entry in written.items()])
+            if not self.indexed:
+                write_atomic_many(files, self.layout.tmp)
+            elif len(files) < OVERLAP_FROM:
+                write_atomic_many(files, self.layout.tmp)
+                self._index(entries)
+            else:
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlcache-write") as writer:
+                    written = writer.submit(write_atomic_many, files, self.layout.tmp)
+                    try:
+                        self._index(entries)
+                    finally:
+                        written.result()
         memo = _read_once.get()
         if memo is not None:
             for path, _ in files:
                 memo.pop(path, None)
         return records
+
+    def _index(self, entries: dict[str, dict[Path, IndexEntry]]) -> None:
+        for kind, written in entries.items():
+            self.index.upsert(kind, [(entry, path) for path, entry in written.items()])
 
     def mark_stale(self, kind: str, key: tuple[str, ...]) -> None:
         """Flag a cached document as outdated (after a write to the server) without losing it."""

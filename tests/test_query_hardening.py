@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from mlcache.plugins.mlflow import MlflowApi
+from mlcache.plugins.mlflow.rest import RestReader
 from mlcache.query import InvalidQuery, compile_query, matches, sort_docs
 
 from servers import MlflowServer
@@ -386,7 +387,14 @@ def test_a_long_in_list_is_searched_in_chunks(api: MlflowApi, unique: str, monke
 
         monkeypatch.setattr(api.client, name, recording)
 
-    spy("search_runs", 1)
+    real_request = RestReader.request
+
+    def recording_request(reader: RestReader, method: str, endpoint: str, payload: dict, *rest: Any) -> Any:
+        if endpoint == "runs/search":
+            sent.append(("search_runs", payload["filter"].count("', '") + 1))
+        return real_request(reader, method, endpoint, payload, *rest)
+
+    monkeypatch.setattr(RestReader, "request", recording_request)
     spy("search_model_versions", 0)
     expected = sorted(r.id for r in real)
     assert sorted(r.id for r in api.find_runs({"id": {"$in": ids}})) == expected

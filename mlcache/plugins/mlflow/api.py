@@ -41,6 +41,16 @@ from ...transfer import Transfer
 from . import http as mlflow_http
 from .docs import exp_doc, logged_doc, model_doc, mv_doc, run_doc
 from .filters import exps_filter, model_versions_filter, models_filter, quote_string, runs_filter
+from .rest import (
+    RestError,
+    RestReader,
+    linked_causes,
+    model_version_entity,
+    read_experiment_ids_page,
+    read_runs_page,
+    run_entity,
+)
+from .rest import usable_for as rest_usable_for
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -54,6 +64,10 @@ _EXISTS = {"RESOURCE_ALREADY_EXISTS"}
 def default_embedded_dir() -> Path:
     """Where the embedded default keeps its sqlite store and artifacts."""
     return Path(platformdirs.user_data_dir("mlcache"))
+
+
+def _read_model_version(answer: dict[str, Any]) -> ModelVersionDoc:
+    return mv_doc(model_version_entity(answer.get("model_version")))
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -176,6 +190,7 @@ class MlflowApi(BaseMlflowApi):
     embedded_dir: Path = Field(default_factory=default_embedded_dir)
 
     _client: MlflowClient | None = PrivateAttr(None)
+    _readers: dict[bool, RestReader | None] = PrivateAttr(default_factory=dict)
 
     @property
     def resolved_tracking_uri(self) -> str:
@@ -221,15 +236,7 @@ class MlflowApi(BaseMlflowApi):
         from mlflow.exceptions import MlflowException
 
         self.client  # noqa: B018 - builds the client (and bounds MLflow's HTTP) before the first call
-        building = time.monotonic() - started
-        current = deadline.current()
-        limits = mlflow_http.HttpLimits(
-            self.http_max_retries,
-            self.http_backoff_factor,
-            self.connect_timeout,
-            self.request_timeout,
-            time.monotonic() + self.timeout if current is None else current + building,
-        )
+        limits = self._limits(time.monotonic() - started)
         try:
             with mlflow_http.bounded(limits) as sent:
                 return fn()
@@ -243,6 +250,54 @@ class MlflowApi(BaseMlflowApi):
             if exc.error_code in _EXISTS:
                 raise EntityExists(f"{what} {key!r} already exists: {exc.message}") from exc
             raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}", _http_status(exc)) from exc
+
+    def _limits(self, building: float) -> mlflow_http.HttpLimits:
+        """The bounds of one call's HTTP: the deadline of the backend call in progress (moved by the
+        `building` seconds spent importing and building the client), else `timeout` from now."""
+        current = deadline.current()
+        return mlflow_http.HttpLimits(
+            self.http_max_retries,
+            self.http_backoff_factor,
+            self.connect_timeout,
+            self.request_timeout,
+            time.monotonic() + self.timeout if current is None else current + building,
+        )
+
+    def _reader(self, registry: bool) -> RestReader | None:
+        """mlcache's own REST reader of the tracking server (or of the registry's), when it can send
+        what MlflowClient would (see `rest`); built once per api."""
+        if registry not in self._readers:
+            uri = self.resolved_tracking_uri
+            if registry:
+                uri = self.registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or uri
+            self._readers[registry] = RestReader(uri) if rest_usable_for(uri) else None
+        return self._readers[registry]
+
+    def _rest(
+        self,
+        reader: RestReader,
+        what: str,
+        key: str,
+        request: tuple[str, str, dict[str, Any]],
+        read: Callable[[dict[str, Any]], T],
+    ) -> T:
+        """One REST read of mlcache's own, `(method, endpoint, payload)`, its answer turned into what
+        the caller needs by `read`; bounded, with its errors translated like `_call`'s."""
+        from urllib3.exceptions import HTTPError
+
+        sent = mlflow_http.Sent()
+        try:
+            return read(reader.request(*request, self._limits(0.0), sent))
+        except mlflow_http.DeadlinePassed as exc:
+            raise self._unreachable(exc, sent) from exc
+        except HTTPError as exc:
+            raise self._unreachable(linked_causes(exc), sent) from exc
+        except RestError as exc:
+            if exc.error_code in _NOT_FOUND:
+                raise EntityNotFound(what, key, exc.message) from exc
+            if exc.error_code == "MALFORMED_ANSWER":
+                raise BackendError(f"MLflow answered {what} {key!r} wrongly: {exc.message}") from exc
+            raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}", exc.status) from exc
 
     def _unreachable(self, exc: BaseException, sent: mlflow_http.Sent) -> ServerUnreachable:
         """The error for a server that could not be reached, saying what happened and how to go on without it."""
@@ -272,6 +327,10 @@ class MlflowApi(BaseMlflowApi):
         return exp_doc(exp)
 
     def _impl_fetch_run(self, run_id: str) -> RunDoc:
+        reader = self._reader(registry=False)
+        if reader is not None:
+            request = ("GET", "runs/get", {"run_id": run_id})
+            return self._rest(reader, "run", run_id, request, lambda answer: run_doc(run_entity(answer.get("run"))))
         return run_doc(self._call("run", run_id, lambda: self.client.get_run(run_id)))
 
     def _impl_fetch_model(self, name: str) -> ModelDoc:
@@ -279,11 +338,19 @@ class MlflowApi(BaseMlflowApi):
 
     def _impl_fetch_model_version(self, name: str, version: str) -> ModelVersionDoc:
         key = f"models:/{name}/{version}"
+        reader = self._reader(registry=True)
+        if reader is not None:
+            request = ("GET", "model-versions/get", {"name": name, "version": version})
+            return self._rest(reader, "model version", key, request, _read_model_version)
         return mv_doc(self._call("model version", key, lambda: self.client.get_model_version(name, version)))
 
     def _impl_fetch_model_version_by_alias(self, name: str, alias: str) -> ModelVersionDoc:
         key = f"models:/{name}@{alias}"
+        reader = self._reader(registry=True)
         try:
+            if reader is not None:
+                request = ("GET", "registered-models/alias", {"name": name, "alias": alias})
+                return self._rest(reader, "model version", key, request, _read_model_version)
             found = self._call("model version", key, lambda: self.client.get_model_version_by_alias(name, alias))
         except BackendError as exc:
             if exc.status == 400 and "alias" in str(exc) and "not found" in str(exc):
@@ -297,6 +364,9 @@ class MlflowApi(BaseMlflowApi):
     # ----------------------------------------------------------------- searches
     def _all_exp_ids(self) -> list[str]:
         """Ids of every experiment (deleted ones included), for searches over all of them."""
+        reader = self._reader(registry=False)
+        if reader is not None:
+            return self._all_exp_ids_by_rest(reader)
         from mlflow.entities import ViewType
 
         ids: list[str] = []
@@ -311,6 +381,18 @@ class MlflowApi(BaseMlflowApi):
             token = page.token
             if not token:
                 return sorted(ids)
+
+    def _all_exp_ids_by_rest(self, reader: RestReader) -> list[str]:
+        ids: list[str] = []
+        body: dict[str, Any] = {"view_type": "ALL", "max_results": 1000}
+        for _ in range(100_000):
+            request = ("POST", "experiments/search", body)
+            found, token = self._rest(reader, "search", "experiments", request, read_experiment_ids_page)
+            ids.extend(found)
+            if not token:
+                break
+            body["page_token"] = token
+        return sorted(ids)
 
     def _impl_search_exps(self, query: dict[str, Any], page_token: str | None) -> Page[ExpDoc]:
         from mlflow.entities import ViewType
@@ -347,8 +429,6 @@ class MlflowApi(BaseMlflowApi):
     def _impl_search_runs(
         self, exp_ids: list[str] | None, query: dict[str, Any], page_token: str | None
     ) -> Page[RunDoc]:
-        from mlflow.entities import ViewType
-
         pushed = runs_filter(query)
         if exp_ids is not None:
             pushed.narrow_exp_ids(set(exp_ids))
@@ -360,6 +440,15 @@ class MlflowApi(BaseMlflowApi):
         if not ids or not chunks:
             return Page()
         flt = chunks[state.chunk]
+        reader = self._reader(registry=False)
+        if reader is not None:
+            body = {"experiment_ids": ids, "filter": flt, "run_view_type": "ALL", "max_results": 1000}
+            if state.token:
+                body["page_token"] = state.token
+            runs, token = self._rest(reader, "search", "runs", ("POST", "runs/search", body), read_runs_page)
+            return Page([run_doc(run) for run in runs], _SearchState(ids, state.chunk, token).next(len(chunks)))
+        from mlflow.entities import ViewType
+
         page = self._call(
             "search",
             "runs",

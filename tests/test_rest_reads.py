@@ -1,0 +1,149 @@
+"""mlcache's own REST reads of an MLflow server: an online alias check over a warm cache imports no
+MLflow, sends one request, honours the tracking token; a hostile server's malformed answers fail
+with one line and write nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mlcache import BackendError
+from mlcache.plugins.mlflow import MlflowApi
+
+from servers import MlflowServer, ServerProcess, _port_open, free_port, start_proxy, wait_until
+
+ALIAS_CHECK = """
+import json, sys
+from mlcache.plugins.mlflow import MlflowApi
+api = MlflowApi(tracking_uri=sys.argv[1], cache_dir=sys.argv[2])
+path = api.get_model_artifact((sys.argv[3], "@prod"))
+version = api.get_model_version((sys.argv[3], "@prod")).version
+print(json.dumps({"text": path.read_text(), "version": version, "mlflow": "mlflow" in sys.modules}))
+"""
+
+
+def _alias_check(url: str, cache: Path, name: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", ALIAS_CHECK, url, str(cache), name], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_an_alias_checked_online_over_a_warm_cache_sends_one_request_and_imports_no_mlflow(
+    mlflow_server: MlflowServer, tmp_path: Path, unique: str
+) -> None:
+    name = f"rest-alias-{unique}"
+    writer = MlflowApi(tracking_uri=mlflow_server.url, cache_dir=tmp_path / "writer")
+    run = writer.create_exp(f"exp-{name}").start_run("train")
+    writer.log_model_version(name, run, lambda p: p.write_text("v1"), "model", aliases=["prod"])
+    writer.log_model_version(name, run, lambda p: p.write_text("v2"), "model2")
+    cache = tmp_path / "cache"
+    MlflowApi(tracking_uri=mlflow_server.url, cache_dir=cache).get_model_artifact((name, "@prod"))
+    proxy = start_proxy(tmp_path / "proxy", mlflow_server.url)
+    try:
+        assert _alias_check(proxy.url, cache, name) == {"text": "v1", "version": "1", "mlflow": False}
+        asked = proxy.stats()["paths"]
+        assert list(asked) == ["GET"]
+        assert set(asked["GET"]) == {f"/api/2.0/mlflow/registered-models/alias?name={name}&alias=prod"}
+        writer.set_model_alias((name, 2), "prod")
+        moved = _alias_check(proxy.url, tmp_path / "cold", name)
+        assert (moved["text"], moved["version"]) == ("v2", "2")
+    finally:
+        proxy.stop()
+
+
+def test_rest_reads_send_the_tracking_token(
+    mlflow_server: MlflowServer, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = MlflowApi(tracking_uri=mlflow_server.url, cache_dir=tmp_path / "writer")
+    run_id = writer.create_exp(f"exp-token-{unique}").start_run("train").id
+    proxy = start_proxy(tmp_path / "auth", mlflow_server.url, require_token="s3cret")
+    try:
+        with pytest.raises(BackendError, match=r"^MLflow refused run '[0-9a-f]+': UNAUTHENTICATED: token required$"):
+            MlflowApi(tracking_uri=proxy.url, cache_dir=tmp_path / "no-token").get_run(run_id)
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cret")
+        assert MlflowApi(tracking_uri=proxy.url, cache_dir=tmp_path / "token").get_run(run_id).id == run_id
+    finally:
+        proxy.stop()
+
+
+HOSTILE_SERVER = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+answers = json.loads(open(sys.argv[2]).read())
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        return
+
+    def _answer(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = answers.get(urlparse(self.path).path, "{}").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+server.timeout = 1.0
+for _ in range(600):
+    server.handle_request()
+"""
+
+API = "/api/2.0/mlflow/"
+RUN_INFO = {"run_id": "a" * 32, "experiment_id": "1", "status": "FINISHED", "lifecycle_stage": "active"}
+HOSTILE_ANSWERS = {
+    f"{API}runs/get": json.dumps({"run": {"info": {**RUN_INFO, "run_id": 5}}}),
+    f"{API}model-versions/get": "<html>not json</html>",
+    f"{API}registered-models/alias": json.dumps({"model_version": {"name": "m", "version": "1", "tags": "x"}}),
+    f"{API}experiments/search": json.dumps({"experiments": [{"experiment_id": "1"}], "next_page_token": 7}),
+    f"{API}runs/search": json.dumps({"runs": [{"info": RUN_INFO, "data": {"metrics": [{"key": "m", "value": "x"}]}}]}),
+}
+
+
+@pytest.fixture
+def hostile_server(tmp_path: Path) -> Iterator[str]:
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps(HOSTILE_ANSWERS))
+    port = free_port()
+    server = ServerProcess(
+        "hostile", [sys.executable, "-c", HOSTILE_SERVER, str(port), str(answers)], tmp_path / "hostile.log"
+    )
+    server.start()
+    wait_until(lambda: _port_open(port), 20, "hostile server", server.proc)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+MALFORMED = "the server's answer has no well-formed"
+
+
+def test_malformed_answers_fail_with_one_line_and_write_nothing(hostile_server: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    api = MlflowApi(tracking_uri=hostile_server, cache_dir=cache)
+    expected: list[tuple[Callable[[], object], str]] = [
+        (lambda: api.get_run("r1"), f"run 'r1' wrongly: {MALFORMED} run id"),
+        (lambda: api.get_model_version(("m", "1")), "model version 'models:/m/1' wrongly: the answer to GET "),
+        (lambda: api.get_model_version(("m", "@prod")), f"model version 'models:/m@prod' wrongly: {MALFORMED} model"),
+        (lambda: list(api.find_runs({})), f"search 'experiments' wrongly: {MALFORMED} page of experiments"),
+        (lambda: list(api.find_runs({"exp.id": "1"})), f"search 'runs' wrongly: {MALFORMED} run metric value"),
+    ]
+    for call, message in expected:
+        with pytest.raises(BackendError) as caught:
+            call()
+        assert str(caught.value).startswith(f"MLflow answered {message}"), str(caught.value)
+        assert "\n" not in str(caught.value)
+    metadata = cache / "metadata"
+    assert not metadata.exists() or [p for p in metadata.rglob("*") if p.is_file()] == []
