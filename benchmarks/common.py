@@ -2,15 +2,71 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlcache.staging import remove_tree as rmtree
+__all__ = ["calls_per_second", "code_state", "rmtree", "snapshot_mlcache", "start_store_and_server", "tree_stats"]
 
-__all__ = ["calls_per_second", "rmtree", "start_store_and_server", "tree_stats"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def rmtree(path: Path) -> None:
+    """Delete a file or a tree (read-only files included), best effort, without following links."""
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def snapshot_mlcache(folder: Path, attempts: int = 6, wait: float = 10.0) -> Path:
+    """Copy the `mlcache` package as it is now into `folder` and import it from there: in this
+    process (`sys.path`) and in every child started after (`PYTHONPATH`).
+
+    The working tree may change while a benchmark runs (someone editing `mlcache/`); with the
+    snapshot, the benchmark's process and its children all measure one and the same code. A copy
+    that does not import (an edit caught half-way) is taken again, up to `attempts` times, `wait`
+    seconds apart. Call it before anything imports `mlcache`."""
+    if "mlcache" in sys.modules:
+        raise RuntimeError("snapshot_mlcache() must run before mlcache is imported")
+    check = "import mlcache, mlcache.plugins.mlflow"
+    error = ""
+    for attempt in range(1, attempts + 1):
+        rmtree(folder)
+        shutil.copytree(REPO / "mlcache", folder / "mlcache", ignore=shutil.ignore_patterns("__pycache__"))
+        env = {**os.environ, "PYTHONPATH": str(folder)}
+        done = subprocess.run(
+            [sys.executable, "-c", check], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+        )
+        if done.returncode == 0:
+            break
+        error = (done.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"mlcache snapshot {attempt}/{attempts} does not import ({error}); again in {wait:g}s", flush=True)
+        time.sleep(wait)
+    else:
+        raise RuntimeError(f"no importable snapshot of mlcache/ after {attempts} attempts: {error}")
+    sys.path.insert(0, str(folder))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    return folder
+
+
+def code_state() -> str:
+    """The commit of the checkout and how many files under mlcache/ differ from it (for reports)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = [line for line in git("status", "--porcelain", "--", "mlcache").splitlines() if line.strip()]
+    return f"{head}" + (f" + {len(changed)} uncommitted file(s) under mlcache/" if changed else " (clean)")
 
 
 def start_store_and_server(scratch: Path) -> tuple[Any, Any]:
