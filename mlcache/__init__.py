@@ -34,6 +34,7 @@ from .errors import (
 from .handles import ExpApi, LoggedModelApi, ModelApi, ModelVersionApi, RunApi
 from .locks import release_holds
 from .plugins import get_api
+from .ranged import RangedSettings
 from .rclone import RcloneTransfer
 from .retry import RetryPolicy
 from .transfer import Transfer
@@ -72,6 +73,7 @@ __all__ = [
     "OfflineModeError",
     "PluginNotFound",
     "PruneReport",
+    "RangedSettings",
     "RcloneTransfer",
     "RepairReport",
     "RetryPolicy",

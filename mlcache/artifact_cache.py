@@ -36,7 +36,7 @@ from .resolver import Freshness, MetadataResolver
 from .retry import RetryPolicy
 from .sources import check_source
 from .staging import Stage
-from .transfer import Listing, RemoteFile, Transfer, TransferError
+from .transfer import Listing, OnFile, PullPlan, RemoteFile, Transfer, TransferError
 
 log = logging.getLogger("mlcache.artifacts")
 T = TypeVar("T")
@@ -250,15 +250,13 @@ class ArtifactCache:
         def list_source() -> Listing:
             return listed if listed is not None else self.retry.call("list", lambda: transfer.list(source), source)
 
+        def fetch(tree: Path, on_file: OnFile, only: builtins.list[str] | None, plan: PullPlan) -> None:
+            transfer.pull(source, tree, self._reporter(label), on_file, only, plan)
+
         log.info("pulling %s from %s", entry.label, source)
         path = self.retry.call(
             "pull",
-            lambda: self.store.pull(
-                entry,
-                lambda stage, on_file, only: transfer.pull(source, stage, self._reporter(label), on_file, only),
-                list_source,
-                replace=found is not None,
-            ),
+            lambda: self.store.pull(entry, fetch, list_source, replace=found is not None),
             entry.label,
         )
         log.info("pulled %s into %s", entry.label, path)

@@ -10,6 +10,7 @@ lock only keeps N readers from downloading the same thing N times.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import time
@@ -29,18 +30,18 @@ from .locks import entry_lock, hold_shared, shared_entry_lock
 from .manifest import EntryKey, Manifest, ManifestFile
 from .names import UnsafePath, decode_part, file_name, is_normalized_relative
 from .staged_tree import check_against, make_read_only, report_pull, scan_tree, trusted_store_hashes
-from .staging import Stage
+from .staging import Stage, remove_tree
 from .timeutil import utcnow
-from .transfer import Listing, OnFile, TransferError
+from .transfer import Listing, OnFile, PullPlan, TransferError
 
 TOUCH_INTERVAL = 60.0
 """Seconds between two writes of an entry's last-used stamp by one process."""
 PATH_MEMO_LIMIT = 100_000
 """How many entries' paths (and stamps) a store remembers before it starts over."""
 
-Fetch = Callable[[Path, OnFile, "list[str] | None"], None]
-"""`fetch(stage, on_file, only)`: download the listed remote into `stage` (only those paths when
-`only` is given)."""
+Fetch = Callable[[Path, OnFile, "list[str] | None", PullPlan], None]
+"""`fetch(tree, on_file, only, plan)`: download the listed remote into `tree` (only those paths when
+`only` is given), with the listing and a folder to resume in (`plan`)."""
 
 
 class ArtifactStore:
@@ -263,26 +264,49 @@ class ArtifactStore:
         return Stage(self.layout, prefix)
 
     def pull(self, key: EntryKey, fetch: Fetch, list_source: Callable[[], Listing], replace: bool = False) -> Path:
-        """Stage with `fetch(stage_dir, on_file, only)` while `list_source()` lists the remote, verify
+        """Stage with `fetch(tree, on_file, only, plan)` while `list_source()` lists the remote, verify
         the staged tree against that listing, hash, rename into place, write the manifest. When the
         cache knows store hashes, the listing comes first and every remote file whose (size, store
         hash) matches a held blob is linked instead of downloaded (`only` names the rest). Files
         reported through `on_file` are hashed while the rest still downloads. The caller holds the
-        entry's lock; `replace` re-syncs a complete entry."""
-        with (
-            writing(self.layout.root, f"pull {key.label}"),
-            Stage(self.layout, "pull") as stage,
-            ThreadPoolExecutor(max_workers=1) as lister,
-        ):
-            hasher = PullHasher(stage)
+        entry's lock; `replace` re-syncs a complete entry.
+
+        The stage is `tmp/pull-<entry digest>`: `tree/` is what gets installed (made anew by every
+        attempt), `ranged/` is where the transfer resumes big files (`plan.resume_dir`). A failed
+        or killed pull leaves the stage for the next attempt when `ranged/` holds anything."""
+        with writing(self.layout.root, f"pull {key.label}"):
+            stage = Stage(self.layout, "pull", resumable=_stage_digest(key))
+            resume_dir = stage.path / "ranged"
+            ok = False
+            try:
+                path = self._pull_into(key, stage.path, resume_dir, fetch, list_source, replace)
+                ok = True
+                return path
+            finally:
+                stage.close(keep=not ok and _holds_anything(resume_dir))
+
+    def _pull_into(
+        self,
+        key: EntryKey,
+        stage: Path,
+        resume_dir: Path,
+        fetch: Fetch,
+        list_source: Callable[[], Listing],
+        replace: bool,
+    ) -> Path:
+        tree = stage / "tree"
+        remove_tree(tree, strict=True)
+        tree.mkdir()
+        with ThreadPoolExecutor(max_workers=1) as lister:
+            hasher = PullHasher(tree)
             try:
                 listed = lister.submit(list_source)
-                linked = self._link_held(listed.result(), stage) if self.blobs.has_hints() else {}
+                linked = self._link_held(listed.result(), tree) if self.blobs.has_hints() else {}
                 listing = listed.result() if linked else None
                 only = None if listing is None else [f.path for f in listing.files if f.path not in linked]
                 if only != []:
                     try:
-                        fetch(stage, hasher.on_file, only)
+                        fetch(tree, hasher.on_file, only, PullPlan(listed.result, resume_dir))
                     except TransferError as exc:
                         if exc.errno is not None:
                             raise OSError(exc.errno, str(exc)) from exc
@@ -290,7 +314,7 @@ class ArtifactStore:
                     finally:
                         listing = listed.result()
                 assert listing is not None
-                produced = stage if listing.is_dir else stage / listing.files[0].path
+                produced = tree if listing.is_dir else tree / listing.files[0].path
                 if not (produced.exists() or produced.is_symlink()):
                     raise UnsafeArtifact(f"pulling {listing.url} produced nothing")
                 files = scan_tree(produced, listing.is_dir)
@@ -445,3 +469,16 @@ class ArtifactStore:
         if held is not None:
             self.blobs.collect([item.sha256 for item in held.files])
         return existed
+
+
+def _stage_digest(key: EntryKey) -> str:
+    """The part of a pull's stage name that names its entry (so a later attempt finds the stage)."""
+    return hashlib.sha256("\0".join((key.kind, *key.parts)).encode()).hexdigest()[:32]
+
+
+def _holds_anything(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False

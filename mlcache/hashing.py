@@ -7,6 +7,7 @@ same pinned inode for big files hashed while their transfer still checks them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -180,9 +181,14 @@ class PullHasher:
         self._big = ThreadPoolExecutor(max_workers=2)
         self._reported: set[str] = set()
         self._early: dict[str, _EarlyHash] = {}
+        self._given: dict[str, tuple[str, Identity]] = {}
 
-    def on_file(self, rel: str, staged: str | None = None) -> None:
-        if rel in self._reported or rel in self._early:
+    def on_file(self, rel: str, staged: str | None = None, digest: str | None = None) -> None:
+        if rel in self._reported or rel in self._early or rel in self._given:
+            return
+        if digest is not None:
+            with contextlib.suppress(OSError):
+                self._given[rel] = (digest, identity(os.lstat(self._stage / rel)))
             return
         if staged is None:
             self._reported.add(rel)
@@ -199,7 +205,7 @@ class PullHasher:
         """rel -> sha256 of the final staged files whose bytes are provably the ones hashed."""
         known = {
             rel: done[0]
-            for rel, done in self._small.results().items()
+            for rel, done in (*self._small.results().items(), *self._given.items())
             if rel in files and done is not None and done[1] == files[rel].identity
         }
         known.update(

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from .errors import EntityNotFound, UnsupportedUrl
-from .transfer import Listing, OnFile, Progress, RemoteFile, Transfer, file_by_file
+from .transfer import Listing, OnFile, Progress, PullPlan, RemoteFile, Transfer, file_by_file
 
 
 def local_path(url: str) -> Path:
@@ -82,6 +82,7 @@ class LocalTransfer(Transfer):
         progress: Progress = False,
         on_file: OnFile | None = None,
         only: Sequence[str] | None = None,
+        plan: PullPlan | None = None,
     ) -> None:
         listing = self.list(url)
         files = listing.selected(only)

@@ -9,7 +9,10 @@ already holds; progress comes from rclone's JSON stats.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import contextvars
 import errno
+import functools
 import json
 import os
 import re
@@ -18,15 +21,21 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import EntityNotFound, MlcacheError, TransferError
 from .progress import TransferProgress
+from .ranged import RangedSettings
+from .rclone_ranges import CatStream, SharedProgress, big_files, pull_big_files
 from .remotes import RclonePath, to_rclone
-from .transfer import Listing, OnFile, Progress, RemoteFile, Transfer, reporter
+from .transfer import Listing, OnFile, Progress, PullPlan, RemoteFile, Transfer, reporter
+
+DEFAULT_RANGED = RangedSettings()
 
 # rclone exit codes: https://rclone.org/docs/#exit-code
 _RETRYABLE_EXIT_CODES = {5, 6, 8, 10}
@@ -60,12 +69,21 @@ def find_rclone() -> str:
 
 
 class RcloneTransfer(Transfer):
-    """Transfers with rclone: parallel, checksummed, with an optional progress bar."""
+    """Transfers with rclone: parallel, checksummed, with an optional progress bar. Big files of a
+    remote store are pulled by ranges over several streams, resumably (`ranged`; None copies every
+    file with `rclone copy`)."""
 
-    def __init__(self, transfers: int = 16, checkers: int = 16, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        transfers: int = 16,
+        checkers: int = 16,
+        extra_args: tuple[str, ...] = (),
+        ranged: RangedSettings | None = DEFAULT_RANGED,
+    ) -> None:
         self.transfers = transfers
         self.checkers = checkers
         self.extra_args = extra_args
+        self.ranged = ranged
 
     @cached_property
     def binary(self) -> str:
@@ -164,16 +182,94 @@ class RcloneTransfer(Transfer):
         progress: Progress = False,
         on_file: OnFile | None = None,
         only: Sequence[str] | None = None,
+        plan: PullPlan | None = None,
     ) -> None:
         target = self.resolve(url)
         dest.mkdir(parents=True, exist_ok=True)
-        if only is not None:
-            with tempfile.NamedTemporaryFile("w", suffix=".files", encoding="utf-8") as listed:
-                listed.write("".join(f"{path}\n" for path in only))
-                listed.flush()
-                self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name])
+        if plan is not None and self.ranged is not None and not target.local:
+            listing = plan.listing()
+            big = big_files(listing, None if only is None else builtins.list(only), self.ranged)
+            if big:
+                self._pull_with_ranges(target, dest, progress, url, on_file, listing, only, big, plan)
+                return
+        self._copy_selected(target, dest, progress, url, on_file, only)
+
+    def _copy_selected(
+        self,
+        target: RclonePath,
+        dest: Path,
+        progress: Progress,
+        url: str,
+        on_file: OnFile | None,
+        only: Sequence[str] | None,
+    ) -> None:
+        if only is None:
+            self._copy(target, dest, progress, url, on_file, [])
             return
-        self._copy(target, dest, progress, url, on_file, [])
+        with tempfile.NamedTemporaryFile("w", suffix=".files", encoding="utf-8") as listed:
+            listed.write("".join(f"{path}\n" for path in only))
+            listed.flush()
+            self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name])
+
+    def _pull_with_ranges(
+        self,
+        target: RclonePath,
+        dest: Path,
+        progress: Progress,
+        url: str,
+        on_file: OnFile | None,
+        listing: Listing,
+        only: Sequence[str] | None,
+        big: builtins.list[RemoteFile],
+        plan: PullPlan,
+    ) -> None:
+        """The big files by ranges on a thread, the others beside them by `rclone copy`."""
+        assert self.ranged is not None
+        shared = SharedProgress(reporter(progress, url))
+        stop = threading.Event()
+        ranged = {item.path for item in big}
+        rest = [item.path for item in listing.selected(only) if item.path not in ranged]
+        ok = False
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                done = pool.submit(
+                    contextvars.copy_context().run,
+                    pull_big_files,
+                    listing,
+                    big,
+                    self.ranged,
+                    dest,
+                    functools.partial(self._range_opener, target),
+                    shared,
+                    on_file,
+                    plan.resume_dir,
+                    stop,
+                )
+                try:
+                    if rest:
+                        self._copy_selected(target, dest, shared.copy_part(), url, on_file, rest)
+                except BaseException:
+                    stop.set()
+                    with contextlib.suppress(Exception):
+                        done.result()
+                    raise
+                done.result()
+            ok = True
+        finally:
+            shared.close(ok)
+
+    def _range_opener(self, target: RclonePath, rel: str) -> Callable[[RemoteFile, int, int], CatStream]:
+        """Opens ranges of the file at `rel` under `target` (the target itself when `rel` is empty)."""
+        path = f"{target.path.rstrip('/')}/{rel}" if rel else target.path
+        env = {**os.environ, **target.env}
+
+        def open_range(item: RemoteFile, offset: int, count: int) -> CatStream:
+            command = [self.binary, "cat", "-q", "--offset", str(offset), "--count", str(count)]
+            return CatStream(
+                [*command, *self.extra_args, "--", path], env, lambda code, err: self._error("cat", code, err)
+            )
+
+        return open_range
 
     def _copy(
         self,

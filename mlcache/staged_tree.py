@@ -94,7 +94,7 @@ def report_pull(key: EntryKey, listing: Listing, linked: dict[str, str]) -> None
         log.debug("%s: %s", key.label, downloaded)
 
 
-def _listed_ns(mtime: str) -> int | None:
+def listed_ns(mtime: str) -> int | None:
     """A listing's modification time (RFC 3339, any offset and precision) in ns since the epoch."""
     text = canonical_rfc3339(mtime)
     if not text.endswith("Z") or "." not in text:
@@ -107,10 +107,10 @@ def _listed_ns(mtime: str) -> int | None:
     return int(seconds) * 1_000_000_000 + int(fraction.ljust(9, "0")[:9])
 
 
-def _same_second(staged_ns: int, listed_ns: int) -> bool:
+def _same_second(staged_ns: int, listed: int) -> bool:
     """Whether two times name one write, as stores report it: HTTP dates are whole seconds, and a
     store's header may fall in the second before its listed time."""
-    return abs(staged_ns - listed_ns) < 2_100_000_000
+    return abs(staged_ns - listed) < 2_100_000_000
 
 
 def trusted_store_hashes(listing: Listing, files: dict[str, StagedFile], linked: dict[str, str]) -> dict[str, str]:
@@ -124,7 +124,7 @@ def trusted_store_hashes(listing: Listing, files: dict[str, StagedFile], linked:
         if not item.hash:
             continue
         staged = files.get(item.path)
-        listed = _listed_ns(item.mtime)
+        listed = listed_ns(item.mtime)
         if item.path in linked or (
             staged is not None and listed is not None and _same_second(staged.identity[3], listed)
         ):

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from filelock import BaseFileLock, FileLock, SoftFileLock
+from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
 
 from .errors import LockTimeout
 from .layout import CacheLayout
@@ -45,22 +45,60 @@ def remove_tree(path: Path, strict: bool = False) -> None:
 class Stage:
     """A private folder `tmp/<prefix>-<uuid>` held by this process until `close`. As a context
     manager it is removed on exit; `close(keep=True)` leaves it for the user (a cleaner may take it
-    once this process is gone)."""
+    once this process is gone).
 
-    def __init__(self, layout: CacheLayout, prefix: str) -> None:
+    With `resumable`, the folder is `tmp/<prefix>-<resumable>` instead (a name the caller derives
+    from what it stages, so the next attempt finds it): what a dead owner left there is taken over
+    when it is a folder of this user that no one else may write to (`resumed`), else removed. When
+    another live process holds that name, a fresh unique folder is used."""
+
+    def __init__(self, layout: CacheLayout, prefix: str, resumable: str | None = None) -> None:
         layout.ensure()
-        self.name = f"{prefix}-{uuid.uuid4().hex}"
         self._layout = layout
-        self._lock_file = lock_path(layout, "tmp", self.name)
-        self._lock_file.parent.mkdir(parents=True, exist_ok=True)
-        self._lock: BaseFileLock = (SoftFileLock if layout.soft_locks else FileLock)(str(self._lock_file), timeout=0)
-        self._lock.acquire()
+        self.resumed = False
+        if resumable is not None and self._take(f"{prefix}-{resumable}"):
+            self.path = layout.guard(layout.tmp / self.name)
+            try:
+                self._take_over_or_make()
+            except BaseException:
+                self._release()
+                raise
+            return
+        self._take(f"{prefix}-{uuid.uuid4().hex}", wait=True)
         self.path = layout.guard(layout.tmp / self.name)
         try:
             self.path.mkdir()
         except BaseException:
             self._release()
             raise
+
+    def _take(self, name: str, wait: bool = False) -> bool:
+        """Take the owner lock of `tmp/<name>`; False when another live process holds it."""
+        self.name = name
+        self._lock_file = lock_path(self._layout, "tmp", name)
+        self._lock_file.parent.mkdir(parents=True, exist_ok=True)
+        self._lock: BaseFileLock = (SoftFileLock if self._layout.soft_locks else FileLock)(
+            str(self._lock_file), timeout=0
+        )
+        try:
+            self._lock.acquire()
+        except Timeout:
+            if wait:
+                raise
+            return False
+        return True
+
+    def _take_over_or_make(self) -> None:
+        try:
+            info = self.path.lstat()
+        except FileNotFoundError:
+            self.path.mkdir(mode=0o700)
+            return
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077:
+            self.resumed = True
+            return
+        remove_tree(self.path, strict=True)
+        self.path.mkdir(mode=0o700)
 
     def close(self, keep: bool = False) -> None:
         if not keep:

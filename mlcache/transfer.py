@@ -21,7 +21,17 @@ from .errors import TransferError
 from .progress import TransferProgress, auto_progress
 from .timeutil import canonical_rfc3339
 
-__all__ = ["Listing", "OnFile", "Progress", "RemoteFile", "Transfer", "TransferError", "file_by_file", "reporter"]
+__all__ = [
+    "Listing",
+    "OnFile",
+    "Progress",
+    "PullPlan",
+    "RemoteFile",
+    "Transfer",
+    "TransferError",
+    "file_by_file",
+    "reporter",
+]
 
 
 class RemoteFile(NamedTuple):
@@ -63,9 +73,19 @@ Progress = bool | TransferProgress | None
 class OnFile(Protocol):
     """Told about each pulled file: `rel` is its path under the destination; `staged`, when given,
     is where its complete bytes already sit (its own name or a temporary one) while the transfer
-    still checks them, so hashing can start early."""
+    still checks them, so hashing can start early; `digest`, when given, is the sha256 the
+    transfer computed of the file now at `rel` as its bytes landed."""
 
-    def __call__(self, rel: str, staged: str | None = None) -> None: ...
+    def __call__(self, rel: str, staged: str | None = None, digest: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    """What a pull may use beyond its URL: the listing the caller takes at the same time, and a
+    private folder that outlives a failed or killed pull, where big files resume."""
+
+    listing: Callable[[], Listing]
+    resume_dir: Path
 
 
 class Transfer(ABC):
@@ -83,13 +103,15 @@ class Transfer(ABC):
         progress: Progress = False,
         on_file: OnFile | None = None,
         only: Sequence[str] | None = None,
+        plan: PullPlan | None = None,
     ) -> None:
         """Copy what `url` holds into the folder `dest` (a single file lands as `dest/<name>`), or
         with `only` just those paths of a folder's listing (the cache holds the rest already);
         `on_file(relative_path)` may be called as each file completes, so hashing can overlap
         (and `on_file(relative_path, staged=name)` as soon as its bytes are complete at `name`).
         `progress` is told how the copy advances (True: the default reporter on stderr).
-        The caller lists `url` at the same time and checks the result against it."""
+        The caller lists `url` at the same time and checks the result against it; a transfer may
+        use that listing and a folder to resume in through `plan`."""
 
     @abstractmethod
     def push(self, src: Path, url: str, progress: Progress = False) -> None:

@@ -26,7 +26,7 @@ def store(tmp_path: Path) -> ArtifactStore:
 
 
 def writer(files: dict[str, bytes], links: dict[str, str] | None = None):
-    def fetch(stage: Path, on_file, only=None) -> None:
+    def fetch(stage: Path, on_file, only=None, plan=None) -> None:
         for rel, data in files.items():
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             (stage / rel).write_bytes(data)
@@ -117,7 +117,7 @@ def _partial_writer(final: bytes, replace_after_notice: bytes | None = None):
     """Like rclone: write `x.bin.1a2b3c4d.partial`, announce it, rename it to `x.bin`. With
     `replace_after_notice`, the announced file is then replaced by a new one (a retried transfer)."""
 
-    def fetch(stage: Path, on_file, only=None) -> None:
+    def fetch(stage: Path, on_file, only=None, plan=None) -> None:
         partial = stage / "x.bin.1a2b3c4d.partial"
         partial.write_bytes(final)
         on_file("x.bin", staged=partial.name)

@@ -406,7 +406,7 @@ def test_a_file_rewritten_between_the_listing_and_the_copy_records_no_store_hash
         ),
     )
 
-    def fetch(stage: Path, on_file: object, only: object = None) -> None:
+    def fetch(stage: Path, on_file: object, only: object = None, plan: object = None) -> None:
         (stage / "w.bin").write_bytes(new)
         (stage / "same.bin").write_bytes(b"same")
         when = 1767225600 * 1_000_000_000

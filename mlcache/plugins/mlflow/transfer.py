@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import EntityNotFound
-from ...transfer import Listing, OnFile, Progress, RemoteFile, Transfer, file_by_file
+from ...transfer import Listing, OnFile, Progress, PullPlan, RemoteFile, Transfer, file_by_file
 
 T = TypeVar("T")
 
@@ -55,6 +55,7 @@ class MlflowArtifactsTransfer(Transfer):
         progress: Progress = False,
         on_file: OnFile | None = None,
         only: Sequence[str] | None = None,
+        plan: PullPlan | None = None,
     ) -> None:
         listing = self.list(url)
         files = listing.selected(only)

@@ -1,0 +1,145 @@
+"""Big files of an rclone pull by ranges: `rclone cat --offset --count` streams, read by `ranged`.
+
+A pull whose listing names big files runs two things at once: `rclone copy` of the other files
+(named by `--files-from-raw`), and `ranged.pull_ranged` for the big ones, several `rclone cat`
+streams per file. Both feed one progress reporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from .errors import TransferError
+from .names import is_normalized_relative
+from .progress import TransferProgress
+from .ranged import RangedSettings, pull_ranged
+from .transfer import Listing, OnFile, RemoteFile
+
+_PIPE_SIZE = 1 << 20
+
+
+class CatStream:
+    """One `rclone cat` process; its stdout is the range. `error(code, stderr)` makes the error of a
+    failed process."""
+
+    def __init__(self, command: list[str], env: dict[str, str], error: Callable[[int, str], TransferError]) -> None:
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by finish or abort)
+        self._error = error
+        self._proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, env=env, bufsize=0
+        )
+        assert self._proc.stdout is not None
+        self._out = self._proc.stdout
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(self._out.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+
+    def readinto(self, buffer: memoryview) -> int:
+        return self._out.readinto(buffer) or 0  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        self._out.close()
+        code = self._proc.wait()
+        self._stderr.seek(0)
+        text = self._stderr.read().decode("utf-8", "replace")
+        self._stderr.close()
+        if code != 0:
+            raise self._error(code, text)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._proc.kill()
+        self._proc.wait()
+        self._out.close()
+        self._stderr.close()
+
+
+class SharedProgress:
+    """One reporter fed by the copy (through `copy_part`, rclone's running totals) and by the ranged
+    streams (`advanced`, bytes as they land)."""
+
+    def __init__(self, sink: TransferProgress | None) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._copied = 0
+        self._copy_total: int | None = None
+        self._ranged = 0
+        self._ranged_total = 0
+
+    def expect_ranged(self, total: int) -> None:
+        with self._lock:
+            self._ranged_total += total
+
+    def advanced(self, n: int) -> None:
+        with self._lock:
+            self._ranged += n
+        self._report(None)
+
+    def _report(self, rate: float | None) -> None:
+        if self._sink is None:
+            return
+        with self._lock:
+            done = self._copied + self._ranged
+            total = None if self._copy_total is None else self._copy_total + self._ranged_total
+        self._sink.update(done, total, rate)
+
+    def copy_part(self) -> TransferProgress:
+        shared = self
+
+        class _CopyPart:
+            def update(self, done: int, total: int | None, rate: float | None = None) -> None:
+                with shared._lock:
+                    shared._copied, shared._copy_total = done, total
+                shared._report(None)
+
+            def close(self, ok: bool = True) -> None:
+                return
+
+        return _CopyPart()
+
+    def close(self, ok: bool) -> None:
+        if self._sink is not None:
+            self._sink.close(ok)
+
+
+def big_files(listing: Listing, only: list[str] | None, settings: RangedSettings) -> list[RemoteFile]:
+    """The listed (and selected) files to pull by ranges: big enough, with a name that is a plain
+    relative path (anything else is left to the copy, and to the tree's checks)."""
+    return [
+        item
+        for item in listing.selected(only)
+        if settings.wants(item) and "\n" not in item.path and is_normalized_relative(item.path)
+    ]
+
+
+def pull_big_files(
+    listing: Listing,
+    big: list[RemoteFile],
+    settings: RangedSettings,
+    dest: Path,
+    open_range: Callable[[str], Callable[[RemoteFile, int, int], CatStream]],
+    progress: SharedProgress,
+    on_file: OnFile | None,
+    resume_dir: Path,
+    stop: threading.Event,
+) -> None:
+    """Pull the `big` files of `listing` by ranges into `dest`. `open_range(rel)` gives the range
+    opener of the file at `rel` (for a single-file listing, the file itself)."""
+    progress.expect_ranged(sum(item.size for item in big))
+    for item in big:
+        url = f"{listing.url.rstrip('/')}/{item.path}" if listing.is_dir else listing.url
+        pull_ranged(
+            [(item, url, dest.joinpath(*item.path.split("/")))],
+            open_range(item.path if listing.is_dir else ""),
+            resume_dir,
+            settings,
+            on_file,
+            progress.advanced,
+            stop,
+        )

@@ -1,0 +1,244 @@
+"""Big files by ranges: chunks resume only when their log line and bytes agree, the store's MD5 is
+checked, hostile leftovers are removed, never followed; against rclone serve s3, with a real kill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlcache.errors import InvalidSetting, TransferError
+from mlcache.ranged import RangedSettings, pull_ranged
+from mlcache.transfer import RemoteFile
+
+from servers import rclone_binary
+
+REPO = Path(__file__).resolve().parent.parent
+KiB = 1024
+SETTINGS = RangedSettings(min_size=64 * KiB, streams=3, chunk_size=16 * KiB)
+MTIME = "2026-01-02T03:04:05.000000000Z"
+
+
+class FileRanges:
+    """Ranges of a local file, counted; `fail_after` bytes into the pull, every stream fails."""
+
+    def __init__(self, path: Path, fail_after: int | None = None) -> None:
+        self.path = path
+        self.fail_after = fail_after
+        self.sent = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, item: RemoteFile, offset: int, count: int) -> FileRanges.Stream:
+        return FileRanges.Stream(self, offset, count)
+
+    class Stream:
+        def __init__(self, owner: FileRanges, offset: int, count: int) -> None:
+            self.owner, self.offset, self.left = owner, offset, count
+
+        def readinto(self, buffer: memoryview) -> int:
+            owner = self.owner
+            with owner.lock:
+                if owner.fail_after is not None and owner.sent >= owner.fail_after:
+                    raise TransferError("injected: the link went down", retryable=True)
+                n = min(len(buffer), self.left, 4 * KiB)
+                with open(owner.path, "rb") as handle:
+                    handle.seek(self.offset)
+                    data = handle.read(n)
+                owner.sent += len(data)
+            buffer[: len(data)] = data
+            self.offset += len(data)
+            self.left -= len(data)
+            return len(data)
+
+        def finish(self) -> None:
+            return
+
+        def abort(self) -> None:
+            return
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> tuple[Path, RemoteFile]:
+    source = tmp_path / "remote.bin"
+    source.write_bytes(os.urandom(200 * KiB + 123))
+    md5 = hashlib.md5(source.read_bytes()).hexdigest()
+    return source, RemoteFile("model/weights.bin", source.stat().st_size, MTIME, f"md5:{md5}")
+
+
+def _pull(item: RemoteFile, ranges: FileRanges, state: Path, dest: Path) -> dict[str, str]:
+    told: dict[str, str] = {}
+
+    def on_file(rel: str, staged: str | None = None, digest: str | None = None) -> None:
+        assert digest is not None
+        told[rel] = digest
+
+    pull_ranged([(item, "s3://b/model/weights.bin", dest)], ranges, state, SETTINGS, on_file)
+    return told
+
+
+def test_a_ranged_file_lands_whole_with_its_sha256_and_the_listed_time(
+    tmp_path: Path, remote: tuple[Path, RemoteFile]
+) -> None:
+    source, item = remote
+    state, dest = tmp_path / "ranged", tmp_path / "tree" / "model" / "weights.bin"
+    told = _pull(item, FileRanges(source), state, dest)
+    assert dest.read_bytes() == source.read_bytes()
+    assert told == {"model/weights.bin": hashlib.sha256(source.read_bytes()).hexdigest()}
+    assert dest.stat().st_mtime_ns == 1767323045 * 1_000_000_000
+    assert list(state.iterdir()) == []
+
+
+def test_a_failed_pull_resumes_from_its_verified_chunks_only(tmp_path: Path, remote: tuple[Path, RemoteFile]) -> None:
+    source, item = remote
+    state, dest = tmp_path / "ranged", tmp_path / "tree" / "w.bin"
+    with pytest.raises(TransferError, match="the link went down"):
+        _pull(item, FileRanges(source, fail_after=120 * KiB), state, dest)
+    assert not dest.exists()
+    (log,) = state.glob("*.log")
+    lines = log.read_text().splitlines()
+    assert json.loads(lines[0])["size"] == item.size
+    kept = [int(line.split()[0]) for line in lines[1:]]
+    assert len(kept) >= 4
+    # A chunk whose bytes no longer match its line is fetched again; so is one without a line.
+    (data,) = state.glob("*.data")
+    with open(data, "r+b") as handle:
+        handle.seek(kept[0] * SETTINGS.chunk_size)
+        handle.write(b"\0" * 10)
+    second = FileRanges(source)
+    _pull(item, second, state, dest)
+    assert dest.read_bytes() == source.read_bytes()
+
+    def length(index: int) -> int:
+        return min(SETTINGS.chunk_size, item.size - index * SETTINGS.chunk_size)
+
+    assert second.sent == item.size - sum(length(index) for index in kept[1:])
+
+
+def test_a_changed_remote_file_is_fetched_anew(tmp_path: Path, remote: tuple[Path, RemoteFile]) -> None:
+    source, item = remote
+    state, dest = tmp_path / "ranged", tmp_path / "tree" / "w.bin"
+    with pytest.raises(TransferError):
+        _pull(item, FileRanges(source, fail_after=120 * KiB), state, dest)
+    source.write_bytes(os.urandom(item.size))
+    changed = item._replace(
+        mtime="2026-01-02T03:05:00.000000000Z", hash=f"md5:{hashlib.md5(source.read_bytes()).hexdigest()}"
+    )
+    again = FileRanges(source)
+    _pull(changed, again, state, dest)
+    assert again.sent == item.size
+    assert dest.read_bytes() == source.read_bytes()
+
+
+def test_bytes_that_disagree_with_the_store_md5_are_refused_and_dropped(
+    tmp_path: Path, remote: tuple[Path, RemoteFile]
+) -> None:
+    source, item = remote
+    state, dest = tmp_path / "ranged", tmp_path / "tree" / "w.bin"
+    lying = item._replace(hash="md5:" + "0" * 32)
+    with pytest.raises(TransferError, match="do not match the store's MD5"):
+        _pull(lying, FileRanges(source), state, dest)
+    assert not dest.exists()
+    (data,) = state.glob("*.data")
+    assert data.stat().st_size == 0
+
+
+def test_hostile_leftovers_are_replaced_never_followed(tmp_path: Path, remote: tuple[Path, RemoteFile]) -> None:
+    source, item = remote
+    state, dest = tmp_path / "ranged", tmp_path / "tree" / "w.bin"
+    state.mkdir(mode=0o700)
+    name = hashlib.sha256(item.path.encode()).hexdigest()[:32]
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    os.symlink(outside, state / f"{name}.data")
+    os.symlink(outside, state / f"{name}.log")
+    _pull(item, FileRanges(source), state, dest)
+    assert outside.read_text() == "keep me"
+    assert dest.read_bytes() == source.read_bytes()
+
+
+def test_a_state_folder_others_may_write_is_refused(tmp_path: Path, remote: tuple[Path, RemoteFile]) -> None:
+    source, item = remote
+    state = tmp_path / "ranged"
+    state.mkdir()
+    state.chmod(0o777)
+    with pytest.raises(TransferError, match="not a private folder"):
+        _pull(item, FileRanges(source), state, tmp_path / "w.bin")
+
+
+def test_settings_that_cannot_work_are_refused_up_front() -> None:
+    with pytest.raises(InvalidSetting, match="streams >= 1"):
+        RangedSettings(streams=0)
+
+
+# ----------------------------------------------------------------- a real store, a real kill
+CHILD = """
+import sys
+from pathlib import Path
+from mlcache.artifact_store import ArtifactStore
+from mlcache.layout import CacheLayout
+from mlcache.manifest import EntryKey
+from mlcache.ranged import RangedSettings
+from mlcache.rclone import RcloneTransfer
+
+cache, url = Path(sys.argv[1]), sys.argv[2]
+transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=4, chunk_size=256 << 10))
+store = ArtifactStore(CacheLayout(cache))
+key = EntryKey("runs", ("0" * 32, "model"))
+path = store.pull(key, lambda tree, on_file, only, plan: transfer.pull(url, tree, False, on_file, only, plan),
+                  lambda: transfer.list(url))
+print(path)
+"""
+
+
+def test_a_pull_killed_midway_resumes_from_what_it_had(tmp_path: Path, s3_server) -> None:  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pacing_proxy import start_pacing_proxy
+
+    size = 12 << 20
+    bucket = f"ranged-{uuid.uuid4().hex[:12]}"
+    source = tmp_path / "source"
+    source.mkdir()
+    blob = os.urandom(size)
+    (source / "weights.bin").write_bytes(blob)
+    (source / "MLmodel").write_text("small")
+    upload = [rclone_binary(), "copy", "--config", "/dev/null", str(source), f"S3:{bucket}/model"]
+    subprocess.run(upload, env={**os.environ, **s3_server.rclone_env("S3")}, check=True, timeout=60)
+    with start_pacing_proxy(s3_server.endpoint, delay_ms=0, rate_mib=2) as proxy:
+        env = {**os.environ, **s3_server.env, "MLFLOW_S3_ENDPOINT_URL": proxy.url}
+        cache = tmp_path / "cache"
+        command = [sys.executable, "-c", CHILD, str(cache), f"s3://{bucket}/model"]
+        child = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        logs = cache / "tmp"
+        deadline = time.monotonic() + 60
+        chunks = 0
+        while time.monotonic() < deadline and chunks < 24:
+            chunks = sum(len(log.read_text().splitlines()) - 1 for log in logs.glob("pull-*/ranged/*.log"))
+            time.sleep(0.05)
+        assert chunks >= 24, child.communicate(timeout=30)
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        time.sleep(1.0)
+        before = proxy.bytes_out()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        again = proxy.bytes_out() - before
+    entry = Path(done.stdout.strip())
+    assert (entry / "weights.bin").read_bytes() == blob
+    # What the first pull logged (at least 24 chunks of 256 KiB, 6 MiB) is not fetched again.
+    assert again <= size - (6 << 20) + (64 << 10)
+    manifest = json.loads(next((cache / "manifests").rglob("*.json")).read_text())
+    (weights,) = [f for f in manifest["files"] if f["path"] == "weights.bin"]
+    assert weights["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert weights["store_hash"] == f"md5:{hashlib.md5(blob).hexdigest()}"
+    assert list((cache / "tmp").iterdir()) == []
