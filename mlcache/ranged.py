@@ -5,12 +5,14 @@ On-disk protocol, in a folder the pull owns (`<stage>/ranged/`, kept when a pull
   shorter) is written at offset `i * chunk_size`.
 - `<id>.log` is append-only. Its first line is the JSON identity of the remote file (`url`, `size`,
   `mtime`, `store_hash`, `chunk_size`); each later line `<i> <crc32>` is appended once every byte of
-  chunk `i` was written, with the CRC-32 of those bytes.
+  chunk `i` was written, with the CRC-32 of those bytes, or `<i> -` when the store listed an MD5
+  (the whole file is then checked against it before it is installed, which covers every chunk).
 `<id>` is the sha256 of the file's path in the tree, so no remote name becomes a file name here.
 
 A later pull of the same file trusts nothing it finds: anything that is not a regular file of this
 user is removed; a log whose identity differs from the new listing is dropped with its data; a
-chunk counts as done only when its line is whole and its bytes, read again, give the same CRC-32.
+chunk counts as done only when its line is whole and its bytes, read again, give the same CRC-32
+(or, for `-`, once the whole file's MD5 matches the store's; a mismatch drops every chunk).
 Everything else is fetched again. The sha256 (and the MD5, where the listing has the store's) is
 computed in file order as chunks complete, each chunk read back once while the page cache holds
 it; the finished file is moved into the tree only once the store's MD5 agrees.
@@ -39,7 +41,7 @@ __all__ = ["RangeStream", "RangedSettings", "pull_ranged"]
 
 _PIECE = 1 << 20
 _MIN_CHUNK = 4096
-_LINE = re.compile(r"(\d{1,9}) ([0-9a-f]{8})")
+_LINE = re.compile(r"(\d{1,9}) ([0-9a-f]{8}|-)")
 
 
 class RangeStream(Protocol):
@@ -144,6 +146,7 @@ class _Assembly:
             sort_keys=True,
         )
         self.done = [False] * self.count
+        self.checked_whole = item.hash.startswith("md5:")
         self.changed = threading.Condition()
         self.failed: BaseException | None = None
         self._fetching = True
@@ -163,9 +166,9 @@ class _Assembly:
             os.ftruncate(self.data, self.item.size)
         lines = [self.identity]
         for index, crc in sorted(claimed.items()):
-            if self._crc(index) == crc:
+            if crc is None or self._crc(index) == crc:
                 self.done[index] = True
-                lines.append(f"{index} {crc:08x}")
+                lines.append(f"{index} {_crc_text(crc)}")
         fresh = self.log_path.with_name(self.log_path.name + ".new")
         with contextlib.suppress(FileNotFoundError):
             fresh.unlink()
@@ -177,7 +180,7 @@ class _Assembly:
         os.replace(fresh, self.log_path)
         self.log = _open_own(self.log_path, os.O_WRONLY | os.O_APPEND)
 
-    def _claimed(self) -> dict[int, int]:
+    def _claimed(self) -> dict[int, int | None]:
         """Chunk -> CRC-32 from an earlier log of this very file; nothing from any other."""
         try:
             fd = _open_own(self.log_path, os.O_RDONLY)
@@ -190,11 +193,11 @@ class _Assembly:
         lines = text.split("\n")
         if lines[0] != self.identity:
             return {}
-        claimed = {}
+        claimed: dict[int, int | None] = {}
         for line in lines[1:-1]:  # the last piece has no newline: torn or empty
             match = _LINE.fullmatch(line)
-            if match and int(match[1]) < self.count:
-                claimed[int(match[1])] = int(match[2], 16)
+            if match and int(match[1]) < self.count and (match[2] != "-" or self.checked_whole):
+                claimed[int(match[1])] = None if match[2] == "-" else int(match[2], 16)
         return claimed
 
     def _crc(self, index: int) -> int:
@@ -303,25 +306,31 @@ class _Assembly:
         self, stream: RangeStream, index: int, buffer: memoryview, advanced: Callable[[int], None] | None
     ) -> None:
         position, left = self._span(index)
-        crc = 0
+        crc: int | None = None if self.checked_whole else 0
+        source = _pipe_of(stream) if crc is None else None
         while left > 0:
-            got = stream.readinto(buffer[: min(len(buffer), left)])
+            if source is not None:
+                got = os.splice(source, self.data, min(_PIECE, left), offset_dst=position)
+            else:
+                got = stream.readinto(buffer[: min(len(buffer), left)])
             if not got:
                 stream.finish()
                 raise TransferError(
                     f"{self.item.path}: the store ended the file before its listed size {self.item.size}",
                     retryable=True,
                 )
-            piece = buffer[:got]
-            written = 0
-            while written < got:
-                written += os.pwrite(self.data, piece[written:], position + written)
-            crc = zlib.crc32(piece, crc)
+            if source is None:
+                piece = buffer[:got]
+                written = 0
+                while written < got:
+                    written += os.pwrite(self.data, piece[written:], position + written)
+                if crc is not None:
+                    crc = zlib.crc32(piece, crc)
             position += got
             left -= got
             if advanced is not None:
                 advanced(got)
-        os.write(self.log, f"{index} {crc:08x}\n".encode())
+        os.write(self.log, f"{index} {_crc_text(crc)}\n".encode())
         with self.changed:
             self.done[index] = True
             self.changed.notify_all()
@@ -356,6 +365,20 @@ class _Assembly:
             if fd >= 0:
                 os.close(fd)
         self.data = self.log = -1
+
+
+def _pipe_of(stream: RangeStream) -> int | None:
+    """The pipe a stream reads from, when bytes can move from it to the file inside the kernel
+    (`os.splice`, Linux) because nothing needs to see them on the way (no CRC)."""
+    fileno = getattr(stream, "fileno", None)
+    if fileno is None or not hasattr(os, "splice"):
+        return None
+    fd = fileno()
+    return fd if isinstance(fd, int) and stat.S_ISFIFO(os.fstat(fd).st_mode) else None
+
+
+def _crc_text(crc: int | None) -> str:
+    return "-" if crc is None else f"{crc:08x}"
 
 
 class _Follower:

@@ -43,6 +43,10 @@ class CatStream:
     def readinto(self, buffer: memoryview) -> int:
         return self._out.readinto(buffer) or 0  # type: ignore[attr-defined]
 
+    def fileno(self) -> int:
+        """The pipe of rclone's stdout (`ranged` moves its bytes with `os.splice` where it can)."""
+        return self._out.fileno()
+
     def finish(self) -> None:
         self._out.close()
         code = self._proc.wait()

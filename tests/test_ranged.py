@@ -98,7 +98,8 @@ def test_a_ranged_file_lands_whole_with_its_sha256_and_the_listed_time(
 
 
 def test_a_failed_pull_resumes_from_its_verified_chunks_only(tmp_path: Path, remote: tuple[Path, RemoteFile]) -> None:
-    source, item = remote
+    source, listed = remote
+    item = listed._replace(hash="")  # no store hash: each chunk is checked by its CRC-32
     state, dest = tmp_path / "ranged", tmp_path / "tree" / "w.bin"
     with pytest.raises(TransferError, match="the link went down"):
         _pull(item, FileRanges(source, fail_after=120 * KiB), state, dest)
@@ -121,6 +122,29 @@ def test_a_failed_pull_resumes_from_its_verified_chunks_only(tmp_path: Path, rem
         return min(SETTINGS.chunk_size, item.size - index * SETTINGS.chunk_size)
 
     assert second.sent == item.size - sum(length(index) for index in kept[1:])
+
+
+def test_with_a_store_md5_a_chunk_spoiled_after_its_line_spoils_the_file_and_is_dropped(
+    tmp_path: Path, remote: tuple[Path, RemoteFile]
+) -> None:
+    source, item = remote
+    state, dest = tmp_path / "ranged", tmp_path / "tree" / "w.bin"
+    with pytest.raises(TransferError, match="the link went down"):
+        _pull(item, FileRanges(source, fail_after=120 * KiB), state, dest)
+    (log,) = state.glob("*.log")
+    assert log.read_text().splitlines()[1].endswith(" -")
+    (data,) = state.glob("*.data")
+    first = int(log.read_text().splitlines()[1].split()[0])
+    with open(data, "r+b") as handle:
+        handle.seek(first * SETTINGS.chunk_size)
+        handle.write(b"\0" * 10)
+    with pytest.raises(TransferError, match="do not match the store's MD5"):
+        _pull(item, FileRanges(source), state, dest)
+    assert not dest.exists()
+    third = FileRanges(source)
+    _pull(item, third, state, dest)
+    assert third.sent == item.size
+    assert dest.read_bytes() == source.read_bytes()
 
 
 def test_a_changed_remote_file_is_fetched_anew(tmp_path: Path, remote: tuple[Path, RemoteFile]) -> None:
