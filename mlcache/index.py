@@ -2,12 +2,15 @@
 
 The JSON files stay the source of truth; the index (`metadata/index.sqlite`) only selects
 candidates, with a superset SQL filter (`index_sql`), and the caller applies the full query to
-them. Every query first brings the rows of its kind up to date with the files (`index_refresh`).
+them. A query gives its first few candidates straight from the index, each only while its file
+still has the stamp it was indexed with (one `lstat`), so that first results need not wait for a
+listing of the folder; it then brings the rows of its kind up to date with the files
+(`index_refresh`) and gives the candidates it has not given yet.
 
 Writes. Each metadata write indexes its documents and digests in one transaction (their stamps
 left unknown); a delete removes its rows in one transaction, and so does a query re-indexing files.
-Candidates are read by one statement, fetched at once: readers see a whole write or none of it,
-and hold no lock while the caller goes through them.
+Candidates are read by statements fetched at once: readers see a whole write or none of it, and
+hold no lock while the caller goes through them.
 
 Never stalling. sqlite waits at most `READ_WAIT` for a lock when reading and `WRITE_WAIT` when
 a write indexes its document (and not at all for `WRITE_BACKOFF` after a write found the index
@@ -32,14 +35,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
 
 from .errors import MlcacheError
 from .index_db import INDEX_VERSION as INDEX_VERSION
 from .index_db import Connection, prepare, transaction
-from .index_refresh import IndexEntry, forget, key_as_text, refresh, remember
+from .index_refresh import STDLIB_MARK, IndexEntry, forget, key_as_text, refresh, remember
 from .index_refresh import file_digest as file_digest
-from .index_scan import Listing, list_files
+from .index_scan import DIR_FLAGS as _DIR_FLAGS
+from .index_scan import Listing, list_files, stamp_of
 from .index_sql import SqlFilter, select
 from .layout import CacheLayout
 from .locks import entry_lock
@@ -54,6 +60,8 @@ WRITE_BACKOFF = 1.0
 """Seconds after a write found the index busy during which writes do not wait for it at all."""
 LOCK_WAIT = 1.0
 """Seconds to wait for the lock under which a corrupt index file is replaced."""
+FIRST_ROWS = 16
+"""Candidates a query selects on their own first, so that its first results need not wait for the rest."""
 RACY_NS = 2_000_000_000
 """A file modified this recently (ns) when its stamp is taken may change again unseen: its stamp is not kept."""
 
@@ -240,9 +248,66 @@ class MetadataIndex:
         return self._answer(kind, listing, lambda conn: conn)
 
     def candidates(self, kind: str, flt: SqlFilter) -> Iterator[IndexEntry]:
-        """Every entity of `kind` whose file is there and that passes the SQL filter."""
+        """Every entity of `kind` whose file is there and that passes the SQL filter, each once.
+
+        The first few come straight from the index, each once its file is seen to still have the
+        stamp it was indexed with (`_unchanged_first`), without waiting for the folder's listing;
+        then the folder is listed, the index brought up to date, and the candidates not given yet
+        follow."""
+        given: set[str] = set()
+        yield from self._unchanged_first(kind, flt, given)
         listing = list_files(self.layout.metadata / kind, kind in NESTED_KINDS, RACY_NS)
         if not listing.stamps:
             return
         for key_text, doc, digest, cached_at, stale in self._answer(kind, listing, lambda c: select(c, kind, flt)):
-            yield IndexEntry(tuple(json.loads(key_text)), json.loads(doc), digest, cached_at, bool(stale))
+            if key_text not in given:
+                yield _entry(key_text, doc, digest, cached_at, stale)
+
+    def _unchanged_first(self, kind: str, flt: SqlFilter, given: set[str]) -> Iterator[IndexEntry]:
+        """Up to `FIRST_ROWS` candidates whose files still have their indexed stamps, their key
+        texts added to `given`; none when the index cannot be read at once. Flat kinds only: one
+        `lstat` per row, in the kind's folder opened without following links."""
+        if kind in NESTED_KINDS:
+            return
+        try:
+            folder = os.open(self.layout.metadata / kind, _DIR_FLAGS)
+        except OSError:
+            return
+        try:
+            rows = select(self._connection(WRITE_WAIT), kind, flt, with_files=True, limit=FIRST_ROWS)
+            unchanged = [row for row in rows if row[6] is not None and _stamp_at(folder, row[5]) == row[6]]
+        except sqlite3.Error:
+            return
+        finally:
+            os.close(folder)
+        for key_text, doc, digest, cached_at, stale, _, _ in unchanged:
+            if key_text not in given:
+                given.add(key_text)
+                yield _entry(key_text, doc, digest, cached_at, stale)
+
+
+def _entry(key_text: str, doc: str, digest: bytes | None, cached_at: str | None, stale: int) -> IndexEntry:
+    return IndexEntry(tuple(_loads(key_text)), _loads(doc), digest, cached_at, bool(stale))
+
+
+def _loads(text: str) -> Any:
+    """JSON the index wrote: orjson for speed, the standard parser for documents marked as holding
+    what orjson would refuse or round (`index_refresh.doc_text`)."""
+    if not text.startswith(STDLIB_MARK):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
+def _stamp_at(folder: int, name: str) -> bytes | None:
+    """The stamp of the file `name` in the open folder (as `list_files` takes it), None when it
+    is not a plain name there or cannot be stat'ed."""
+    if not name.isascii() or "/" in name or "\x00" in name or name in (".", "..") or not name.endswith(".json"):
+        return None
+    try:
+        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except OSError:
+        return None
+    return stamp_of(info)

@@ -29,7 +29,7 @@ _SCHEMA = (
     "CREATE INDEX files_key ON files (kind, key)",
 )
 
-INDEX_VERSION = 4
+INDEX_VERSION = 5
 """Bumped whenever the schema or what it holds changes; an index of another version is rebuilt."""
 
 

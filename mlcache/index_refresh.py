@@ -2,8 +2,9 @@
 files of a kind re-indexed when their stamps changed.
 
 Freshness. The index keeps, per file of a kind, a stamp (modification and change times in ns,
-size, inode) and the digest of the bytes it indexed. Every query first lists the kind's folder
-(`scandir` + one `lstat` per file) and compares the stamps: files that are new, changed (renamed
+size, inode) and the digest of the bytes it indexed. Every query lists the kind's folder
+(`scandir` + one `lstat` per file) before it gives more than its first few candidates, and
+compares the stamps: files that are new, changed (renamed
 over, or edited in place) or gone are re-indexed, nothing else. A stamp is only trusted once its
 file is older than `RACY_NS` when it is recorded: a file edited again within the same timestamp
 tick could keep its stamp, so a recent stamp is stored as unknown and the next query reads the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -114,8 +116,32 @@ def _entity_row(kind: str, key_text: str, entry: IndexEntry) -> tuple[Any, ...]:
     exp_id = str(data["exp_id"]) if "exp_id" in data else None
     name = data.get("name") if isinstance(data.get("name"), str) else None
     model_name = str(data["model_name"]) if "model_name" in data else None
-    doc = json.dumps(data, sort_keys=True)
+    doc = doc_text(data)
     return (kind, key_text, exp_id, name, model_name, doc, entry.digest, entry.cached_at, int(entry.stale))
+
+
+STDLIB_MARK = " "
+"""Leads the text of a document that only the standard JSON parser reads as written."""
+_INT64_RANGE = range(-(1 << 63), 1 << 64)
+
+
+def doc_text(data: Any) -> str:
+    """A document as the index stores it: JSON, marked with `STDLIB_MARK` when it holds NaN, an
+    infinity or an integer past 64 bits, which orjson would refuse or read as a float."""
+    text = json.dumps(data, sort_keys=True)
+    return STDLIB_MARK + text if not _orjson_exact(data) else text
+
+
+def _orjson_exact(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_orjson_exact(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return all(_orjson_exact(item) for item in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value in _INT64_RANGE
+    return True
 
 
 def forget(conn: sqlite3.Connection, kind: str, names: list[str], keys: list[str]) -> None:

@@ -13,7 +13,8 @@ from typing import NamedTuple
 _UINT64 = (1 << 64) - 1
 _STAMP = struct.Struct("<qqqQ")
 _FD_LISTING = os.scandir in os.supports_fd and os.open in os.supports_dir_fd
-_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+"""Opening a folder, never through a link."""
 
 
 class Listing(NamedTuple):
@@ -63,7 +64,7 @@ def list_files(base: Path, nested: bool, racy_ns: int) -> Listing:
         if isinstance(folder, str):
             visit(entry.path, prefix, 0)
             return
-        fd = os.open(entry.name, _DIR_FLAGS, dir_fd=folder)
+        fd = os.open(entry.name, DIR_FLAGS, dir_fd=folder)
         try:
             visit(fd, prefix, 0)
         finally:
@@ -72,7 +73,7 @@ def list_files(base: Path, nested: bool, racy_ns: int) -> Listing:
     depth = 1 if nested else 0
     try:
         if _FD_LISTING:
-            fd = os.open(base, _DIR_FLAGS)
+            fd = os.open(base, DIR_FLAGS)
             try:
                 visit(fd, "", depth)
             finally:
@@ -83,6 +84,11 @@ def list_files(base: Path, nested: bool, racy_ns: int) -> Listing:
         if not _gone(exc):
             raise
     return Listing(base, stamps, racy)
+
+
+def stamp_of(info: os.stat_result) -> bytes:
+    """A file's stamp as `list_files` records it: modification and change times, size, inode."""
+    return _STAMP.pack(info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino & _UINT64)
 
 
 def _gone(exc: OSError) -> bool:

@@ -194,13 +194,28 @@ def _within_limit(conn: sqlite3.Connection, flt: SqlFilter) -> list[LeafConditio
     return [condition for i, condition in enumerate(flt.conditions) if i in kept]
 
 
-def select(conn: sqlite3.Connection, kind: str, flt: SqlFilter) -> list[tuple[Any, ...]]:
-    """Rows (key, doc, digest, cached_at, stale) of the entities of `kind` that pass the filter."""
-    clauses, params = ["kind = ?", *flt.clauses], [kind, *flt.params]
+def select(
+    conn: sqlite3.Connection, kind: str, flt: SqlFilter, with_files: bool = False, limit: int | None = None
+) -> list[tuple[Any, ...]]:
+    """Rows (key, doc, digest, cached_at, stale) of the entities of `kind` that pass the filter,
+    each once; with `with_files`, each with the (file, stamp) it was indexed from, once per such
+    file. With a `limit`, the first rows found: the leaves are read as they are joined, not
+    gathered first, and a key may come more than once."""
+    clauses, params = ["e.kind = ?", *flt.clauses], [kind, *flt.params]
+    columns, source = "e.key, e.doc, e.digest, e.cached_at, e.stale", "entities e"
     conditions = _within_limit(conn, flt)
     if conditions:
         keys, key_params = _leaf_select(kind, _ordered(conn, kind, conditions))
-        clauses.append(f"key IN ({keys})")
-        params.extend(key_params)
-    sql = f"SELECT key, doc, digest, cached_at, stale FROM entities WHERE {' AND '.join(clauses)}"
+        if limit is None:
+            clauses.append(f"e.key IN ({keys})")
+            params.extend(key_params)
+        else:
+            source = f"({keys}) k JOIN entities e ON e.key = k.key"
+            params = [*key_params, *params]
+    if with_files:
+        columns += ", f.file, f.stamp"
+        source += " JOIN files f INDEXED BY files_key ON f.kind = e.kind AND f.key = e.key"
+    sql = f"SELECT {columns} FROM {source} WHERE {' AND '.join(clauses)}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
     return conn.execute(sql, params).fetchall()

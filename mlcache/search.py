@@ -28,10 +28,11 @@ from .timeutil import parse_iso
 MatchDoc = dict[str, Any]
 
 
-def with_times(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored document with its `*_time` fields as datetimes, as queries compare them."""
-    doc = dict(data)
-    for key, value in data.items():
+def with_times(data: Mapping[str, Any], fields: frozenset[str] | None = None) -> dict[str, Any]:
+    """A stored document (only its `fields`, when given) with its `*_time` fields as datetimes, as
+    queries compare them."""
+    doc = dict(data) if fields is None else {key: data[key] for key in fields if key in data}
+    for key, value in doc.items():
         if key.endswith("_time") and isinstance(value, str) and (when := parse_iso(value)) is not None:
             doc[key] = when
     return doc
@@ -63,10 +64,13 @@ SEARCH_KINDS = {
 
 
 class _Documents:
-    """Match documents of one search: composed parts read once per search."""
+    """Match documents of one search: composed parts read once per search. With `fields`, a
+    document holds only those top-level fields (all the query reads); an entity whose embedded
+    entities are not cached has no document either way."""
 
-    def __init__(self, resolver: MetadataResolver) -> None:
+    def __init__(self, resolver: MetadataResolver, fields: frozenset[str] | None = None) -> None:
         self.resolver = resolver
+        self.fields = fields
         self.memo: dict[tuple[str, str], MatchDoc | None] = {}
 
     def _remember(self, key: tuple[str, str], read: Callable[[], MatchDoc | None]) -> MatchDoc | None:
@@ -79,18 +83,20 @@ class _Documents:
 
     def of(self, kind: str, data: Mapping[str, Any]) -> MatchDoc | None:
         if kind in ("exp", "model"):
-            return with_times(data)
+            return with_times(data, self.fields)
         if kind in ("run", "lm"):
-            return self._with_exp(data)
+            return self._with_exp(data, self.fields)
         return self._version(data)
 
-    def _with_exp(self, data: Mapping[str, Any]) -> MatchDoc | None:
+    def _with_exp(self, data: Mapping[str, Any], fields: frozenset[str] | None = None) -> MatchDoc | None:
         exp_id = str(data.get("exp_id"))
         exp = self._remember(("exp", exp_id), lambda: with_times(self.resolver.exp(ExpRef(id=exp_id), "nested").data))
         if exp is None:
             return None
-        doc = with_times({k: v for k, v in data.items() if k != "exp_id"})
-        doc["exp"] = exp
+        doc = with_times(data, fields)
+        doc.pop("exp_id", None)
+        if fields is None or "exp" in fields:
+            doc["exp"] = exp
         return doc
 
     def _version(self, data: Mapping[str, Any]) -> MatchDoc | None:
@@ -98,12 +104,16 @@ class _Documents:
         model = self._remember(("model", name), lambda: with_times(self.resolver.model(name, "nested").data))
         if model is None:
             return None
-        run = None
-        run_id = data.get("run_id")
-        if isinstance(run_id, str) and run_id:
-            run = self._remember(("run", run_id), lambda: self._with_exp(self.resolver.run(run_id, "nested").data))
-        doc = with_times({k: v for k, v in data.items() if k != "model_name"})
-        doc["model"], doc["run"] = model, run
+        doc = with_times(data, self.fields)
+        doc.pop("model_name", None)
+        if self.fields is None or "model" in self.fields:
+            doc["model"] = model
+        if self.fields is None or "run" in self.fields:
+            run = None
+            run_id = data.get("run_id")
+            if isinstance(run_id, str) and run_id:
+                run = self._remember(("run", run_id), lambda: self._with_exp(self.resolver.run(run_id, "nested").data))
+            doc["run"] = run
         return doc
 
 
@@ -122,7 +132,7 @@ class SearchEngine:
         """Entities of `kind` matching `compiled` (in these experiments, for runs and logged
         models), lazily unless sorted."""
         spec = SEARCH_KINDS[kind]
-        documents = _Documents(self.resolver)
+        documents = _Documents(self.resolver, None if sort else compiled.roots)
         compose = self._composer(kind)
 
         def matching(data: Mapping[str, Any]) -> MatchDoc | None:

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ from mlflow import MlflowClient
 import mlcache
 from mlcache import index as index_module
 from mlcache.index import INDEX_VERSION
+from mlcache.index_refresh import doc_text
 from mlcache.index_sql import LeafCondition, leaves, sql_filter
 from mlcache.layout import CacheLayout
 from mlcache.metadata_store import MetadataStore
@@ -495,3 +497,82 @@ def test_offline_finds_agree_with_online_on_fields_of_composed_entities(api: Mlf
     ]:
         assert sorted(run.name for run in api.find_runs(query)) == names, query
         assert sorted(run.name for run in offline.find_runs(query)) == names, query
+
+
+def test_the_first_results_come_before_the_folder_is_listed_and_each_result_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "RACY_NS", 0)
+    cache_with_runs(tmp_path, {f"r{i:02d}": {"lr": i % 2} for i in range(40)})
+    expected = [f"r{i:02d}" for i in range(1, 40, 2)]
+    assert offline_ids(tmp_path, {"params.lr": 1}) == expected
+    listings: list[Path] = []
+    list_files = index_module.list_files
+
+    def noting(base: Path, nested: bool, racy_ns: int) -> Any:
+        listings.append(base)
+        return list_files(base, nested, racy_ns)
+
+    monkeypatch.setattr(index_module, "list_files", noting)
+    found = iter(mlcache.get_api("offline", cache_dir=str(tmp_path)).find_runs({"params.lr": 1}))
+    first = next(found).id
+    assert listings == []
+    ids = [first, *(run.id for run in found)]
+    assert listings == [tmp_path / "metadata" / "run"]
+    assert sorted(ids) == expected
+
+
+def test_a_first_result_is_given_from_the_index_only_while_its_file_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "RACY_NS", 0)
+    store = cache_with_runs(tmp_path, {f"r{i:02d}": {"lr": i % 2} for i in range(40)})
+    assert len(offline_ids(tmp_path, {"params.lr": 1})) == 20
+    time.sleep(0.05)
+    for i in range(3, 40, 2):
+        edit_in_place(store.path("run", (f"r{i:02d}",)), lambda data: data["params"].update(lr=0))
+    edit_in_place(store.path("run", ("r02",)), lambda data: data["params"].update(lr=1))
+    store.path("run", ("r01",)).unlink()
+    store.put("run", ("new",), run_doc("new", lr=1))
+    assert offline_ids(tmp_path, {"params.lr": 1}) == ["new", "r02"]
+    assert offline_ids(tmp_path, {"params.lr": 0}) == sorted(
+        f"r{i:02d}" for i in range(40) if i not in (1, 2) and (i % 2 == 0 or i >= 3)
+    )
+
+
+def test_an_indexed_file_name_outside_the_kind_folder_is_never_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "RACY_NS", 0)
+    cache_with_runs(tmp_path, {"a": {"lr": 1}})
+    assert offline_ids(tmp_path, {"params.lr": 1}) == ["a"]
+    index = tmp_path / "metadata" / "index.sqlite"
+    outside = tmp_path / "metadata" / "exp" / "1.json"
+    info = outside.stat()
+    stamp = struct.pack("<qqqQ", info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino)
+    with contextlib.closing(sqlite3.connect(index, isolation_level=None)) as conn:
+        row = "SELECT doc, digest FROM entities WHERE kind = 'run' AND key = ?"
+        doc, digest = conn.execute(row, ('["a"]',)).fetchone()
+        evil = json.dumps({**json.loads(doc), "id": "evil", "name": "evil"})
+        for name in ("../exp/1.json", "/" + str(outside).lstrip("/")):
+            key = json.dumps([f"evil{len(name)}"])
+            conn.execute("INSERT INTO files VALUES ('run', ?, ?, ?, ?)", (name, stamp, key, digest))
+            conn.execute(
+                "INSERT INTO entities VALUES ('run', ?, '1', 'evil', NULL, ?, ?, NULL, 0)", (key, evil, digest)
+            )
+            conn.execute("INSERT INTO leaves VALUES ('run', ?, 'params.lr', 1)", (key,))
+    assert offline_ids(tmp_path, {"params.lr": 1}) == ["a"]
+    with contextlib.closing(sqlite3.connect(index)) as conn:
+        assert conn.execute("SELECT file FROM files WHERE kind = 'run' ORDER BY file").fetchall() == [("a.json",)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [2**63 - 1, -(2**63), 2**63, 2**64 - 1, 2**64, -(2**63) - 1, 10**20 + 1, math.inf, -math.inf, 1.5, "\ud800", True],
+)
+def test_a_document_reads_back_from_the_index_as_written(value: Any) -> None:
+    doc = {"params": {"x": value, "list": [value]}}
+    back = index_module._loads(doc_text(doc))
+    assert back == doc and type(back["params"]["x"]) is type(value)
+    nan = index_module._loads(doc_text({"x": math.nan}))["x"]
+    assert math.isnan(nan)

@@ -132,6 +132,20 @@ class MongoQuery(Query):
         push-down reads it."""
         return self._definition  # type: ignore[no-any-return]
 
+    @property
+    def roots(self) -> frozenset[str]:
+        """The top-level fields the query reads: no other field of a document can change whether it matches."""
+        found: set[str] = set()
+        pending: list[Any] = [self._definition]
+        while pending:
+            query = pending.pop()
+            for key, sub in query.items():
+                if key in LOGICAL_OPERATORS:
+                    pending.extend(sub)
+                else:
+                    found.add(key.partition(".")[0])
+        return frozenset(found)
+
     def match(self, entry: Any) -> bool:
         """Whether the document matches; never raises anything but InvalidQuery."""
         try:
