@@ -45,7 +45,7 @@ from .index_db import Connection, prepare, transaction
 from .index_refresh import STDLIB_MARK, IndexEntry, forget, key_as_text, refresh, remember
 from .index_refresh import file_digest as file_digest
 from .index_scan import DIR_FLAGS as _DIR_FLAGS
-from .index_scan import Listing, list_files, stamp_of
+from .index_scan import Listing, is_document_name, list_files, stamp_of
 from .index_sql import SqlFilter, select
 from .layout import CacheLayout
 from .locks import entry_lock
@@ -303,8 +303,8 @@ def _loads(text: str) -> Any:
 
 def _stamp_at(folder: int, name: str) -> bytes | None:
     """The stamp of the file `name` in the open folder (as `list_files` takes it), None when it
-    is not a plain name there or cannot be stat'ed."""
-    if not name.isascii() or "/" in name or "\x00" in name or name in (".", "..") or not name.endswith(".json"):
+    is not a document's plain name there (as `list_files` lists them) or cannot be stat'ed."""
+    if "/" in name or "\x00" in name or not is_document_name(name):
         return None
     try:
         info = os.stat(name, dir_fd=folder, follow_symlinks=False)

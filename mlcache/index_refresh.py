@@ -4,8 +4,8 @@ files of a kind re-indexed when their stamps changed.
 Freshness. The index keeps, per file of a kind, a stamp (modification and change times in ns,
 size, inode) and the digest of the bytes it indexed. Every query lists the kind's folder
 (`scandir` + one `lstat` per file) before it gives more than its first few candidates, and
-compares the stamps: files that are new, changed (renamed
-over, or edited in place) or gone are re-indexed, nothing else. A stamp is only trusted once its
+compares the stamps: files that are new, changed (renamed over, or edited in place) or gone are
+re-indexed, nothing else. A stamp is only trusted once its
 file is older than `RACY_NS` when it is recorded: a file edited again within the same timestamp
 tick could keep its stamp, so a recent stamp is stored as unknown and the next query reads the
 file again (when its bytes still have the indexed digest, only its stamp is recorded). A

@@ -49,7 +49,7 @@ def list_files(base: Path, nested: bool, racy_ns: int) -> Listing:
                             if not _gone(exc):
                                 raise
                     continue
-                if not name.endswith(".json") or name.startswith("index."):
+                if not is_document_name(name):
                     continue
                 try:
                     info = entry.stat(follow_symlinks=False)
@@ -84,6 +84,11 @@ def list_files(base: Path, nested: bool, racy_ns: int) -> Listing:
         if not _gone(exc):
             raise
     return Listing(base, stamps, racy)
+
+
+def is_document_name(name: str) -> bool:
+    """Whether a name in a kind's folder is one of its document files: ASCII, `<name>.json`, not the index's own."""
+    return name.isascii() and name.endswith(".json") and not name.startswith("index.")
 
 
 def stamp_of(info: os.stat_result) -> bytes:

@@ -28,7 +28,7 @@ import re
 import stat
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -201,16 +201,13 @@ class _Assembly:
         return claimed
 
     def _crc(self, index: int) -> int:
+        """The CRC-32 of chunk `index` as the data file holds it; -1 when the file ends inside it."""
+        crc, seen = 0, 0
         start, length = self._span(index)
-        crc = 0
-        while length > 0:
-            piece = os.pread(self.data, min(_PIECE, length), start)
-            if not piece:
-                return -1
+        for piece in _pieces(self.data, start, length):
             crc = zlib.crc32(piece, crc)
-            start += len(piece)
-            length -= len(piece)
-        return crc
+            seen += len(piece)
+        return crc if seen == length else -1
 
     # ----------------------------------------------------------------- fetching
     def _segments(self, streams: int) -> list[tuple[int, int]]:
@@ -252,7 +249,7 @@ class _Assembly:
                         self.changed.notify_all()
 
         sha256 = _Follower(self, hashlib.sha256)
-        md5 = _Follower(self, hashlib.md5) if self.item.hash.startswith("md5:") else None
+        md5 = _Follower(self, hashlib.md5) if self.checked_whole else None
         workers = [threading.Thread(target=work, daemon=True) for _ in range(min(streams, len(segments)))]
         for thread in workers:
             thread.start()
@@ -377,6 +374,17 @@ def _pipe_of(stream: RangeStream) -> int | None:
     return fd if isinstance(fd, int) and stat.S_ISFIFO(os.fstat(fd).st_mode) else None
 
 
+def _pieces(fd: int, start: int, length: int) -> Iterator[bytes]:
+    """The bytes `[start, start + length)` of a file, read in pieces; fewer when the file ends first."""
+    while length > 0:
+        piece = os.pread(fd, min(_PIECE, length), start)
+        if not piece:
+            return
+        yield piece
+        start += len(piece)
+        length -= len(piece)
+
+
 def _crc_text(crc: int | None) -> str:
     return "-" if crc is None else f"{crc:08x}"
 
@@ -397,13 +405,12 @@ class _Follower:
             if not assembly.wait_for(index):
                 return
             start, length = assembly._span(index)
-            while length > 0:
-                piece = os.pread(assembly.data, min(_PIECE, length), start)
-                if not piece:
-                    return
+            seen = 0
+            for piece in _pieces(assembly.data, start, length):
                 self._hash.update(piece)
-                start += len(piece)
-                length -= len(piece)
+                seen += len(piece)
+            if seen < length:
+                return
         self._complete = True
 
     def result(self) -> str | None:
