@@ -59,7 +59,7 @@ import traceback
 import uuid
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -517,11 +517,17 @@ class Bench:
                 for tool in order:
                     self.measure(key, tool, case)
 
+    def start_proxy(self) -> PacingProxy:
+        """The pacing proxy in front of the store, started on first use (WAN and resume share it)."""
+        if self.proxy is None:
+            self.proxy = start_pacing_proxy(
+                self.s3.endpoint, self.args.delay_ms, self.args.rate_mib, workdir=self.scratch / "proxy"
+            )
+            print(f"pacing proxy {self.proxy.url} -> {self.s3.endpoint}", flush=True)
+        return self.proxy
+
     def wan(self) -> None:
-        self.proxy = start_pacing_proxy(
-            self.s3.endpoint, self.args.delay_ms, self.args.rate_mib, workdir=self.scratch / "proxy"
-        )
-        print(f"pacing proxy {self.proxy.url} -> {self.s3.endpoint}", flush=True)
+        self.start_proxy()
         for key in ("big", "small"):
             case = self.cases[key]
             for rep in range(self.args.repeats):
@@ -555,6 +561,7 @@ class Bench:
 
     def resume(self) -> None:
         """Kill -9 a pull at ~80 % of the bytes, pull again in a new process, count the bytes again."""
+        self.start_proxy()
         assert self.proxy is not None
         case = self.cases["huge"]
         cache = self.fresh("cache-resume")
@@ -771,6 +778,9 @@ class Bench:
             if goal is None:
                 self.out(f"{label:{width}s}  {shown:>10s}  (context)")
                 continue
+            if LINE_PHASE[label[0]] not in a.chosen:
+                self.out(f"{label:{width}s}  {'-':>10s}  {f'{op} {goal:g}{unit}':<12s} not measured")
+                continue
             ok = value == value and (value >= goal if op == ">=" else value <= goal)
             met.append(ok)
             self.out(f"{label:{width}s}  {shown:>10s}  {f'{op} {goal:g}{unit}':<12s} {'yes' if ok else 'NO'}")
@@ -823,6 +833,18 @@ class Bench:
         rmtree(self.scratch)
 
 
+PHASES = {
+    "loopback": "cold pulls over loopback",
+    "wan": "cold pulls over the emulated WAN",
+    "resume": "resume after kill -9",
+    "memory": "peak memory",
+}
+
+
+LINE_PHASE = {"1": "loopback", "2": "loopback", "3": "wan", "4": "resume", "5": "memory"}
+"""The phase that measures each numbered line of the targets table."""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -831,9 +853,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="pulls per tool and case (medians of these)")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="WAN: delay per request")
     parser.add_argument("--rate-mib", type=float, default=40.0, help="WAN: MiB/s per connection")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run, of {','.join(PHASES)} (targets of the others read not measured)",
+    )
     parser.add_argument("--report", type=Path, default=None, help="also write the report (tables) to this file")
     args = parser.parse_args()
     args.repeats = max(1, args.repeats)
+    chosen = [name.strip() for name in args.phases.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(PHASES))
+    args.chosen = chosen
+    if unknown or not chosen:
+        parser.error(f"--phases: unknown {', '.join(unknown) or '(none given)'}; choose from {','.join(PHASES)}")
 
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -851,15 +883,9 @@ def main() -> int:
         bench.start()
         bench.upload()
         bench.warm_up()
-        phases: list[tuple[str, Callable[[], None]]] = [
-            ("cold pulls over loopback", bench.loopback),
-            ("cold pulls over the emulated WAN", bench.wan),
-            ("resume after kill -9", bench.resume),
-            ("peak memory", bench.memory),
-        ]
-        for name, phase in phases:
-            print(f"{name} ({time.perf_counter() - started:.0f}s):", flush=True)
-            phase()
+        for key in chosen:
+            print(f"{PHASES[key]} ({time.perf_counter() - started:.0f}s):", flush=True)
+            getattr(bench, key)()
         passed = bench.report(time.perf_counter() - started)
         if args.report is not None:
             args.report.write_text("\n".join(bench.lines) + "\n")
