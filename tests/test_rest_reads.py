@@ -1,6 +1,6 @@
-"""mlcache's own REST reads of an MLflow server: an online alias check over a warm cache imports no
-MLflow, sends one request, honours the tracking token; a hostile server's malformed answers fail
-with one line and write nothing."""
+"""mlcache's own REST reads of an MLflow server: they give the documents MlflowClient gives; a cold
+pull imports no MLflow; an online alias check over a warm cache sends one request; they honour the
+tracking token; a hostile server's malformed answers fail with one line and write nothing."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
-from mlcache import BackendError
+from mlcache import BackendError, EntityNotFound
 from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer, ServerProcess, _port_open, free_port, start_proxy, wait_until
@@ -25,6 +26,92 @@ path = api.get_model_artifact((sys.argv[3], "@prod"))
 version = api.get_model_version((sys.argv[3], "@prod")).version
 print(json.dumps({"text": path.read_text(), "version": version, "mlflow": "mlflow" in sys.modules}))
 """
+
+
+def test_rest_reads_give_the_documents_mlflow_client_gives(
+    mlflow_server: MlflowServer, tmp_path: Path, unique: str
+) -> None:
+    client = MlflowClient(mlflow_server.url)
+    exp_name = f"agree-{unique}"
+    exp_id = client.create_experiment(exp_name, tags={"team": "search", "deep.key": "1"})
+    run_id = client.create_run(exp_id).info.run_id
+    name = f"agree-{unique}"
+    client.create_registered_model(name, tags={"stage": "beta"}, description="the model")
+    client.create_model_version(name, "s3://bucket/agree/model", run_id)
+    client.create_model_version(name, "s3://bucket/agree/model2", run_id)
+    client.set_registered_model_alias(name, "prod", "1")
+    client.set_registered_model_alias(name, "next", "2")
+    logged = client.create_logged_model(
+        exp_id, name="lm", source_run_id=run_id, tags={"t": "v"}, params={"lr": "0.1"}, model_type="clf"
+    )
+    client.log_metric(run_id, "acc", 0.5, step=1, model_id=logged.model_id)
+    client.log_metric(run_id, "acc", 0.75, step=2, model_id=logged.model_id)
+    client.finalize_logged_model(logged.model_id, "READY")
+    pending = client.create_logged_model(exp_id, name="pending")
+
+    def documents(api: MlflowApi) -> list[object]:
+        return [
+            api._impl_fetch_exp(exp_id),
+            api._impl_fetch_exp_by_name(exp_name),
+            api._impl_fetch_model(name),
+            api._impl_fetch_model_version(name, "2"),
+            api._impl_fetch_model_version_by_alias(name, "prod"),
+            api._impl_fetch_run(run_id),
+            api._impl_fetch_logged_model(logged.model_id),
+            api._impl_fetch_logged_model(pending.model_id),
+        ]
+
+    by_rest = MlflowApi(tracking_uri=mlflow_server.url, cache_dir=tmp_path / "rest")
+    by_client = MlflowApi(tracking_uri=mlflow_server.url, cache_dir=tmp_path / "client")
+    by_client._readers = {True: None, False: None}
+    rest_docs = documents(by_rest)
+    assert rest_docs == documents(by_client)
+    model, logged_doc, pending_doc = rest_docs[2], rest_docs[6], rest_docs[7]
+    assert model["aliases"] == {"prod": "1", "next": "2"}  # type: ignore[index]
+    assert model["tags"] == {"stage": "beta"}  # type: ignore[index]
+    assert rest_docs[0]["tags"] == {"team": "search", "deep": {"key": 1}}  # type: ignore[index]
+    assert (logged_doc["status"], logged_doc["metrics"], logged_doc["params"]) == ("READY", {"acc": 0.75}, {"lr": 0.1})  # type: ignore[index]
+    assert pending_doc["status"] == "PENDING"  # type: ignore[index]
+    for api in (by_rest, by_client):
+        with pytest.raises(EntityNotFound):
+            api._impl_fetch_model(f"no-such-{unique}")
+        with pytest.raises(EntityNotFound):
+            api._impl_fetch_exp_by_name(f"no-such-{unique}")
+        with pytest.raises(EntityNotFound):
+            api._impl_fetch_logged_model("m-" + "0" * 32)
+
+
+COLD_PULL = """
+import json, sys
+from mlcache.plugins.mlflow import MlflowApi
+api = MlflowApi(tracking_uri=sys.argv[1], cache_dir=sys.argv[2])
+text = api.get_model_artifact((sys.argv[3], "1")).read_text()
+model = api.get_model(sys.argv[3])
+exp = api.get_exp(api.get_run(api.get_model_version((sys.argv[3], "1")).run_id).exp.id)
+print(json.dumps({"text": text, "aliases": model.aliases, "exp": exp.name, "mlflow": "mlflow" in sys.modules}))
+"""
+
+
+def test_a_cold_pull_with_its_metadata_imports_no_mlflow(
+    mlflow_server: MlflowServer, tmp_path: Path, unique: str
+) -> None:
+    name = f"rest-cold-{unique}"
+    writer = MlflowApi(tracking_uri=mlflow_server.url, cache_dir=tmp_path / "writer")
+    run = writer.create_exp(f"exp-{name}").start_run("train")
+    writer.log_model_version(name, run, lambda p: p.write_text("weights"), "model", aliases=["prod"])
+    done = subprocess.run(
+        [sys.executable, "-c", COLD_PULL, mlflow_server.url, str(tmp_path / "cold"), name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "text": "weights",
+        "aliases": {"prod": "1"},
+        "exp": f"exp-{name}",
+        "mlflow": False,
+    }
 
 
 def _alias_check(url: str, cache: Path, name: str) -> dict:
@@ -102,12 +189,20 @@ for _ in range(600):
 
 API = "/api/2.0/mlflow/"
 RUN_INFO = {"run_id": "a" * 32, "experiment_id": "1", "status": "FINISHED", "lifecycle_stage": "active"}
+M1, M2 = "m-" + "1" * 32, "m-" + "2" * 32
 HOSTILE_ANSWERS = {
     f"{API}runs/get": json.dumps({"run": {"info": {**RUN_INFO, "run_id": 5}}}),
     f"{API}model-versions/get": "<html>not json</html>",
     f"{API}registered-models/alias": json.dumps({"model_version": {"name": "m", "version": "1", "tags": "x"}}),
     f"{API}experiments/search": json.dumps({"experiments": [{"experiment_id": "1"}], "next_page_token": 7}),
     f"{API}runs/search": json.dumps({"runs": [{"info": RUN_INFO, "data": {"metrics": [{"key": "m", "value": "x"}]}}]}),
+    f"{API}experiments/get": json.dumps({"experiment": {"experiment_id": "1", "name": ["e"]}}),
+    f"{API}experiments/get-by-name": json.dumps({"experiment": {"experiment_id": "1", "name": "e", "tags": [{}]}}),
+    f"{API}registered-models/get": json.dumps({"registered_model": {"name": "m", "aliases": [{"alias": "a"}]}}),
+    f"{API}logged-models/{M1}": json.dumps({"model": {"info": {"model_id": M1, "name": "x", "experiment_id": 1}}}),
+    f"{API}logged-models/{M2}": json.dumps(
+        {"model": {"info": {"model_id": M2, "name": "x", "experiment_id": "1"}, "data": {"metrics": [{}]}}}
+    ),
 }
 
 
@@ -139,6 +234,11 @@ def test_malformed_answers_fail_with_one_line_and_write_nothing(hostile_server: 
         (lambda: api.get_model_version(("m", "@prod")), f"model version 'models:/m@prod' wrongly: {MALFORMED} model"),
         (lambda: list(api.find_runs({})), f"search 'experiments' wrongly: {MALFORMED} page of experiments"),
         (lambda: list(api.find_runs({"exp.id": "1"})), f"search 'runs' wrongly: {MALFORMED} run metric value"),
+        (lambda: api.get_exp("1"), f"experiment '1' wrongly: {MALFORMED} experiment name"),
+        (lambda: api.get_exp_by_name("e"), f"experiment 'e' wrongly: {MALFORMED} experiment tags"),
+        (lambda: api.get_model("m"), f"model 'm' wrongly: {MALFORMED} registered model alias version"),
+        (lambda: api.get_logged_model(M1), f"logged model '{M1}' wrongly: {MALFORMED} logged model experiment id"),
+        (lambda: api.get_logged_model(M2), f"logged model '{M2}' wrongly: {MALFORMED} logged model metric key"),
     ]
     for call, message in expected:
         with pytest.raises(BackendError) as caught:

@@ -16,15 +16,14 @@ and a server trickling its answer byte by byte can stretch a call beyond it.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import platformdirs
 from pydantic import Field, PrivateAttr
@@ -40,14 +39,19 @@ from ...timeutil import to_ms
 from ...transfer import Transfer
 from . import http as mlflow_http
 from .docs import exp_doc, logged_doc, model_doc, mv_doc, run_doc
+from .failures import http_status, is_connection_error, what_happened
 from .filters import exps_filter, model_versions_filter, models_filter, quote_string, runs_filter
+from .paging import SearchState
 from .rest import (
     RestError,
     RestReader,
+    experiment_entity,
     linked_causes,
+    logged_model_entity,
     model_version_entity,
     read_experiment_ids_page,
     read_runs_page,
+    registered_model_entity,
     run_entity,
 )
 from .rest import usable_for as rest_usable_for
@@ -66,114 +70,20 @@ def default_embedded_dir() -> Path:
     return Path(platformdirs.user_data_dir("mlcache"))
 
 
+def _read_experiment(answer: dict[str, Any]) -> ExpDoc:
+    return exp_doc(experiment_entity(answer.get("experiment")))
+
+
+def _read_model(answer: dict[str, Any]) -> ModelDoc:
+    return model_doc(registered_model_entity(answer.get("registered_model")))
+
+
+def _read_logged_model(answer: dict[str, Any]) -> LoggedModelDoc:
+    return logged_doc(logged_model_entity(answer.get("model")))
+
+
 def _read_model_version(answer: dict[str, Any]) -> ModelVersionDoc:
     return mv_doc(model_version_entity(answer.get("model_version")))
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    import requests
-
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _http_status(exc: Any) -> int | None:
-    """The HTTP status behind an MlflowException: a retried-out 5xx/429, or the error code's."""
-    import requests
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, requests.exceptions.RetryError):
-            return 503
-        seen = seen.__cause__ or seen.__context__
-    try:
-        return int(exc.get_http_status_code())
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
-def _root_cause(exc: BaseException) -> str:
-    seen = exc
-    while (seen.__cause__ or seen.__context__) is not None:
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-    text = str(seen)
-    return text.rsplit(": ", 1)[-1].strip("')\"") if "Errno" in text else type(seen).__name__
-
-
-def _seconds(value: float | None) -> str:
-    """Seconds as people write them in a message: `2s`, `1.5s`."""
-    return f"{round(value or 0.0, 1):g}s"
-
-
-def _what_happened(exc: BaseException, sent: mlflow_http.Sent, deadline: float) -> str:
-    """What a failed connection attempt met, in words: refused, unknown host, silence, or its root cause."""
-    import socket
-    from http.client import RemoteDisconnected
-
-    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError, ReadTimeoutError
-
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 20:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-
-    def met(*kinds: type[BaseException]) -> bool:
-        return any(isinstance(item, kinds) for item in chain)
-
-    if met(ConnectionRefusedError):
-        return "refused the connection (is the server running, and at this address and port?)"
-    if met(NameResolutionError, socket.gaierror):
-        return f"could not be found: its host name does not resolve ({_root_cause(exc)})"
-    if met(mlflow_http.DeadlinePassed):
-        return (
-            f"did not answer all requests of this call within its {_seconds(deadline)} deadline "
-            "(if it is only slow, raise timeout= or MLCACHE_TIMEOUT)"
-        )
-    if met(ReadTimeoutError):
-        return (
-            f"accepted the connection but sent no answer within {_seconds(sent.read_timeout)} "
-            "(if it is only slow, raise timeout= or MLCACHE_TIMEOUT)"
-        )
-    if any(isinstance(item, ConnectTimeoutError) and not isinstance(item, NewConnectionError) for item in chain):
-        return f"did not accept the connection within {_seconds(sent.connect_timeout)}"
-    if met(RemoteDisconnected, ConnectionResetError):
-        return "accepted the connection but closed it without an answer"
-    return f"could not be reached ({_root_cause(exc)})"
-
-
-@dataclass(frozen=True)
-class _SearchState:
-    """Where a paged search of several requests stands: the experiments it covers (found once),
-    the chunk of a chunked `IN` list, and MLflow's own page token; carried in the page token."""
-
-    exp_ids: list[str] | None = None
-    chunk: int = 0
-    token: str | None = None
-
-    @classmethod
-    def read(cls, page_token: str | None) -> _SearchState:
-        if not page_token:
-            return cls()
-        try:
-            state = json.loads(page_token)
-            return cls(state.get("exp_ids"), int(state.get("chunk", 0)), state.get("token"))
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise BackendError(f"not a page token of this plugin: {page_token[:80]!r}") from exc
-
-    def next(self, chunks: int) -> str | None:
-        """The token of the page after this one: MLflow's next page, else the next chunk, else none."""
-        if self.token:
-            return json.dumps({"exp_ids": self.exp_ids, "chunk": self.chunk, "token": self.token})
-        if self.chunk + 1 < chunks:
-            return json.dumps({"exp_ids": self.exp_ids, "chunk": self.chunk + 1, "token": None})
-        return None
 
 
 class MlflowApi(BaseMlflowApi):
@@ -243,13 +153,13 @@ class MlflowApi(BaseMlflowApi):
         except mlflow_http.DeadlinePassed as exc:
             raise self._unreachable(exc, sent) from exc
         except MlflowException as exc:
-            if _is_connection_error(exc):
+            if is_connection_error(exc):
                 raise self._unreachable(exc, sent) from exc
             if exc.error_code in _NOT_FOUND:
                 raise EntityNotFound(what, key, exc.message) from exc
             if exc.error_code in _EXISTS:
                 raise EntityExists(f"{what} {key!r} already exists: {exc.message}") from exc
-            raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}", _http_status(exc)) from exc
+            raise BackendError(f"MLflow refused {what} {key!r}: {exc.message}", http_status(exc)) from exc
 
     def _limits(self, building: float) -> mlflow_http.HttpLimits:
         """The bounds of one call's HTTP: the deadline of the backend call in progress (moved by the
@@ -302,7 +212,7 @@ class MlflowApi(BaseMlflowApi):
     def _unreachable(self, exc: BaseException, sent: mlflow_http.Sent) -> ServerUnreachable:
         """The error for a server that could not be reached, saying what happened and how to go on without it."""
         return ServerUnreachable(
-            f"MLflow server at {self.resolved_tracking_uri} {_what_happened(exc, sent, self.timeout)}"
+            f"MLflow server at {self.resolved_tracking_uri} {what_happened(exc, sent, self.timeout)}"
         )
 
     def _impl_transfer_for(self, url: str) -> Transfer | None:
@@ -318,9 +228,17 @@ class MlflowApi(BaseMlflowApi):
     def _impl_fetch_exp(self, exp_id: str) -> ExpDoc:
         if not exp_id.isdigit():
             raise EntityNotFound("experiment", exp_id, "MLflow experiment ids are numbers")
+        reader = self._reader(registry=False)
+        if reader is not None:
+            request = ("GET", "experiments/get", {"experiment_id": exp_id})
+            return self._rest(reader, "experiment", exp_id, request, _read_experiment)
         return exp_doc(self._call("experiment", exp_id, lambda: self.client.get_experiment(exp_id)))
 
     def _impl_fetch_exp_by_name(self, name: str) -> ExpDoc:
+        reader = self._reader(registry=False)
+        if reader is not None:
+            request = ("GET", "experiments/get-by-name", {"experiment_name": name})
+            return self._rest(reader, "experiment", name, request, _read_experiment)
         exp = self._call("experiment", name, lambda: self.client.get_experiment_by_name(name))
         if exp is None:
             raise EntityNotFound("experiment", name)
@@ -334,6 +252,10 @@ class MlflowApi(BaseMlflowApi):
         return run_doc(self._call("run", run_id, lambda: self.client.get_run(run_id)))
 
     def _impl_fetch_model(self, name: str) -> ModelDoc:
+        reader = self._reader(registry=True)
+        if reader is not None:
+            request = ("GET", "registered-models/get", {"name": name})
+            return self._rest(reader, "model", name, request, _read_model)
         return model_doc(self._call("model", name, lambda: self.client.get_registered_model(name)))
 
     def _impl_fetch_model_version(self, name: str, version: str) -> ModelVersionDoc:
@@ -359,6 +281,10 @@ class MlflowApi(BaseMlflowApi):
         return mv_doc(found)
 
     def _impl_fetch_logged_model(self, model_id: str) -> LoggedModelDoc:
+        reader = self._reader(registry=False)
+        if reader is not None:
+            request: tuple[str, str, dict[str, Any]] = ("GET", f"logged-models/{quote(model_id, safe='')}", {})
+            return self._rest(reader, "logged model", model_id, request, _read_logged_model)
         return logged_doc(self._call("logged model", model_id, lambda: self.client.get_logged_model(model_id)))
 
     # ----------------------------------------------------------------- searches
@@ -410,7 +336,7 @@ class MlflowApi(BaseMlflowApi):
     def _impl_search_logged_models(
         self, exp_ids: list[str] | None, query: dict[str, Any], page_token: str | None
     ) -> Page[LoggedModelDoc]:
-        state = _SearchState.read(page_token)
+        state = SearchState.read(page_token)
         ids = state.exp_ids if state.exp_ids is not None else (sorted(exp_ids) if exp_ids else self._all_exp_ids())
         if not ids:
             return Page()
@@ -424,7 +350,7 @@ class MlflowApi(BaseMlflowApi):
                 ids, filter_string=filter_string, max_results=100, page_token=state.token
             ),
         )
-        return Page([logged_doc(lm) for lm in page], _SearchState(ids, 0, page.token).next(1))
+        return Page([logged_doc(lm) for lm in page], SearchState(ids, 0, page.token).next(1))
 
     def _impl_search_runs(
         self, exp_ids: list[str] | None, query: dict[str, Any], page_token: str | None
@@ -432,7 +358,7 @@ class MlflowApi(BaseMlflowApi):
         pushed = runs_filter(query)
         if exp_ids is not None:
             pushed.narrow_exp_ids(set(exp_ids))
-        state = _SearchState.read(page_token)
+        state = SearchState.read(page_token)
         ids = state.exp_ids
         if ids is None:
             ids = self._all_exp_ids() if pushed.exp_ids is None else sorted(pushed.exp_ids)
@@ -446,7 +372,7 @@ class MlflowApi(BaseMlflowApi):
             if state.token:
                 body["page_token"] = state.token
             runs, token = self._rest(reader, "search", "runs", ("POST", "runs/search", body), read_runs_page)
-            return Page([run_doc(run) for run in runs], _SearchState(ids, state.chunk, token).next(len(chunks)))
+            return Page([run_doc(run) for run in runs], SearchState(ids, state.chunk, token).next(len(chunks)))
         from mlflow.entities import ViewType
 
         page = self._call(
@@ -454,7 +380,7 @@ class MlflowApi(BaseMlflowApi):
             "runs",
             lambda: self.client.search_runs(ids, flt, ViewType.ALL, max_results=1000, page_token=state.token),
         )
-        return Page([run_doc(run) for run in page], _SearchState(ids, state.chunk, page.token).next(len(chunks)))
+        return Page([run_doc(run) for run in page], SearchState(ids, state.chunk, page.token).next(len(chunks)))
 
     def _impl_search_models(self, query: dict[str, Any], page_token: str | None) -> Page[ModelDoc]:
         pushed = models_filter(query)
@@ -474,7 +400,7 @@ class MlflowApi(BaseMlflowApi):
         chunks = list(pushed.filter_strings())
         if not chunks:
             return Page()
-        state = _SearchState.read(page_token)
+        state = SearchState.read(page_token)
         flt = chunks[state.chunk]
         page = self._call(
             "search",
@@ -490,7 +416,7 @@ class MlflowApi(BaseMlflowApi):
                 aliases[name] = self._impl_fetch_model(name).get("aliases") or {}
             doc["aliases"] = sorted(a for a, version in aliases[name].items() if version == doc["version"])
             docs.append(doc)
-        return Page(docs, _SearchState(None, state.chunk, page.token).next(len(chunks)))
+        return Page(docs, SearchState(None, state.chunk, page.token).next(len(chunks)))
 
     # ----------------------------------------------------------------- writes
     def _impl_create_exp(self, name: str, tags: dict[str, str], artifact_location: str | None) -> ExpDoc:

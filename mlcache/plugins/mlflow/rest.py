@@ -1,5 +1,5 @@
-"""mlcache's own MLflow REST requests for the reads on hot paths: a run, a model version (by number or
-alias), and pages of a run search.
+"""mlcache's own MLflow REST requests for the reads on hot paths: an experiment, a run, a registered
+model, a model version (by number or alias), a logged model, and pages of a run search.
 
 MlflowClient's first request imports much of MLflow (and IPython, through its Databricks header
 provider) and turns every answer into protobuf messages, then entities; for these reads mlcache sends
@@ -123,7 +123,7 @@ class RestReader:
         url = f"{self.base_url}{API}{endpoint}"
         body: bytes | None = None
         if method == "GET":
-            url = f"{url}?{urlencode(payload)}"
+            url = f"{url}?{urlencode(payload)}" if payload else url
         else:
             body = json.dumps(payload).encode()
         answer = self._pool.request(
@@ -301,4 +301,97 @@ def model_version_entity(raw: Any) -> SimpleNamespace:
         creation_timestamp=_millis(raw.get("creation_timestamp"), "model version creation time"),
         last_updated_timestamp=_millis(raw.get("last_updated_timestamp"), "model version update time"),
         model_id=_text(raw.get("model_id"), "model version model id"),
+    )
+
+
+def experiment_entity(raw: Any) -> SimpleNamespace:
+    """An experiment of the REST answer, with the attributes of the client's `Experiment` that `exp_doc` reads."""
+    raw = _object(raw, "experiment")
+    return SimpleNamespace(
+        experiment_id=_text(raw.get("experiment_id"), "experiment id", required=True),
+        name=_text(raw.get("name"), "experiment name", required=True),
+        tags=_pairs(raw.get("tags"), "experiment tags"),
+        artifact_location=_text(raw.get("artifact_location"), "experiment artifact location"),
+        lifecycle_stage=_text(raw.get("lifecycle_stage"), "experiment lifecycle stage"),
+        creation_time=_millis(raw.get("creation_time"), "experiment creation time"),
+        last_update_time=_millis(raw.get("last_update_time"), "experiment update time"),
+    )
+
+
+def registered_model_entity(raw: Any) -> SimpleNamespace:
+    """A registered model of the REST answer, with the attributes of the client's `RegisteredModel`
+    that `model_doc` reads (its aliases as the client's `{alias: version}`)."""
+    raw = _object(raw, "registered model")
+    items = raw.get("aliases") or []
+    if not isinstance(items, list):
+        raise _malformed("registered model aliases")
+    aliases: dict[str, str] = {}
+    for item in items:
+        item = _object(item, "registered model alias")
+        alias = _text(item.get("alias"), "registered model alias", required=True)
+        aliases[alias] = _text(item.get("version"), "registered model alias version", required=True)  # type: ignore[index,assignment]
+    return SimpleNamespace(
+        name=_text(raw.get("name"), "model name", required=True),
+        tags=_pairs(raw.get("tags"), "registered model tags"),
+        aliases=aliases,
+        description=_text(raw.get("description"), "registered model description"),
+        creation_timestamp=_millis(raw.get("creation_timestamp"), "registered model creation time"),
+        last_updated_timestamp=_millis(raw.get("last_updated_timestamp"), "registered model update time"),
+    )
+
+
+_LOGGED_MODEL_STATUSES = {
+    "LOGGED_MODEL_STATUS_UNSPECIFIED": "UNSPECIFIED",
+    "LOGGED_MODEL_PENDING": "PENDING",
+    "LOGGED_MODEL_READY": "READY",
+    "LOGGED_MODEL_UPLOAD_FAILED": "FAILED",
+}
+
+
+def _logged_status(value: Any) -> str:
+    """A logged model's status as the client names it (`LOGGED_MODEL_UPLOAD_FAILED` -> `FAILED`); a
+    status this table does not know keeps its name without the prefix."""
+    status = _text(value, "logged model status") or "LOGGED_MODEL_STATUS_UNSPECIFIED"
+    return _LOGGED_MODEL_STATUSES.get(status) or status.removeprefix("LOGGED_MODEL_")
+
+
+def _logged_metrics(items: Any) -> list[SimpleNamespace]:
+    """A logged model's metrics (every logged value, with its step and time), as the client's `Metric`s."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise _malformed("logged model metrics")
+    metrics = []
+    for item in items:
+        item = _object(item, "logged model metric")
+        metrics.append(
+            SimpleNamespace(
+                key=_text(item.get("key"), "logged model metric key", required=True),
+                value=_number(item.get("value"), "logged model metric value"),
+                step=_millis(item.get("step"), "logged model metric step") or 0,
+                timestamp=_millis(item.get("timestamp"), "logged model metric time") or 0,
+            )
+        )
+    return metrics
+
+
+def logged_model_entity(raw: Any) -> SimpleNamespace:
+    """A logged model of the REST answer, with the attributes of the client's `LoggedModel` that
+    `logged_doc` reads."""
+    raw = _object(raw, "logged model")
+    info = _object(raw.get("info"), "logged model info")
+    data = _object(raw.get("data") or {}, "logged model data")
+    return SimpleNamespace(
+        model_id=_text(info.get("model_id"), "logged model id", required=True),
+        name=_text(info.get("name"), "logged model name", required=True),
+        experiment_id=_text(info.get("experiment_id"), "logged model experiment id", required=True),
+        source_run_id=_text(info.get("source_run_id"), "logged model source run id"),
+        artifact_location=_text(info.get("artifact_uri"), "logged model artifact uri"),
+        status=_logged_status(info.get("status")),
+        model_type=_text(info.get("model_type"), "logged model type"),
+        creation_timestamp=_millis(info.get("creation_timestamp_ms"), "logged model creation time"),
+        last_updated_timestamp=_millis(info.get("last_updated_timestamp_ms"), "logged model update time"),
+        tags=_pairs(info.get("tags"), "logged model tags"),
+        params=_pairs(data.get("params"), "logged model params"),
+        metrics=_logged_metrics(data.get("metrics")),
     )
