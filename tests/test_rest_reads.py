@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from mlcache import BackendError, EntityNotFound
+from mlcache import BackendError, EntityNotFound, Run
 from mlcache.plugins.mlflow import MlflowApi
 
 from servers import MlflowServer, ServerProcess, _port_open, free_port, start_proxy, wait_until
@@ -92,21 +92,29 @@ print(json.dumps({"text": text, "aliases": model.aliases, "exp": exp.name, "mlfl
 """
 
 
+def _in_child(script: str, url: str, cache: Path, name: str) -> dict:
+    """What `script` prints last as JSON, run in a fresh interpreter (so its imports are its own)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, url, str(cache), name], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _writer_with_model(url: str, cache: Path, name: str, text: str) -> tuple[MlflowApi, Run]:
+    """An api on `cache` that has registered `name` version 1 (alias prod, holding `text`), and its run."""
+    writer = MlflowApi(tracking_uri=url, cache_dir=cache)
+    run = writer.create_exp(f"exp-{name}").start_run("train")
+    writer.log_model_version(name, run, lambda p: p.write_text(text), "model", aliases=["prod"])
+    return writer, run
+
+
 def test_a_cold_pull_with_its_metadata_imports_no_mlflow(
     mlflow_server: MlflowServer, tmp_path: Path, unique: str
 ) -> None:
     name = f"rest-cold-{unique}"
-    writer = MlflowApi(tracking_uri=mlflow_server.url, cache_dir=tmp_path / "writer")
-    run = writer.create_exp(f"exp-{name}").start_run("train")
-    writer.log_model_version(name, run, lambda p: p.write_text("weights"), "model", aliases=["prod"])
-    done = subprocess.run(
-        [sys.executable, "-c", COLD_PULL, mlflow_server.url, str(tmp_path / "cold"), name],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+    _writer_with_model(mlflow_server.url, tmp_path / "writer", name, "weights")
+    assert _in_child(COLD_PULL, mlflow_server.url, tmp_path / "cold", name) == {
         "text": "weights",
         "aliases": {"prod": "1"},
         "exp": f"exp-{name}",
@@ -114,32 +122,22 @@ def test_a_cold_pull_with_its_metadata_imports_no_mlflow(
     }
 
 
-def _alias_check(url: str, cache: Path, name: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", ALIAS_CHECK, url, str(cache), name], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_an_alias_checked_online_over_a_warm_cache_sends_one_request_and_imports_no_mlflow(
     mlflow_server: MlflowServer, tmp_path: Path, unique: str
 ) -> None:
     name = f"rest-alias-{unique}"
-    writer = MlflowApi(tracking_uri=mlflow_server.url, cache_dir=tmp_path / "writer")
-    run = writer.create_exp(f"exp-{name}").start_run("train")
-    writer.log_model_version(name, run, lambda p: p.write_text("v1"), "model", aliases=["prod"])
+    writer, run = _writer_with_model(mlflow_server.url, tmp_path / "writer", name, "v1")
     writer.log_model_version(name, run, lambda p: p.write_text("v2"), "model2")
     cache = tmp_path / "cache"
     MlflowApi(tracking_uri=mlflow_server.url, cache_dir=cache).get_model_artifact((name, "@prod"))
     proxy = start_proxy(tmp_path / "proxy", mlflow_server.url)
     try:
-        assert _alias_check(proxy.url, cache, name) == {"text": "v1", "version": "1", "mlflow": False}
+        assert _in_child(ALIAS_CHECK, proxy.url, cache, name) == {"text": "v1", "version": "1", "mlflow": False}
         asked = proxy.stats()["paths"]
         assert list(asked) == ["GET"]
         assert set(asked["GET"]) == {f"/api/2.0/mlflow/registered-models/alias?name={name}&alias=prod"}
         writer.set_model_alias((name, 2), "prod")
-        moved = _alias_check(proxy.url, tmp_path / "cold", name)
+        moved = _in_child(ALIAS_CHECK, proxy.url, tmp_path / "cold", name)
         assert (moved["text"], moved["version"]) == ("v2", "2")
     finally:
         proxy.stop()

@@ -195,15 +195,19 @@ def _millis(value: Any, what: str) -> int | None:
     raise _malformed(what)
 
 
-def _pairs(items: Any, what: str) -> dict[str, str]:
-    """`[{"key": k, "value": v}, ...]` as a dict; a missing value is the empty string proto2 left out."""
+def _objects(items: Any, what: str, item_what: str) -> list[dict]:
+    """A repeated message field: absent is empty, anything but a list of objects is malformed."""
     if items is None:
-        return {}
+        return []
     if not isinstance(items, list):
         raise _malformed(what)
+    return [_object(item, item_what) for item in items]
+
+
+def _pairs(items: Any, what: str) -> dict[str, str]:
+    """`[{"key": k, "value": v}, ...]` as a dict; a missing value is the empty string proto2 left out."""
     pairs: dict[str, str] = {}
-    for item in items:
-        item = _object(item, what)
+    for item in _objects(items, what, what):
         key = _text(item.get("key"), what, required=True)
         value = item.get("value", "")
         pairs[key] = _text(value, what, required=True)  # type: ignore[index,assignment]
@@ -223,13 +227,8 @@ def _number(value: Any, what: str) -> float:
 
 def _latest_metrics(items: Any) -> dict[str, float]:
     """A run's `data.metrics` (the latest value of each key) as the client's `{key: value}`."""
-    if items is None:
-        return {}
-    if not isinstance(items, list):
-        raise _malformed("run metrics")
     metrics: dict[str, float] = {}
-    for item in items:
-        item = _object(item, "run metrics")
+    for item in _objects(items, "run metrics", "run metrics"):
         key = _text(item.get("key"), "run metric key", required=True)
         value = _number(item.get("value"), "run metric value")
         metrics[key] = value  # type: ignore[index]
@@ -322,12 +321,8 @@ def registered_model_entity(raw: Any) -> SimpleNamespace:
     """A registered model of the REST answer, with the attributes of the client's `RegisteredModel`
     that `model_doc` reads (its aliases as the client's `{alias: version}`)."""
     raw = _object(raw, "registered model")
-    items = raw.get("aliases") or []
-    if not isinstance(items, list):
-        raise _malformed("registered model aliases")
     aliases: dict[str, str] = {}
-    for item in items:
-        item = _object(item, "registered model alias")
+    for item in _objects(raw.get("aliases"), "registered model aliases", "registered model alias"):
         alias = _text(item.get("alias"), "registered model alias", required=True)
         aliases[alias] = _text(item.get("version"), "registered model alias version", required=True)  # type: ignore[index,assignment]
     return SimpleNamespace(
@@ -357,22 +352,15 @@ def _logged_status(value: Any) -> str:
 
 def _logged_metrics(items: Any) -> list[SimpleNamespace]:
     """A logged model's metrics (every logged value, with its step and time), as the client's `Metric`s."""
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise _malformed("logged model metrics")
-    metrics = []
-    for item in items:
-        item = _object(item, "logged model metric")
-        metrics.append(
-            SimpleNamespace(
-                key=_text(item.get("key"), "logged model metric key", required=True),
-                value=_number(item.get("value"), "logged model metric value"),
-                step=_millis(item.get("step"), "logged model metric step") or 0,
-                timestamp=_millis(item.get("timestamp"), "logged model metric time") or 0,
-            )
+    return [
+        SimpleNamespace(
+            key=_text(item.get("key"), "logged model metric key", required=True),
+            value=_number(item.get("value"), "logged model metric value"),
+            step=_millis(item.get("step"), "logged model metric step") or 0,
+            timestamp=_millis(item.get("timestamp"), "logged model metric time") or 0,
         )
-    return metrics
+        for item in _objects(items, "logged model metrics", "logged model metric")
+    ]
 
 
 def logged_model_entity(raw: Any) -> SimpleNamespace:
