@@ -668,7 +668,8 @@ class Bench:
             for tool in tools:
                 times = self.times.get((row, tool), [])
                 if not times:
-                    self.out(f"{name:30s} {self.LABELS[tool]:32s} {'FAILED':>9s}")
+                    state = "FAILED" if (row, tool) in self.failures else "not run"
+                    self.out(f"{name:30s} {self.LABELS[tool]:32s} {state:>9s}")
                     continue
                 m = med(times)
                 spread = f"{min(times):.3f}-{max(times):.3f}"
@@ -775,11 +776,12 @@ class Bench:
         met: list[bool] = []
         for label, value, op, goal, unit in lines:
             shown = f"{value:.2f}{unit}" if unit == "x" else f"{value:.1f}{unit}"
+            if LINE_PHASE[label[0]] not in a.chosen:
+                wanted = "(context)" if goal is None else f"{f'{op} {goal:g}{unit}':<12s} not measured"
+                self.out(f"{label:{width}s}  {'-':>10s}  {wanted}")
+                continue
             if goal is None:
                 self.out(f"{label:{width}s}  {shown:>10s}  (context)")
-                continue
-            if LINE_PHASE[label[0]] not in a.chosen:
-                self.out(f"{label:{width}s}  {'-':>10s}  {f'{op} {goal:g}{unit}':<12s} not measured")
                 continue
             ok = value == value and (value >= goal if op == ">=" else value <= goal)
             met.append(ok)

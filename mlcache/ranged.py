@@ -68,7 +68,7 @@ class RangedSettings:
 
     min_size: int = 64 << 20
     streams: int = 8
-    chunk_size: int = 8 << 20
+    chunk_size: int = 4 << 20
 
     def __post_init__(self) -> None:
         if self.min_size < 1 or self.streams < 1 or self.chunk_size < _MIN_CHUNK:

@@ -264,7 +264,7 @@ class RcloneTransfer(Transfer):
         env = {**os.environ, **target.env}
 
         def open_range(item: RemoteFile, offset: int, count: int) -> CatStream:
-            command = [self.binary, "cat", "-q", "--offset", str(offset), "--count", str(count)]
+            command = [self.binary, "cat", "-q", *_CAT_FLAGS, "--offset", str(offset), "--count", str(count)]
             return CatStream(
                 [*command, *self.extra_args, "--", path], env, lambda code, err: self._error("cat", code, err)
             )
@@ -383,6 +383,11 @@ EARLY_HASH_MIN_SIZE = 16 << 20
 """Files at least this large are hashed as soon as all their bytes are written, beside rclone's own
 checksum pass; smaller ones are hashed when rclone reports them copied."""
 
+
+_CAT_FLAGS = ("--buffer-size", "0")
+"""A range stream reads straight from the store into its pipe: rclone's read-ahead buffer (16 MiB a
+stream by default) would hold bytes that a killed pull has been sent but never wrote, all re-sent on
+resume, for no speed gained (the pipe and the socket already buffer)."""
 
 _PULL_FLAGS = ("--inplace", "--retries", "1")
 """A pull writes into a private staging folder that only becomes an entry once verified, so rclone's
