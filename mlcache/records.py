@@ -26,13 +26,21 @@ def _validated(cls: type[Entity], data: dict[str, Any], source: Path | None) -> 
         raise CorruptMetadata(source, f"not a valid {cls.__name__}: {exc.errors()[0]['msg']}") from exc
 
 
+def _replaced(data: dict[str, Any], reference: str, **parts: Any) -> dict[str, Any]:
+    """A copy of a document with its reference field (`exp_id`, `model_name`) swapped for the
+    composed entities it names."""
+    fields = dict(data)
+    fields.pop(reference, None)
+    fields.update(parts)
+    return fields
+
+
 def exp_from_record(data: dict[str, Any], source: Path | None = None) -> Experiment:
     return _validated(Experiment, data, source)
 
 
 def run_from_record(data: dict[str, Any], exp: Experiment, source: Path | None = None) -> Run:
-    fields = {k: v for k, v in data.items() if k != "exp_id"}
-    return _validated(Run, {**fields, "exp": exp}, source)
+    return _validated(Run, _replaced(data, "exp_id", exp=exp), source)
 
 
 def model_from_record(data: dict[str, Any], source: Path | None = None) -> Model:
@@ -40,10 +48,8 @@ def model_from_record(data: dict[str, Any], source: Path | None = None) -> Model
 
 
 def mv_from_record(data: dict[str, Any], model: Model, run: Run | None, source: Path | None = None) -> ModelVersion:
-    fields = {k: v for k, v in data.items() if k != "model_name"}
-    return _validated(ModelVersion, {**fields, "model": model, "run": run}, source)
+    return _validated(ModelVersion, _replaced(data, "model_name", model=model, run=run), source)
 
 
 def logged_from_record(data: dict[str, Any], exp: Experiment, source: Path | None = None) -> LoggedModel:
-    fields = {k: v for k, v in data.items() if k != "exp_id"}
-    return _validated(LoggedModel, {**fields, "exp": exp}, source)
+    return _validated(LoggedModel, _replaced(data, "exp_id", exp=exp), source)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -48,6 +50,41 @@ from mlcache.query import InvalidQuery, check_sort, compile_query, matches, sort
 )
 def test_mongodb_semantics(query: dict, doc: dict, expected: bool) -> None:
     assert matches(query, doc) is expected
+
+
+def _read_only(value: Any) -> Any:
+    """The same document with every object a read-only mapping, not a dict."""
+    if isinstance(value, dict):
+        return MappingProxyType({key: _read_only(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return [_read_only(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("query", "doc", "expected"),
+    [
+        ({"a.b.c": 1}, {"a": {"b": {"c": 1}}}, True),
+        ({"a.b.c": 1}, {"a": {"b": {"c": 2}}}, False),
+        ({"a.b.c": None}, {"a": {"b": 5}}, True),
+        ({"a.b.c": {"$exists": True}}, {"a": {"b": 5}}, False),
+        ({"a.b.c": 1}, {"a": {"b": [{"c": 0}, {"c": 1}]}}, True),
+        ({"a.b.1.c": 1}, {"a": {"b": [{"c": 0}, {"c": 1}]}}, True),
+        ({"a.b.0.c": 1}, {"a": {"b": [{"c": 0}, {"c": 1}]}}, False),
+        ({"a.b": 2}, {"a": [{"b": 1}, {"b": 2}]}, True),
+        ({"a.b": {"$exists": False}}, {"a": [{"x": 1}, 3]}, True),
+        ({"a.b": "x"}, {"a": {"b": ["y", "x"]}}, True),
+        ({"a": "x"}, {"a": "x"}, True),
+        ({"a": "x"}, {"a": "y"}, False),
+        ({"a.b": {"c": 1}}, {"a": {"b": {"c": 1}}}, True),
+    ],
+)
+def test_dotted_paths_reach_the_same_values_through_dicts_and_other_mappings(
+    query: dict, doc: dict, expected: bool
+) -> None:
+    """Plain dicts take a short walk, other mappings and arrays the general one: both agree."""
+    assert matches(query, doc) is expected
+    assert matches(query, _read_only(doc)) is expected
 
 
 @pytest.mark.parametrize(

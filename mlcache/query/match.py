@@ -3,6 +3,7 @@ every field operator evaluated the way MongoDB does."""
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -43,11 +44,29 @@ class _Candidates(list):
     __slots__ = ()
 
 
-def _reach(doc: Any, parts: list[str]) -> _Candidates:
+@functools.lru_cache(maxsize=1024)
+def _path(key: str) -> tuple[str, ...]:
+    """A dotted field name's parts (queries match one name against many documents)."""
+    return tuple(key.split("."))
+
+
+def _reach(doc: Any, parts: tuple[str, ...]) -> _Candidates:
     """The values at a dotted path: objects are entered, arrays of objects are traversed (a digit
     part also picks the element at that index); an object without the key reaches MISSING."""
+    node = doc
+    for depth, part in enumerate(parts):
+        if type(node) is not dict:
+            return _reach_through(node, parts, depth)
+        if part not in node:
+            return _Candidates((MISSING,))
+        node = node[part]
+    return _Candidates((node,))
+
+
+def _reach_through(doc: Any, parts: tuple[str, ...], start: int) -> _Candidates:
+    """`_reach` from `parts[start]` on, where the walk meets an array or a mapping other than a dict."""
     found = _Candidates()
-    pending = [(doc, 0)]
+    pending = [(doc, start)]
     while pending:
         node, i = pending.pop()
         if i == len(parts):
@@ -65,6 +84,16 @@ def _reach(doc: Any, parts: list[str]) -> _Candidates:
     if not found:
         found.append(MISSING)
     return found
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _is_operators(condition: Any) -> bool:
+    """Whether a field's condition is an operator document (`{"$gt": 1}`) rather than a value to equal."""
+    if type(condition) in _SCALARS:
+        return False
+    return isinstance(condition, Mapping) and bool(condition) and next(iter(condition)).startswith("$")
 
 
 def _regex_meets(pattern: Regex, value: Any) -> bool:
@@ -159,15 +188,17 @@ class MongoQuery(Query):
             ) from exc
 
     def _match(self, condition: Any, entry: Any) -> bool:
-        if isinstance(entry, _Candidates):
-            if isinstance(condition, Mapping) and condition and next(iter(condition)).startswith("$"):
+        if type(entry) is _Candidates:
+            if _is_operators(condition):
                 return all(getattr(self, "_" + op[1:])(arg, entry) for op, arg in condition.items())
+            if len(entry) == 1:
+                return _equal_meets(condition, entry[0])
             return any(_equal_meets(condition, value) for value in entry)
         for key, sub in condition.items():
             if key in LOGICAL_OPERATORS:
                 if not getattr(self, "_" + key[1:])(sub, entry):
                     return False
-            elif not self._match(sub, _reach(entry, key.split("."))):
+            elif not self._match(sub, _reach(entry, _path(key))):
                 return False
         return True
 

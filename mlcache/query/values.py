@@ -75,6 +75,20 @@ class _Missing:
 MISSING = _Missing()
 
 
+_EXACT_CLASSES: dict[type, int] = {
+    type(None): NULL,
+    _Missing: NULL,
+    bool: BOOL,
+    int: NUMBER,
+    float: NUMBER,
+    str: STRING,
+    dict: OBJECT,
+    list: ARRAY,
+    tuple: ARRAY,
+}
+"""The type class of the built-in types documents are made of, found without an isinstance chain."""
+
+
 def is_list(value: Any) -> bool:
     return isinstance(value, list | tuple)
 
@@ -104,6 +118,9 @@ def is_nan(value: Any) -> bool:
 def type_class(value: Any) -> int:
     """MongoDB's comparison/sort order of types: null < numbers < strings < objects < arrays <
     booleans < dates."""
+    exact = _EXACT_CLASSES.get(type(value))
+    if exact is not None:
+        return exact
     if value is None or is_missing(value):
         return NULL
     if isinstance(value, bool):
@@ -124,6 +141,8 @@ def type_class(value: Any) -> int:
 def equal(a: Any, b: Any) -> bool:
     """MongoDB equality: same type class, numbers by exact value (NaN equals NaN), null equals
     missing, arrays element by element, objects key by key (recursion bounded by the query's depth)."""
+    if type(a) is str and type(b) is str:
+        return a == b
     kind = type_class(a)
     if kind != type_class(b):
         return False
