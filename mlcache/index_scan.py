@@ -7,6 +7,7 @@ import errno
 import os
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,28 +38,31 @@ def list_files(base: Path, nested: bool, racy_ns: int) -> Listing:
 
     def visit(folder: int | str, prefix: str, depth: int) -> None:
         with os.scandir(folder) as entries:
+            if not depth:
+                stamp_files(entries, prefix)
+                return
             for entry in entries:
-                name = entry.name
-                if not name.isascii():
-                    continue
-                if depth:
-                    if entry.is_dir(follow_symlinks=False):
-                        try:
-                            descend(folder, entry, f"{name}/")
-                        except OSError as exc:
-                            if not _gone(exc):
-                                raise
-                    continue
-                if not is_document_name(name):
-                    continue
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                rel = prefix + name
-                stamps[rel] = pack(info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino & _UINT64)
-                if info.st_mtime_ns >= since or info.st_ctime_ns >= since:
-                    racy.add(rel)
+                if entry.name.isascii() and entry.is_dir(follow_symlinks=False):
+                    try:
+                        descend(folder, entry, f"{entry.name}/")
+                    except OSError as exc:
+                        if not _gone(exc):
+                            raise
+
+    def stamp_files(entries: Iterator[os.DirEntry[str]], prefix: str) -> None:
+        for entry in entries:
+            name = entry.name
+            if not name.endswith(".json") or name.startswith("index.") or not name.isascii():
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            rel = prefix + name
+            modified, changed = info.st_mtime_ns, info.st_ctime_ns
+            stamps[rel] = pack(modified, changed, info.st_size, info.st_ino & _UINT64)
+            if modified >= since or changed >= since:
+                racy.add(rel)
 
     def descend(folder: int | str, entry: os.DirEntry, prefix: str) -> None:
         if isinstance(folder, str):
