@@ -65,6 +65,10 @@ FIRST_ROWS = 16
 RACY_NS = 2_000_000_000
 """A file modified this recently (ns) when its stamp is taken may change again unseen: its stamp is not kept."""
 
+PAGE_CACHE_KIB = 32768
+"""sqlite's page cache per connection: a write-through of thousands of runs updates two b-trees
+of leaves, which thrash the default 2 MiB."""
+
 _T = TypeVar("_T")
 
 
@@ -123,6 +127,7 @@ class MetadataIndex:
         conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
         if not self._local.ready:
             conn.execute("PRAGMA synchronous=OFF")
+            conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
             prepare(conn)
             self._local.ready = True
         return conn

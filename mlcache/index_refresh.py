@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import orjson
 
 from .index_db import Connection, transaction
 from .index_scan import Listing, read_bytes
@@ -109,39 +110,31 @@ def _kept(listing: Listing, name: str) -> bytes | None:
     return None if name in listing.racy else listing.stamps[name]
 
 
-def _entity_row(kind: str, key_text: str, entry: IndexEntry) -> tuple[Any, ...]:
+def _entity_row(kind: str, key_text: str, entry: IndexEntry, exact: bool) -> tuple[Any, ...]:
     """The `entities` row of an entry: the ids of embedded entities as the composition reads them
     (`str`), the name when it is a string."""
     data = entry.data
     exp_id = str(data["exp_id"]) if "exp_id" in data else None
     name = data.get("name") if isinstance(data.get("name"), str) else None
     model_name = str(data["model_name"]) if "model_name" in data else None
-    doc = doc_text(data)
+    doc = doc_text(data, exact)
     return (kind, key_text, exp_id, name, model_name, doc, entry.digest, entry.cached_at, int(entry.stale))
 
 
 STDLIB_MARK = " "
 """Leads the text of a document that only the standard JSON parser reads as written."""
-_INT64_RANGE = range(-(1 << 63), 1 << 64)
 
 
-def doc_text(data: Any) -> str:
-    """A document as the index stores it: JSON, marked with `STDLIB_MARK` when it holds NaN, an
-    infinity or an integer past 64 bits, which orjson would refuse or read as a float."""
-    text = json.dumps(data, sort_keys=True)
-    return STDLIB_MARK + text if not _orjson_exact(data) else text
-
-
-def _orjson_exact(value: Any) -> bool:
-    if isinstance(value, dict):
-        return all(_orjson_exact(item) for item in value.values())
-    if isinstance(value, list | tuple):
-        return all(_orjson_exact(item) for item in value)
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value in _INT64_RANGE
-    return True
+def doc_text(data: Any, exact: bool) -> str:
+    """A document as the index stores it: JSON; when it holds NaN, an infinity or an integer past
+    64 bits (`exact` false: orjson would refuse or round them), the standard writer's, marked with
+    `STDLIB_MARK`."""
+    if exact:
+        try:
+            return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+        except TypeError:
+            pass
+    return STDLIB_MARK + json.dumps(data, sort_keys=True)
 
 
 def forget(conn: sqlite3.Connection, kind: str, names: list[str], keys: list[str]) -> None:
@@ -159,15 +152,17 @@ def remember(
         "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
         [(kind, name, stamp, key, None if entry is None else entry.digest) for name, stamp, key, entry in rows],
     )
-    entities = [(key, entry) for _, _, key, entry in rows if key is not None and entry is not None]
-    conn.executemany(
-        "INSERT OR REPLACE INTO entities VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [_entity_row(kind, key, entry) for key, entry in entities],
-    )
-    conn.executemany(
-        "INSERT OR IGNORE INTO leaves VALUES (?, ?, ?, ?)",
-        [(kind, key, path, value) for key, entry in entities for path, value in leaves(entry.data)],
-    )
+    entity_rows: list[tuple[Any, ...]] = []
+    leaf_rows: list[tuple[str, str, str, str | int | float]] = []
+    for _, _, key, entry in rows:
+        if key is None or entry is None:
+            continue
+        found, exact = leaves(entry.data)
+        entity_rows.append(_entity_row(kind, key, entry, exact))
+        leaf_rows.extend((kind, key, path, value) for path, value in found)
+    leaf_rows.sort(key=lambda row: (row[1], row[2]))
+    conn.executemany("INSERT OR REPLACE INTO entities VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", entity_rows)
+    conn.executemany("INSERT OR IGNORE INTO leaves VALUES (?, ?, ?, ?)", leaf_rows)
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,17 +68,33 @@ def storable(value: Any) -> str | int | float | None:
     return None
 
 
-def leaves(doc: Any, prefix: str = "") -> Iterator[tuple[str, str | int | float]]:
+_INT_RANGE_EXACT = range(-(1 << 63), 1 << 64)
+_LEAF_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def leaves(doc: Any) -> tuple[list[tuple[str, str | int | float]], bool]:
     """(dotted path, stored value) for every string or number of a document (`storable`); array
-    elements are listed under the array's path, as MongoDB matches them."""
-    if isinstance(doc, Mapping):
-        for key, value in doc.items():
-            yield from leaves(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(doc, list | tuple):
-        for item in doc:
-            yield from leaves(item, prefix)
-    elif prefix and (value := storable(doc)) is not None and storable(prefix) is not None:
-        yield prefix, value
+    elements are listed under the array's path, as MongoDB matches them. Also whether every number
+    is one a 64-bit JSON writer keeps exactly (no NaN, infinity or integer past 64 bits)."""
+    found: list[tuple[str, str | int | float]] = []
+    exact = True
+    pending: list[tuple[str, Any]] = [("", doc)]
+    while pending:
+        prefix, value = pending.pop()
+        kind = type(value)
+        if kind is dict or (kind not in _LEAF_SCALARS and isinstance(value, Mapping)):
+            pending.extend((f"{prefix}.{key}" if prefix else str(key), item) for key, item in value.items())
+            continue
+        if kind is list or kind is tuple or (kind not in _LEAF_SCALARS and isinstance(value, list | tuple)):
+            pending.extend((prefix, item) for item in value)
+            continue
+        if isinstance(value, float):
+            exact = exact and math.isfinite(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            exact = exact and value in _INT_RANGE_EXACT
+        if prefix and (stored := storable(value)) is not None and (prefix.isascii() or storable(prefix) is not None):
+            found.append((prefix, stored))
+    return found, exact
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def test_sql_filter_on_cached_records() -> None:
 
 def test_leaves_follow_mongodb_array_matching() -> None:
     doc = {"params": {"layers": [64, 32], "opt": "adam", "ok": True, "nested": [{"a": 1}]}, "metrics": {"acc": 0.5}}
-    assert sorted(leaves(doc)) == [
+    assert sorted(leaves(doc)[0]) == [
         ("metrics.acc", 0.5),
         ("params.layers", 32),
         ("params.layers", 64),
