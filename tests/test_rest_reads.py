@@ -171,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = answers.get(urlparse(self.path).path, "{}").encode()
+        body = answers.get(self.path, answers.get(urlparse(self.path).path, "{}")).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -197,6 +197,9 @@ HOSTILE_ANSWERS = {
     f"{API}experiments/get": json.dumps({"experiment": {"experiment_id": "1", "name": ["e"]}}),
     f"{API}experiments/get-by-name": json.dumps({"experiment": {"experiment_id": "1", "name": "e", "tags": [{}]}}),
     f"{API}registered-models/get": json.dumps({"registered_model": {"name": "m", "aliases": [{"alias": "a"}]}}),
+    f"{API}registered-models/get?name=m2": json.dumps({"registered_model": {"name": "m2", "aliases": {}}}),
+    f"{API}registered-models/get?name=m3": json.dumps({"registered_model": {"name": "m3", "tags": {"k": "v"}}}),
+    f"{API}runs/get?run_id=r2": json.dumps({"run": {"info": RUN_INFO, "data": {"params": {}}}}),
     f"{API}logged-models/{M1}": json.dumps({"model": {"info": {"model_id": M1, "name": "x", "experiment_id": 1}}}),
     f"{API}logged-models/{M2}": json.dumps(
         {"model": {"info": {"model_id": M2, "name": "x", "experiment_id": "1"}, "data": {"metrics": [{}]}}}
@@ -235,6 +238,9 @@ def test_malformed_answers_fail_with_one_line_and_write_nothing(hostile_server: 
         (lambda: api.get_exp("1"), f"experiment '1' wrongly: {MALFORMED} experiment name"),
         (lambda: api.get_exp_by_name("e"), f"experiment 'e' wrongly: {MALFORMED} experiment tags"),
         (lambda: api.get_model("m"), f"model 'm' wrongly: {MALFORMED} registered model alias version"),
+        (lambda: api.get_model("m2"), f"model 'm2' wrongly: {MALFORMED} registered model aliases"),
+        (lambda: api.get_model("m3"), f"model 'm3' wrongly: {MALFORMED} registered model tags"),
+        (lambda: api.get_run("r2"), f"run 'r2' wrongly: {MALFORMED} run params"),
         (lambda: api.get_logged_model(M1), f"logged model '{M1}' wrongly: {MALFORMED} logged model experiment id"),
         (lambda: api.get_logged_model(M2), f"logged model '{M2}' wrongly: {MALFORMED} logged model metric key"),
     ]

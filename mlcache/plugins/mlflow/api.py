@@ -18,9 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-import uuid
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -31,11 +29,9 @@ from pydantic import Field, PrivateAttr
 from ... import deadline
 from ...api_settings import MIN_TIMEOUT
 from ...base import BaseMlflowApi
-from ...entities import RunStatus
 from ...errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
 from ...hooks import ExpDoc, LoggedModelDoc, ModelDoc, ModelVersionDoc, Page, RunDoc
 from ...settings import env_seconds
-from ...timeutil import to_ms
 from ...transfer import Transfer
 from . import http as mlflow_http
 from .docs import exp_doc, logged_doc, model_doc, mv_doc, run_doc
@@ -55,6 +51,7 @@ from .rest import (
     run_entity,
 )
 from .rest import usable_for as rest_usable_for
+from .writes import MlflowWrites
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -86,7 +83,7 @@ def _read_model_version(answer: dict[str, Any]) -> ModelVersionDoc:
     return mv_doc(model_version_entity(answer.get("model_version")))
 
 
-class MlflowApi(BaseMlflowApi):
+class MlflowApi(MlflowWrites, BaseMlflowApi):
     """mlcache in front of an MLflow 3 tracking server and model registry."""
 
     tracking_uri: str | None = None
@@ -417,82 +414,3 @@ class MlflowApi(BaseMlflowApi):
             doc["aliases"] = sorted(a for a, version in aliases[name].items() if version == doc["version"])
             docs.append(doc)
         return Page(docs, SearchState(None, state.chunk, page.token).next(len(chunks)))
-
-    # ----------------------------------------------------------------- writes
-    def _impl_create_exp(self, name: str, tags: dict[str, str], artifact_location: str | None) -> ExpDoc:
-        if artifact_location is None and self.is_embedded:
-            folder = self.embedded_dir / "artifacts" / uuid.uuid4().hex
-            artifact_location = folder.as_uri()
-        exp_id = self._call(
-            "experiment", name, lambda: self.client.create_experiment(name, artifact_location, tags or None)
-        )
-        return exp_doc(self._call("experiment", exp_id, lambda: self.client.get_experiment(exp_id)))
-
-    def _impl_rename_exp(self, exp_id: str, name: str) -> None:
-        self._call("experiment", exp_id, lambda: self.client.rename_experiment(exp_id, name))
-
-    def _impl_delete_exp(self, exp_id: str) -> None:
-        self._call("experiment", exp_id, lambda: self.client.delete_experiment(exp_id))
-
-    def _impl_restore_exp(self, exp_id: str) -> None:
-        self._call("experiment", exp_id, lambda: self.client.restore_experiment(exp_id))
-
-    def _impl_set_exp_tags(self, exp_id: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self._call("experiment", exp_id, functools.partial(self.client.set_experiment_tag, exp_id, key, value))
-
-    def _impl_create_run(self, exp_id: str, name: str | None, tags: dict[str, str]) -> RunDoc:
-        run = self._call("run in experiment", exp_id, lambda: self.client.create_run(exp_id, tags=tags, run_name=name))
-        return run_doc(run)
-
-    def _impl_update_run(self, run_id: str, status: RunStatus, end_time: datetime | None) -> None:
-        if status.is_terminal:
-            end_ms = to_ms(end_time) if end_time else None
-            self._call("run", run_id, lambda: self.client.set_terminated(run_id, status.value, end_ms))
-        else:
-            self._call("run", run_id, lambda: self.client.update_run(run_id, status=status.value))
-
-    def _impl_log_batch(
-        self, run_id: str, params: dict[str, str], metrics: list[tuple[str, float, int, int]], tags: dict[str, str]
-    ) -> None:
-        from mlflow.entities import Metric, Param, RunTag
-
-        self._call(
-            "run",
-            run_id,
-            lambda: self.client.log_batch(
-                run_id,
-                metrics=[Metric(key, value, when, step) for key, value, when, step in metrics],
-                params=[Param(key, value) for key, value in params.items()],
-                tags=[RunTag(key, value) for key, value in tags.items()],
-            ),
-        )
-
-    def _impl_create_model(self, name: str, tags: dict[str, str], description: str | None) -> ModelDoc:
-        model = self._call("model", name, lambda: self.client.create_registered_model(name, tags or None, description))
-        return model_doc(model)
-
-    def _impl_set_model_tags(self, name: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self._call("model", name, functools.partial(self.client.set_registered_model_tag, name, key, value))
-
-    def _impl_create_model_version(
-        self, name: str, source: str, run_id: str | None, tags: dict[str, str], description: str | None
-    ) -> ModelVersionDoc:
-        mv = self._call(
-            "model version of",
-            name,
-            lambda: self.client.create_model_version(name, source, run_id, tags=tags or None, description=description),
-        )
-        return mv_doc(mv)
-
-    def _impl_set_model_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
-        key = f"models:/{name}/{version}"
-        for tag, value in tags.items():
-            self._call(
-                "model version", key, functools.partial(self.client.set_model_version_tag, name, version, tag, value)
-            )
-
-    def _impl_set_model_alias(self, name: str, alias: str, version: str) -> None:
-        key = f"models:/{name}/{version}"
-        self._call("model version", key, lambda: self.client.set_registered_model_alias(name, alias, version))
