@@ -63,14 +63,14 @@ class Composer:
             raise CorruptMetadata(record.path, f"{record.kind} document without 'exp_id'")
         return self.resolver.exp(ExpRef(id=exp_id), freshness)
 
-    def exp_record_of(self, record: Record, freshness: Freshness = "nested") -> Record:
-        """The record of the experiment a run or logged model belongs to."""
-        return self._exp_record_of(record, freshness)
+    def exp_of(self, record: Record, freshness: Freshness = "nested") -> ExpApi:
+        """The experiment a run or logged model belongs to."""
+        return self.exp(self._exp_record_of(record, freshness))
 
-    def run(self, record: Record, freshness: Freshness = "nested", exp_record: Record | None = None) -> RunApi:
-        """The run of `record`, in the experiment of `exp_record` when the caller resolved it."""
-        if exp_record is None:
-            exp_record = self._exp_record_of(record, freshness)
+    def run(self, record: Record, freshness: Freshness = "nested", exp: ExpApi | None = None) -> RunApi:
+        if exp is not None:
+            return bind(RunApi, run_from_record(record.data, exp, record.path), self.api)
+        exp_record = self._exp_record_of(record, freshness)
         return self._once(
             (record, exp_record), RunApi, lambda: run_from_record(record.data, self.exp(exp_record), record.path)
         )
@@ -102,12 +102,10 @@ class Composer:
                 self.resolver.logged(mv.logged_model_id, freshness)
         return mv
 
-    def logged(
-        self, record: Record, freshness: Freshness = "nested", exp_record: Record | None = None
-    ) -> LoggedModelApi:
-        """The logged model of `record`, in the experiment of `exp_record` when the caller resolved it."""
-        if exp_record is None:
-            exp_record = self._exp_record_of(record, freshness)
+    def logged(self, record: Record, freshness: Freshness = "nested", exp: ExpApi | None = None) -> LoggedModelApi:
+        if exp is not None:
+            return bind(LoggedModelApi, logged_from_record(record.data, exp, record.path), self.api)
+        exp_record = self._exp_record_of(record, freshness)
         return self._once(
             (record, exp_record),
             LoggedModelApi,
@@ -116,14 +114,7 @@ class Composer:
 
 
 def _same(held: tuple[Record | None, ...], now: tuple[Record | None, ...]) -> bool:
-    """The same documents: each record's parsed data is the very object the handle was built from,
-    or was parsed from the same file bytes (the digest the index read them with)."""
+    """The same documents: each record's parsed data is the very object the handle was built from."""
     if len(held) != len(now):
         return False
-    return all(
-        a is b or (a is not None and b is not None and _same_document(a, b)) for a, b in zip(held, now, strict=True)
-    )
-
-
-def _same_document(a: Record, b: Record) -> bool:
-    return a.data is b.data or (a.digest is not None and a.digest == b.digest and a.path == b.path)
+    return all(a is b or (a is not None and b is not None and a.data is b.data) for a, b in zip(held, now, strict=True))

@@ -78,8 +78,6 @@ class Record:
     cached_at: datetime
     stale: bool
     path: Path
-    digest: bytes | None = None
-    """The digest of the file bytes `data` was parsed from, when the index gave it."""
 
 
 class MetadataStore:
@@ -147,7 +145,7 @@ class MetadataStore:
         else:
             raw, identity = read
             if indexed is not None and indexed.digest == file_digest(raw):
-                record = Record(kind, key, indexed.data, stored_at(identity[3]), indexed.stale, path, indexed.digest)
+                record = Record(kind, key, indexed.data, stored_at(identity[3]), indexed.stale, path)
             else:
                 record = self._parse(path, raw, kind, key, identity[3])
             if len(self._seen) >= MEMO_LIMIT:
@@ -160,9 +158,7 @@ class MetadataStore:
     def indexed_record(self, kind: str, indexed: IndexEntry) -> Record:
         """The record of a document as the index, up to date with its file, holds it."""
         when = _parse_time(indexed.cached_at)
-        return Record(
-            kind, indexed.key, indexed.data, when, indexed.stale, self.path(kind, indexed.key), indexed.digest
-        )
+        return Record(kind, indexed.key, indexed.data, when, indexed.stale, self.path(kind, indexed.key))
 
     @contextmanager
     def reading_once(self) -> Iterator[None]:

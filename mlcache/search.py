@@ -17,6 +17,7 @@ from typing import Any
 from .backend import Backend
 from .compose import Composer
 from .errors import CacheMiss, CorruptMetadata, EntityNotFound
+from .handles import ExpApi
 from .identifiers import ExpRef
 from .index_sql import sql_filter
 from .metadata_store import MetadataStore, Record
@@ -193,14 +194,14 @@ class SearchEngine:
             return self.composer.model
         if kind == "mv":
             return self.composer.mv
-        exps: dict[str, Record] = {}
+        exps: dict[str, ExpApi] = {}
 
         def compose(record: Record) -> Any:
             exp_id = str(record.data.get("exp_id"))
             if exp_id not in exps:
-                exps[exp_id] = self.composer.exp_record_of(record)
+                exps[exp_id] = self.composer.exp_of(record)
             if kind == "run":
-                return self.composer.run(record, exp_record=exps[exp_id])
-            return self.composer.logged(record, exp_record=exps[exp_id])
+                return self.composer.run(record, exp=exps[exp_id])
+            return self.composer.logged(record, exp=exps[exp_id])
 
         return compose

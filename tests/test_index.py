@@ -312,24 +312,6 @@ def test_a_file_edited_in_place_is_seen_by_the_next_find(tmp_path: Path) -> None
     assert offline_ids(tmp_path, {"params.lr": 1}) == ["b"]
 
 
-def test_a_find_again_gives_the_handles_it_built_until_a_document_changes(tmp_path: Path) -> None:
-    """Handles are memoised per file digest: a repeated find on one api builds nothing again, and
-    an edited run (or its edited experiment) gets a handle built from the new bytes."""
-    store = cache_with_runs(tmp_path, {"a": {"lr": 1}, "b": {"lr": 1}})
-    api = mlcache.get_api("offline", cache_dir=str(tmp_path))
-    first = {run.id: run for run in api.find_runs({"params.lr": 1})}
-    again = {run.id: run for run in api.find_runs({"params.lr": 1})}
-    assert sorted(first) == ["a", "b"] and all(again[key] is first[key] for key in first)
-    edit_in_place(store.path("run", ("a",)), lambda data: data["params"].update(lr=1, note="x"))
-    edited = {run.id: run for run in api.find_runs({"params.lr": 1})}
-    assert edited["b"] is first["b"] and edited["a"] is not first["a"]
-    assert (edited["a"].params, first["a"].params) == ({"lr": 1, "note": "x"}, {"lr": 1})
-    edit_in_place(store.path("exp", ("1",)), lambda data: data.update(name="exp-renamed"))
-    renamed = list(api.find_runs({"params.lr": 1}))
-    assert sorted(run.exp.name for run in renamed) == ["exp-renamed", "exp-renamed"]
-    assert all(run is not edited[run.id] for run in renamed)
-
-
 def test_an_edit_that_keeps_size_and_modification_time_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index_module, "RACY_NS", 0)
     store = cache_with_runs(tmp_path, {"a": {"lr": 1}, "b": {"lr": 1}})
