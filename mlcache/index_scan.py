@@ -34,7 +34,6 @@ def list_files(base: Path, nested: bool, racy_ns: int) -> Listing:
     since = time.time_ns() - racy_ns
     stamps: dict[str, bytes] = {}
     racy: set[str] = set()
-    pack = _STAMP.pack
 
     def visit(folder: int | str, prefix: str, depth: int) -> None:
         with os.scandir(folder) as entries:
@@ -52,16 +51,15 @@ def list_files(base: Path, nested: bool, racy_ns: int) -> Listing:
     def stamp_files(entries: Iterator[os.DirEntry[str]], prefix: str) -> None:
         for entry in entries:
             name = entry.name
-            if not name.endswith(".json") or name.startswith("index.") or not name.isascii():
+            if not is_document_name(name):
                 continue
             try:
                 info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
             rel = prefix + name
-            modified, changed = info.st_mtime_ns, info.st_ctime_ns
-            stamps[rel] = pack(modified, changed, info.st_size, info.st_ino & _UINT64)
-            if modified >= since or changed >= since:
+            stamps[rel] = stamp_of(info)
+            if info.st_mtime_ns >= since or info.st_ctime_ns >= since:
                 racy.add(rel)
 
     def descend(folder: int | str, entry: os.DirEntry, prefix: str) -> None:

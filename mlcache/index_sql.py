@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .conditions import required_conditions
+from .query.values import SCALAR_TYPES
 
 JOINS: dict[str, dict[str, str]] = {
     "run": {"exp.id": "exp_id"},
@@ -69,7 +70,6 @@ def storable(value: Any) -> str | int | float | None:
 
 
 _INT_RANGE_EXACT = range(-(1 << 63), 1 << 64)
-_LEAF_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def leaves(doc: Any) -> tuple[list[tuple[str, str | int | float]], bool]:
@@ -82,10 +82,10 @@ def leaves(doc: Any) -> tuple[list[tuple[str, str | int | float]], bool]:
     while pending:
         prefix, value = pending.pop()
         kind = type(value)
-        if kind is dict or (kind not in _LEAF_SCALARS and isinstance(value, Mapping)):
+        if kind is dict or (kind not in SCALAR_TYPES and isinstance(value, Mapping)):
             pending.extend((f"{prefix}.{key}" if prefix else str(key), item) for key, item in value.items())
             continue
-        if kind is list or kind is tuple or (kind not in _LEAF_SCALARS and isinstance(value, list | tuple)):
+        if kind is list or kind is tuple or (kind not in SCALAR_TYPES and isinstance(value, list | tuple)):
             pending.extend((prefix, item) for item in value)
             continue
         if isinstance(value, float):

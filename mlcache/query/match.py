@@ -21,6 +21,7 @@ from .values import (
     NUMBER,
     OBJECT,
     OTHER,
+    SCALAR_TYPES,
     TYPE_TESTS,
     equal,
     is_finite_number,
@@ -86,12 +87,9 @@ def _reach_through(doc: Any, parts: tuple[str, ...], start: int) -> _Candidates:
     return found
 
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
 def _is_operators(condition: Any) -> bool:
     """Whether a field's condition is an operator document (`{"$gt": 1}`) rather than a value to equal."""
-    if type(condition) in _SCALARS:
+    if type(condition) in SCALAR_TYPES:
         return False
     return isinstance(condition, Mapping) and bool(condition) and next(iter(condition)).startswith("$")
 

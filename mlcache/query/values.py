@@ -87,6 +87,8 @@ _EXACT_CLASSES: dict[type, int] = {
     tuple: ARRAY,
 }
 """The type class of the built-in types documents are made of, found without an isinstance chain."""
+SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+"""The built-in types of document values that hold no other values."""
 
 
 def is_list(value: Any) -> bool:
