@@ -110,7 +110,7 @@ def _kept(listing: Listing, name: str) -> bytes | None:
     return None if name in listing.racy else listing.stamps[name]
 
 
-def _entity_row(kind: str, key_text: str, entry: IndexEntry, exact: bool) -> tuple[Any, ...]:
+def _entity_row(entity_id: int, kind: str, key_text: str, entry: IndexEntry, exact: bool) -> tuple[Any, ...]:
     """The `entities` row of an entry: the ids of embedded entities as the composition reads them
     (`str`), the name when it is a string."""
     data = entry.data
@@ -118,7 +118,7 @@ def _entity_row(kind: str, key_text: str, entry: IndexEntry, exact: bool) -> tup
     name = data.get("name") if isinstance(data.get("name"), str) else None
     model_name = str(data["model_name"]) if "model_name" in data else None
     doc = doc_text(data, exact)
-    return (kind, key_text, exp_id, name, model_name, doc, entry.digest, entry.cached_at, int(entry.stale))
+    return (entity_id, kind, key_text, exp_id, name, model_name, doc, entry.digest, entry.cached_at, int(entry.stale))
 
 
 STDLIB_MARK = " "
@@ -140,28 +140,31 @@ def doc_text(data: Any, exact: bool) -> str:
 def forget(conn: sqlite3.Connection, kind: str, names: list[str], keys: list[str]) -> None:
     """Drop the rows of these files and of these keys."""
     conn.executemany("DELETE FROM files WHERE kind = ? AND file = ?", [(kind, name) for name in names])
-    for table in ("entities", "leaves", "files"):
-        conn.executemany(f"DELETE FROM {table} WHERE kind = ? AND key = ?", [(kind, key) for key in keys])
+    pairs = [(kind, key) for key in keys]
+    conn.executemany("DELETE FROM leaves WHERE id = (SELECT id FROM entities WHERE kind = ? AND key = ?)", pairs)
+    conn.executemany("DELETE FROM entities WHERE kind = ? AND key = ?", pairs)
+    conn.executemany("DELETE FROM files WHERE kind = ? AND key = ?", pairs)
 
 
 def remember(
     conn: sqlite3.Connection, kind: str, rows: list[tuple[str, bytes | None, str | None, IndexEntry | None]]
 ) -> None:
-    """Record files (name, stamp, key text, entry), with the entity and leaves of each valid one."""
+    """Record files (name, stamp, key text, entry), with the entity and leaves of each valid one;
+    the keys' earlier rows must be gone (`forget`). Of two files with one key, the last is indexed."""
     conn.executemany(
         "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
         [(kind, name, stamp, key, None if entry is None else entry.digest) for name, stamp, key, entry in rows],
     )
+    entries = {key: entry for _, _, key, entry in rows if key is not None and entry is not None}
+    next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM entities").fetchone()[0]
     entity_rows: list[tuple[Any, ...]] = []
-    leaf_rows: list[tuple[str, str, str, str | int | float]] = []
-    for _, _, key, entry in rows:
-        if key is None or entry is None:
-            continue
+    leaf_rows: list[tuple[int, str, str, str | int | float]] = []
+    for entity_id, (key, entry) in enumerate(entries.items(), start=next_id):
         found, exact = leaves(entry.data)
-        entity_rows.append(_entity_row(kind, key, entry, exact))
-        leaf_rows.extend((kind, key, path, value) for path, value in found)
-    leaf_rows.sort(key=lambda row: (row[1], row[2]))
-    conn.executemany("INSERT OR REPLACE INTO entities VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", entity_rows)
+        entity_rows.append(_entity_row(entity_id, kind, key, entry, exact))
+        leaf_rows.extend((entity_id, kind, path, value) for path, value in found)
+    leaf_rows.sort(key=lambda row: (row[0], row[2]))
+    conn.executemany("INSERT INTO entities VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entity_rows)
     conn.executemany("INSERT OR IGNORE INTO leaves VALUES (?, ?, ?, ?)", leaf_rows)
 
 

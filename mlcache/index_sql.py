@@ -105,11 +105,14 @@ class LeafCondition:
     op: str
     values: tuple[Any, ...]
 
-    def where(self, alias: str, kind: str) -> tuple[str, list[Any]]:
-        """The condition on rows of `leaves` named `alias`, with its parameters."""
+    def where(self, alias: str, kind: str | None) -> tuple[str, list[Any]]:
+        """The condition on rows of `leaves` named `alias`, with its parameters; without `kind`
+        for rows already tied to one entity's id."""
         placeholder = f"({', '.join('?' * len(self.values))})" if self.op == "IN" else "?"
-        sql = f"{alias}.kind = ? AND {alias}.path = ? AND {alias}.value {self.op} {placeholder}"
-        return sql, [kind, self.path, *self.values]
+        sql = f"{alias}.path = ? AND {alias}.value {self.op} {placeholder}"
+        if kind is None:
+            return sql, [self.path, *self.values]
+        return f"{alias}.kind = ? AND {sql}", [kind, self.path, *self.values]
 
 
 @dataclass
@@ -180,14 +183,14 @@ def _ordered(conn: sqlite3.Connection, kind: str, conditions: list[LeafCondition
 
 
 def _leaf_select(kind: str, conditions: list[LeafCondition]) -> tuple[str, list[Any]]:
-    """Keys meeting every condition: read the first condition's leaves, probe the others per key
-    through the (kind, key, path, value) primary key."""
+    """Entity ids meeting every condition: read the first condition's leaves, probe the others per
+    id through the (id, path, value) primary key."""
     driver, *probes = conditions
     where, params = driver.where("d", kind)
-    parts = [f"SELECT d.key FROM leaves d WHERE {where}"]
+    parts = [f"SELECT d.id FROM leaves d WHERE {where}"]
     for i, probe in enumerate(probes):
-        probe_where, probe_params = probe.where(f"p{i}", kind)
-        parts.append(f"AND EXISTS (SELECT 1 FROM leaves p{i} WHERE {probe_where} AND p{i}.key = d.key)")
+        probe_where, probe_params = probe.where(f"p{i}", None)
+        parts.append(f"AND EXISTS (SELECT 1 FROM leaves p{i} WHERE p{i}.id = d.id AND {probe_where})")
         params.extend(probe_params)
     return " ".join(parts), params
 
@@ -223,10 +226,10 @@ def select(
     if conditions:
         keys, key_params = _leaf_select(kind, _ordered(conn, kind, conditions))
         if limit is None:
-            clauses.append(f"e.key IN ({keys})")
+            clauses.append(f"e.id IN ({keys})")
             params.extend(key_params)
         else:
-            source = f"({keys}) k JOIN entities e ON e.key = k.key"
+            source = f"({keys}) k JOIN entities e ON e.id = k.id"
             params = [*key_params, *params]
     if with_files:
         columns += ", f.file, f.stamp"

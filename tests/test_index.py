@@ -558,10 +558,10 @@ def test_an_indexed_file_name_outside_the_kind_folder_is_never_given(
         for name in ("../exp/1.json", "/" + str(outside).lstrip("/")):
             key = json.dumps([f"evil{len(name)}"])
             conn.execute("INSERT INTO files VALUES ('run', ?, ?, ?, ?)", (name, stamp, key, digest))
-            conn.execute(
-                "INSERT INTO entities VALUES ('run', ?, '1', 'evil', NULL, ?, ?, NULL, 0)", (key, evil, digest)
-            )
-            conn.execute("INSERT INTO leaves VALUES ('run', ?, 'params.lr', 1)", (key,))
+            entity = conn.execute(
+                "INSERT INTO entities VALUES (NULL, 'run', ?, '1', 'evil', NULL, ?, ?, NULL, 0)", (key, evil, digest)
+            ).lastrowid
+            conn.execute("INSERT INTO leaves VALUES (?, 'run', 'params.lr', 1)", (entity,))
     assert offline_ids(tmp_path, {"params.lr": 1}) == ["a"]
     with contextlib.closing(sqlite3.connect(index)) as conn:
         assert conn.execute("SELECT file FROM files WHERE kind = 'run' ORDER BY file").fetchall() == [("a.json",)]
