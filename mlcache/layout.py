@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from .durability import one_sync_for, sync_filesystem
 from .errors import CacheNotWritable, CorruptMetadata, IncompatibleCache, MlcacheError
 from .names import UnsafePath
 
@@ -43,6 +44,20 @@ def _write_temps(jobs: list[tuple[Path, bytes]], durable: bool) -> None:
                 os.fsync(handle.fileno())
 
 
+def _sync_each(paths: list[Path]) -> None:
+    """fsync files already written, side by side."""
+
+    def sync(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(min(SYNC_WORKERS, len(paths)), thread_name_prefix="mlcache-sync") as pool:
+        list(pool.map(sync, paths))
+
+
 def write_atomic(path: Path, data: bytes, tmp_dir: Path, durable: bool = True) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a partial one;
     `durable=False` skips the fsync, for files whose loss in a power cut costs nothing but time."""
@@ -51,18 +66,23 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path, durable: bool = True) -
 
 def write_atomic_many(files: Sequence[tuple[Path, bytes]], tmp_dir: Path, durable: bool = True) -> None:
     """`write_atomic` of several files: each written to a temp file, all of them made durable
-    together, then each renamed into place in the order given. A process killed at any point
-    leaves every one of them whole, old or new."""
+    together (one filesystem sync for a large batch, `durability.one_sync_for`; else an fsync
+    each, side by side), then each renamed into place in the order given. A process killed at
+    any point leaves every one of them whole, old or new."""
     if not files:
         return
     tmp_dir.mkdir(parents=True, exist_ok=True)
     temps = [tmp_dir / f"{path.name[:40]}.{uuid.uuid4().hex}.tmp" for path, _ in files]
     try:
         jobs = [(tmp, data) for tmp, (_, data) in zip(temps, files, strict=True)]
-        workers = min(SYNC_WORKERS, len(jobs)) if durable else 1
-        if workers == 1:
+        if durable and one_sync_for(len(jobs)):
+            _write_temps(jobs, False)
+            if not sync_filesystem(tmp_dir):
+                _sync_each(temps)
+        elif not durable or len(jobs) == 1:
             _write_temps(jobs, durable)
         else:
+            workers = min(SYNC_WORKERS, len(jobs))
             with ThreadPoolExecutor(workers, thread_name_prefix="mlcache-sync") as pool:
                 list(pool.map(_write_temps, (jobs[i::workers] for i in range(workers)), itertools.repeat(durable)))
         made: set[Path] = set()

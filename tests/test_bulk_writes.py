@@ -4,6 +4,8 @@ process killed while writing pages leaves whole documents, and two writers of th
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import signal
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 import mlcache
+from mlcache import durability
 from mlcache import index as index_module
 from mlcache import layout as layout_module
 from mlcache.layout import CacheLayout
@@ -107,7 +110,9 @@ def test_a_page_of_model_versions_writes_its_alias_pointers_with_it(tmp_path: Pa
 
 PAGE_WRITER = """
 import sys
+from mlcache import durability
 from mlcache.layout import CacheLayout
+durability.UNWRITTEN_LIMIT = int(sys.argv[2])
 from mlcache.metadata_store import MetadataStore
 store = MetadataStore(CacheLayout(sys.argv[1]))
 store.put("exp", ("1",), {"id": "1", "name": "exp-1", "tags": {}})
@@ -121,11 +126,15 @@ while True:
 """
 
 
+@pytest.mark.parametrize("commit", ["one filesystem sync", "an fsync each"])
 @pytest.mark.parametrize("pages_before_kill", [1, 4, 9])
 def test_a_process_killed_while_writing_pages_leaves_whole_documents_the_index_agrees_with(
-    tmp_path: Path, pages_before_kill: int
+    tmp_path: Path, pages_before_kill: int, commit: str
 ) -> None:
-    writer = subprocess.Popen([sys.executable, "-c", PAGE_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    limit = 1 << 40 if commit == "one filesystem sync" else -1
+    writer = subprocess.Popen(
+        [sys.executable, "-c", PAGE_WRITER, str(tmp_path), str(limit)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout is not None
         for _ in range(pages_before_kill):
@@ -194,3 +203,81 @@ def test_a_batch_that_fails_midway_leaves_no_temp_file_and_the_documents_before_
     on_disk = documents_on_disk(tmp_path)
     assert sorted(on_disk.values()) == [0] * 15 + [1] * 5
     assert found_offline(tmp_path) == on_disk
+
+
+def committed_by(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The directories whose filesystem `write_atomic_many` flushed in one call, as it happens."""
+    synced: list[Path] = []
+    real_sync = layout_module.sync_filesystem
+
+    def recording_sync(directory: Path) -> None:
+        synced.append(directory)
+        real_sync(directory)
+
+    monkeypatch.setattr(layout_module, "sync_filesystem", recording_sync)
+    return synced
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+def test_a_large_page_is_made_durable_by_one_filesystem_sync_and_a_small_one_by_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(durability, "UNWRITTEN_LIMIT", 1 << 40)
+    synced = committed_by(monkeypatch)
+    store = MetadataStore(CacheLayout(tmp_path))
+    store.put("exp", ("1",), EXP)
+    store.put_many([("run", (f"r{i}",), run_doc(f"r{i}", 0)) for i in range(durability.SYNCFS_FROM - 1)])
+    assert synced == []
+    store.put_many([("run", (f"r{i}",), run_doc(f"r{i}", 1)) for i in range(durability.SYNCFS_FROM)])
+    assert synced == [tmp_path / "tmp"]
+    on_disk = documents_on_disk(tmp_path)
+    assert on_disk == {f"r{i}": 1 for i in range(durability.SYNCFS_FROM)}
+    assert found_offline(tmp_path) == on_disk
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_large_page_fsyncs_each_file_while_the_machine_has_much_else_to_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(durability, "UNWRITTEN_LIMIT", -1)
+    synced = committed_by(monkeypatch)
+    store = MetadataStore(CacheLayout(tmp_path))
+    store.put("exp", ("1",), EXP)
+    store.put_many([("run", (f"r{i}",), run_doc(f"r{i}", 2)) for i in range(100)])
+    assert synced == []
+    assert documents_on_disk(tmp_path) == {f"r{i}": 2 for i in range(100)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/meminfo is Linux's")
+def test_the_machine_s_unwritten_bytes_are_read_from_proc_meminfo() -> None:
+    pending = durability.unwritten_bytes()
+    assert isinstance(pending, int) and pending >= 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+def test_a_filesystem_sync_that_cannot_open_its_directory_is_an_os_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        durability.sync_filesystem(tmp_path / "absent")
+
+
+def test_a_sandbox_that_refuses_syncfs_gets_each_file_fsynced_and_is_not_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def refusing_syncfs(fd: int) -> int:
+        calls.append(fd)
+        ctypes.set_errno(errno.ENOSYS)
+        return -1
+
+    monkeypatch.setattr(durability, "_probed", True)
+    monkeypatch.setattr(durability, "_syncfs", refusing_syncfs)
+    monkeypatch.setattr(durability, "UNWRITTEN_LIMIT", 1 << 40)
+    store = MetadataStore(CacheLayout(tmp_path))
+    store.put("exp", ("1",), EXP)
+    store.put_many([("run", (f"r{i}",), run_doc(f"r{i}", 3)) for i in range(100)])
+    store.put_many([("run", (f"r{i}",), run_doc(f"r{i}", 4)) for i in range(100)])
+    assert len(calls) == 1
+    assert durability._syncfs is None
+    assert documents_on_disk(tmp_path) == {f"r{i}": 4 for i in range(100)}
+    assert list((tmp_path / "tmp").iterdir()) == []
