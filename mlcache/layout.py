@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import errno
-import itertools
+import functools
 import json
 import os
 import stat
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from .durability import one_sync_for, sync_filesystem
 from .errors import CacheNotWritable, CorruptMetadata, IncompatibleCache, MlcacheError
@@ -22,6 +23,7 @@ LAYOUT_VERSION = 2
 read and written as it is: its marker is raised to 2 on the first write, and its entries stay
 valid copies until they are pulled again."""
 READABLE_VERSIONS = (1, 2)
+_T = TypeVar("_T")
 
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -44,18 +46,20 @@ def _write_temps(jobs: list[tuple[Path, bytes]], durable: bool) -> None:
                 os.fsync(handle.fileno())
 
 
-def _sync_each(paths: list[Path]) -> None:
-    """fsync files already written, side by side."""
-
-    def sync(path: Path) -> None:
+def _fsync_files(paths: list[Path]) -> None:
+    for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
 
-    with ThreadPoolExecutor(min(SYNC_WORKERS, len(paths)), thread_name_prefix="mlcache-sync") as pool:
-        list(pool.map(sync, paths))
+
+def _side_by_side(work: Callable[[list[_T]], None], items: list[_T]) -> None:
+    """`work` on `SYNC_WORKERS` interleaved slices of `items` at once, so their fsyncs arrive together."""
+    workers = min(SYNC_WORKERS, len(items))
+    with ThreadPoolExecutor(workers, thread_name_prefix="mlcache-sync") as pool:
+        list(pool.map(work, (items[i::workers] for i in range(workers))))
 
 
 def write_atomic(path: Path, data: bytes, tmp_dir: Path, durable: bool = True) -> None:
@@ -78,13 +82,11 @@ def write_atomic_many(files: Sequence[tuple[Path, bytes]], tmp_dir: Path, durabl
         if durable and one_sync_for(len(jobs)):
             _write_temps(jobs, False)
             if not sync_filesystem(tmp_dir):
-                _sync_each(temps)
+                _side_by_side(_fsync_files, temps)
         elif not durable or len(jobs) == 1:
             _write_temps(jobs, durable)
         else:
-            workers = min(SYNC_WORKERS, len(jobs))
-            with ThreadPoolExecutor(workers, thread_name_prefix="mlcache-sync") as pool:
-                list(pool.map(_write_temps, (jobs[i::workers] for i in range(workers)), itertools.repeat(durable)))
+            _side_by_side(functools.partial(_write_temps, durable=True), jobs)
         made: set[Path] = set()
         for tmp, (path, _) in zip(temps, files, strict=True):
             if path.parent not in made:
