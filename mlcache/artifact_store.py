@@ -334,10 +334,11 @@ class ArtifactStore:
         """Link into `stage` each listed file whose (size, store hash) names a held blob; path ->
         sha256 of what was linked. Paths a line-based file list could not carry are left to download."""
         linked: dict[str, str] = {}
+        hints = self.blobs.store_hashes()
         for item in listing.files:
             if not item.hash or "\n" in item.path or "\r" in item.path or not is_normalized_relative(item.path):
                 continue
-            digest = self.blobs.by_store_hash(item.hash, item.size)
+            digest = self.blobs.by_store_hash(item.hash, item.size, hints)
             if digest is not None and self.blobs.link_into(digest, item.size, stage.joinpath(*item.path.split("/"))):
                 linked[item.path] = digest
         return linked
@@ -392,9 +393,11 @@ class ArtifactStore:
             last_used=now,
         )
         path = self.install(key, produced, manifest, replace, linked)
-        for item in manifest.files:
-            if item.store_hash and item.path not in linked and self.blobs.held(item.sha256, item.size) is not None:
-                self.blobs.remember(item.store_hash, item.size, item.sha256)
+        self.blobs.remember_many(
+            (item.store_hash, item.size, item.sha256)
+            for item in manifest.files
+            if item.store_hash and item.path not in linked and self.blobs.held(item.sha256, item.size) is not None
+        )
         return path
 
     def install(

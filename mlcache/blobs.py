@@ -11,9 +11,9 @@ On-disk protocol (no lock is needed for any of it):
 - `collect` (gc, prune) removes a blob only at link count 1: it first renames it into a private
   stage (the name disappears at once, so a pull that links it afterwards fails and downloads
   instead), checks the count again there, and puts it back if a pull linked it meanwhile.
-- `blobs/store/<algo>/<2 hex>/<rest>.<size>` maps a store's own hash of a file (S3 ETag MD5,
-  Azure Content-MD5, GCS MD5) to the sha256 of the blob it was downloaded as. It is a hint: a
-  match is used only when that blob exists with the same size.
+- `blobs/store/` holds packs of hints mapping a store's own hash of a file to the sha256 of the
+  blob it was downloaded as (`blob_hints` states their protocol); a match is used only when that
+  blob is held with the same size.
 
 Where hardlinks cannot be made (another filesystem, no link support), entries hold their own
 copies and `can_link` says so.
@@ -24,19 +24,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CorruptMetadata
-from .layout import CacheLayout, read_regular, write_atomic
+from .blob_hints import SHA256, Hints, StoreHashHints
+from .layout import CacheLayout
 from .manifest import STORE_HASH
 from .staging import Stage
 
-SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_LINKS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
 _ADOPT_ATTEMPTS = 8
 """How often `adopt` tries again when a collector takes the blob it found between two of its looks."""
@@ -58,6 +56,7 @@ class BlobStore:
         self.layout = layout
         self.root = layout.root / "blobs"
         self._linkable: bool | None = None
+        self.hints = StoreHashHints(layout, self.root)
 
     def path(self, digest: str) -> Path:
         """Where the blob of `digest` lives; `digest` must be 64 lowercase hex digits."""
@@ -150,41 +149,25 @@ class BlobStore:
         return True
 
     # ----------------------------------------------------------------- store hashes
-    def _hint_path(self, store_hash: str, size: int) -> Path | None:
-        match = STORE_HASH.fullmatch(store_hash)
-        if match is None:
-            return None
-        algo, value = match.groups()
-        return self.root / "store" / algo / value[:2] / f"{value[2:]}.{size}"
+    def remember_many(self, items: Iterable[tuple[str, int, str]]) -> None:
+        """Record, as one pack, that the files a store hashes as `store_hash` (of `size` bytes) are
+        the blobs of the digests given: (store hash, size, sha256) each."""
+        self.hints.record(
+            {(h, size): digest for h, size, digest in items if STORE_HASH.fullmatch(h) and SHA256.fullmatch(digest)}
+        )
 
-    def remember(self, store_hash: str, size: int, digest: str) -> None:
-        """Record that the file a store hashes as `store_hash` (of `size` bytes) is blob `digest`."""
-        hint = self._hint_path(store_hash, size)
-        if hint is None or not SHA256.fullmatch(digest):
-            return
-        if self.by_store_hash(store_hash, size) == digest:
-            return
-        self._guarded_dir(hint.parent)
-        write_atomic(hint, digest.encode(), self.layout.tmp, durable=False)
+    def store_hashes(self) -> Hints:
+        """Every recorded hint, read from the packs present now (for a pull to look its files up in)."""
+        return self.hints.load()
 
-    def by_store_hash(self, store_hash: str, size: int) -> str | None:
+    def by_store_hash(self, store_hash: str, size: int, hints: Hints | None = None) -> str | None:
         """The sha256 of the held blob a store hash was recorded for, when that blob is still held."""
-        hint = self._hint_path(store_hash, size)
-        return self._hinted(hint, size) if hint is not None else None
-
-    def _hinted(self, hint: Path, size: int) -> str | None:
-        """The sha256 a hint file names, when it is one and that blob is held with `size` bytes."""
-        try:
-            read = read_regular(hint, limit=128)
-        except CorruptMetadata:
-            return None
-        digest = read[0].decode(errors="replace").strip() if read is not None else ""
-        return digest if SHA256.fullmatch(digest) and self.held(digest, size) is not None else None
+        digest = (self.store_hashes() if hints is None else hints).get((store_hash, size))
+        return digest if digest is not None and self.held(digest, size) is not None else None
 
     def has_hints(self) -> bool:
         """Whether any store hash is recorded (else a pull need not list before it downloads)."""
-        store = self.root / "store"
-        return store.is_dir() and not store.is_symlink() and any(store.iterdir())
+        return self.hints.any()
 
     # ----------------------------------------------------------------- collection
     def all(self) -> Iterator[tuple[str, Path, os.stat_result]]:
@@ -237,12 +220,4 @@ class BlobStore:
         return CollectReport(removed, freed, kept)
 
     def _drop_stale_hints(self) -> None:
-        store = self.root / "store"
-        if not store.is_dir() or store.is_symlink():
-            return
-        for hint in store.rglob("*"):
-            if hint.is_symlink() or not hint.is_file():
-                continue
-            size = hint.name.rpartition(".")[2]
-            if not (size.isdigit() and self._hinted(hint, int(size)) is not None):
-                hint.unlink(missing_ok=True)
+        self.hints.prune(lambda digest, size: self.held(digest, size) is not None)

@@ -8,6 +8,7 @@ the requests and bytes the store served are measured on the wire.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -19,14 +20,13 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from mlcache.blob_hints import Hints, parse_pack
 from mlcache.plugins.mlflow import MlflowApi
 from mlcache.progress import human_size
 
 from servers import MlflowServer, Proxy, S3Server, start_proxy
 
 BIG = 8 << 20
-HINT_SIZE = 64
-"""Bytes of one store-hash hint (`blobs/store/md5/...`): the sha256 of its blob in hex."""
 LISTING_OVERHEAD = 64 << 10
 """Bound on the GET bytes of a pull that are not file bytes: the XML of the store's listings."""
 
@@ -50,25 +50,25 @@ def read_tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def disk_usage(cache_dir: Path) -> tuple[int, int, int]:
-    """(bytes of distinct file inodes under `artifacts/` and `blobs/sha256/`, number and bytes of
-    the store-hash hints under `blobs/store/`): what the cache holds on disk, each inode once."""
+def disk_usage(cache_dir: Path) -> tuple[int, list[Hints]]:
+    """(bytes of distinct file inodes under `artifacts/` and `blobs/sha256/`, the hints of each
+    pack under `blobs/store/`): what the cache holds on disk, each inode once."""
     seen: set[tuple[int, int]] = set()
-    data = hints = hint_bytes = 0
-    for top in (cache_dir / "artifacts", cache_dir / "blobs"):
+    data = 0
+    for top in (cache_dir / "artifacts", cache_dir / "blobs" / "sha256"):
         for folder, _dirs, names in os.walk(top):
             for name in names:
-                path = Path(folder, name)
-                info = path.lstat()
-                if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) in seen:
-                    continue
-                seen.add((info.st_dev, info.st_ino))
-                if (cache_dir / "blobs" / "store") in path.parents:
-                    hints += 1
-                    hint_bytes += info.st_size
-                else:
+                info = Path(folder, name).lstat()
+                if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
                     data += info.st_size
-    return data, hints, hint_bytes
+    packs = sorted((cache_dir / "blobs" / "store").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    return data, [parse_pack(pack.read_bytes()) for pack in packs]
+
+
+def hints_of(files: dict[str, bytes]) -> Hints:
+    """The hints a pull of `files` from an S3 store records: ETag MD5 and size -> sha256."""
+    return {(f"md5:{hashlib.md5(d).hexdigest()}", len(d)): hashlib.sha256(d).hexdigest() for d in files.values()}
 
 
 def object_gets(before: dict, after: dict) -> tuple[dict[str, int], dict[str, int], int]:
@@ -171,7 +171,7 @@ def test_second_version_downloads_only_the_files_the_cache_lacks(
     assert report.endswith(f"downloaded {len(v1)} files, {human_size(v1_bytes)}")
     assert not re.search(r"linked [1-9]", report)
     held_after_v1 = disk_usage(cache_dir)
-    assert held_after_v1 == (v1_bytes, len(v1), len(v1) * HINT_SIZE)
+    assert held_after_v1 == (v1_bytes, [hints_of(v1)])
 
     caplog.clear()
     second = api.get_model_artifact((name, "2"))
@@ -196,9 +196,7 @@ def test_second_version_downloads_only_the_files_the_cache_lacks(
         if m != "GET"
     )
 
-    data, hints, hint_bytes = disk_usage(cache_dir)
-    assert data - held_after_v1[0] == diff_bytes
-    assert (hints - held_after_v1[1], hint_bytes - held_after_v1[2]) == (len(differing), len(differing) * HINT_SIZE)
+    assert disk_usage(cache_dir) == (held_after_v1[0] + diff_bytes, [hints_of(v1), hints_of(differing)])
 
     by_content = {data: rel for rel, data in v1.items()}
     for rel, data in shared.items():
