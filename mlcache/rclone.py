@@ -11,11 +11,9 @@ from __future__ import annotations
 import builtins
 import contextlib
 import contextvars
-import errno
 import functools
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -26,34 +24,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from .errors import EntityNotFound, MlcacheError, TransferError
+from .errors import EntityNotFound, MlcacheError
 from .progress import TransferProgress
 from .ranged import RangedSettings
+from .rclone_output import (
+    COPIED,
+    NOT_FOUND_EXIT_CODES,
+    announce_complete_files,
+    report_stats,
+    store_hash_of,
+    transfer_error,
+)
 from .rclone_ranges import CatStream, SharedProgress, big_files, pull_big_files
 from .remotes import RclonePath, to_rclone
 from .transfer import Listing, OnFile, Progress, PullPlan, RemoteFile, Transfer, reporter
 
 DEFAULT_RANGED = RangedSettings()
-
-# rclone exit codes: https://rclone.org/docs/#exit-code
-_RETRYABLE_EXIT_CODES = {5, 6, 8, 10}
-_NOT_FOUND_EXIT_CODES = {3, 4}
-# Exit 1 is rclone's "any other error": transient unless the store refused us for good.
-_PERMANENT = re.compile(
-    r"\b(401|403|404)\b|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|NoSuchBucket|AuthenticationFailed|"
-    r"AuthorizationFailure|ContainerNotFound|directory not found|object not found",
-    re.IGNORECASE,
-)
-
-
-_LOCAL_WRITE_FAILURES = {
-    "no space left on device": errno.ENOSPC,
-    "file too big for remaining disk space": errno.ENOSPC,
-    "disk quota exceeded": errno.EDQUOT,
-    "read-only file system": errno.EROFS,
-}
 
 
 def find_rclone() -> str:
@@ -117,18 +105,8 @@ class RcloneTransfer(Transfer):
             stdin=subprocess.DEVNULL,
         )
         if check and result.returncode != 0:
-            raise self._error(args[0], result.returncode, result.stderr)
+            raise transfer_error(args[0], result.returncode, result.stderr)
         return result
-
-    @staticmethod
-    def _error(command: str, code: int, stderr: str) -> TransferError:
-        lines = [line for line in stderr.splitlines() if "ERROR" in line or "Failed" in line or "error" in line]
-        detail = (lines[-1] if lines else stderr.strip().splitlines()[-1] if stderr.strip() else "no output").strip()
-        lowered = stderr.lower()
-        local = next((number for text, number in _LOCAL_WRITE_FAILURES.items() if text in lowered), None)
-        retryable = local is None and (code in _RETRYABLE_EXIT_CODES or (code == 1 and not _PERMANENT.search(stderr)))
-        message = f"rclone {command} failed (exit {code}): {detail}"
-        return TransferError(message, retryable=retryable, exit_code=code, errno=local)
 
     def list(self, url: str) -> Listing:
         """One `lsjson` of the parent, filtered to the name: a file and a folder holding one file of
@@ -163,12 +141,12 @@ class RcloneTransfer(Transfer):
             env,
             check=False,
         )
-        if result.returncode in _NOT_FOUND_EXIT_CODES:
+        if result.returncode in NOT_FOUND_EXIT_CODES:
             raise EntityNotFound("artifact", url, "nothing at that location")
         if result.returncode != 0:
-            raise self._error("lsjson", result.returncode, result.stderr)
+            raise transfer_error("lsjson", result.returncode, result.stderr)
         files = tuple(
-            RemoteFile(i["Path"], int(i["Size"]), i.get("ModTime", ""), _store_hash(i))
+            RemoteFile(i["Path"], int(i["Size"]), i.get("ModTime", ""), store_hash_of(i))
             for i in json.loads(result.stdout or "[]")
         )
         if not files:
@@ -266,7 +244,7 @@ class RcloneTransfer(Transfer):
         def open_range(item: RemoteFile, offset: int, count: int) -> CatStream:
             command = [self.binary, "cat", "-q", *_CAT_FLAGS, "--offset", str(offset), "--count", str(count)]
             return CatStream(
-                [*command, *self.extra_args, "--", path], env, lambda code, err: self._error("cat", code, err)
+                [*command, *self.extra_args, "--", path], env, lambda code, err: transfer_error("cat", code, err)
             )
 
         return open_range
@@ -354,34 +332,20 @@ class RcloneTransfer(Transfer):
                     continue
                 figures = item.get("stats")
                 if on_file is not None:
-                    if str(item.get("msg", "")).startswith(_COPIED) and isinstance(item.get("object"), str):
+                    if str(item.get("msg", "")).startswith(COPIED) and isinstance(item.get("object"), str):
                         on_file(item["object"])
                     elif dest is not None and isinstance(figures, dict):
-                        _announce_complete_files(figures, dest, on_file, announced)
+                        announce_complete_files(figures, dest, on_file, announced)
                 if item.get("level") in ("error", "critical"):
                     errors.append(f"{item.get('object', '')}: {item.get('msg', '')}".strip(": "))
                 elif progress is not None and isinstance(figures, dict):
-                    _report(progress, figures)
+                    report_stats(progress, figures)
         finally:
             code = proc.wait()
             if progress is not None:
                 progress.close(ok=code == 0)
         if code != 0:
-            raise self._error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
-
-
-def _report(progress: TransferProgress, figures: dict[str, Any]) -> None:
-    """Feed one of rclone's stats blocks (`bytes`, `totalBytes`, `speed`) to a reporter."""
-    done, total, speed = figures.get("bytes"), figures.get("totalBytes"), figures.get("speed")
-    if isinstance(done, int) and not isinstance(done, bool):
-        known = total if isinstance(total, int) and total > 0 else None
-        progress.update(done, known, float(speed) if isinstance(speed, (int, float)) and speed > 0 else None)
-
-
-_COPIED = ("Copied", "Multi-thread Copied")
-EARLY_HASH_MIN_SIZE = 16 << 20
-"""Files at least this large are hashed as soon as all their bytes are written, beside rclone's own
-checksum pass; smaller ones are hashed when rclone reports them copied."""
+            raise transfer_error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
 
 
 _CAT_FLAGS = ("--buffer-size", "0")
@@ -394,20 +358,6 @@ _PULL_FLAGS = ("--inplace", "--retries", "1")
 own partial names and renames are not needed (`--inplace`, 5-10 % faster on many small files). One
 pass only (`--retries 1`): a file is never written again after rclone reported it, so hashes taken
 as files land stay true; a failed pass fails the pull, which mlcache retries in a fresh stage."""
-
-
-def _announce_complete_files(stats: dict, dest: Path, on_file: OnFile, announced: set[str]) -> None:
-    """For each big transfer whose bytes are all written in place (`--inplace`; rclone's checksum
-    pass comes next), tell `on_file` once."""
-    for transfer in stats.get("transferring") or ():
-        name, size, done = transfer.get("name"), transfer.get("size"), transfer.get("bytes")
-        if not isinstance(name, str) or name in announced or not isinstance(size, int) or size < EARLY_HASH_MIN_SIZE:
-            continue
-        if done != size:
-            continue
-        announced.add(name)
-        if (dest / name).is_file():
-            on_file(name, staged=name)
 
 
 def _split_parent(target: RclonePath) -> tuple[str | None, str]:
@@ -428,12 +378,3 @@ def _literal_pattern(name: str) -> str:
     """An rclone filter glob matching exactly `name`: every special character escaped with `\\`, so
     globs, braces and backslashes in names are taken literally (and rclone can still prune folders)."""
     return "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in name)
-
-
-def _store_hash(item: dict[str, Any]) -> str:
-    """`md5:<hex>` from one `lsjson --hash` item, when the store gave a well-formed MD5."""
-    hashes = item.get("Hashes")
-    value = hashes.get("md5") if isinstance(hashes, dict) else None
-    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value):
-        return f"md5:{value}"
-    return ""

@@ -159,7 +159,7 @@ def test_an_early_hash_of_a_file_that_was_replaced_is_not_used(tmp_path: Path) -
 def test_big_transfers_whose_bytes_are_all_written_are_announced_once_where_they_sit(
     tmp_path: Path,
 ) -> None:
-    from mlcache.rclone import EARLY_HASH_MIN_SIZE, _announce_complete_files
+    from mlcache.rclone_output import EARLY_HASH_MIN_SIZE, announce_complete_files
 
     (tmp_path / "d").mkdir()
     for name in ("d/w.bin", "w.bin", "x.bin"):
@@ -179,14 +179,14 @@ def test_big_transfers_whose_bytes_are_all_written_are_announced_once_where_they
     def record(rel: str, staged: str | None = None) -> None:
         seen.append((rel, staged))
 
-    _announce_complete_files(stats, tmp_path, record, announced)
-    _announce_complete_files(stats, tmp_path, record, announced)
+    announce_complete_files(stats, tmp_path, record, announced)
+    announce_complete_files(stats, tmp_path, record, announced)
     assert seen == [("d/w.bin", "d/w.bin")]
     stats["transferring"][1]["bytes"] = big
-    _announce_complete_files(stats, tmp_path, record, announced)
+    announce_complete_files(stats, tmp_path, record, announced)
     assert seen[1:] == [("w.bin", "w.bin")]
     (tmp_path / "gone.bin").write_bytes(b"")
-    _announce_complete_files(stats, tmp_path, record, announced)
+    announce_complete_files(stats, tmp_path, record, announced)
     assert seen[2:] == []
 
 

@@ -152,7 +152,10 @@ def test_without_mlflow_an_mlflow_model_fails_saying_so_and_other_files_are_read
     job = tmp_path / "job.json"
     items = [{"uri": label, "kind": "model", "ref": label} for label in labels]
     job.write_text(json.dumps({"cache_dir": str(cache), "items": items}))
-    code = "import sys\nsys.modules['mlflow'] = None\nfrom mlcache.selftest import check_items_here\ncheck_items_here()"
+    code = (
+        "import sys\nsys.modules['mlflow'] = None\n"
+        "from mlcache.selftest_child import check_items_here\ncheck_items_here()"
+    )
     result = run_isolated(code, [str(job)], timeout=120)
     assert result.returncode == 0, result.stderr
     assert [json.loads(line) for line in result.stdout.splitlines()] == [

@@ -15,7 +15,6 @@ and a server trickling its answer byte by byte can stretch a call beyond it.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -30,14 +29,12 @@ from ... import deadline
 from ...api_settings import MIN_TIMEOUT
 from ...base import BaseMlflowApi
 from ...errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
-from ...hooks import ExpDoc, LoggedModelDoc, ModelDoc, ModelVersionDoc, Page, RunDoc
+from ...hooks import ExpDoc, LoggedModelDoc, ModelDoc, ModelVersionDoc, RunDoc
 from ...settings import env_seconds
 from ...transfer import Transfer
 from . import http as mlflow_http
 from .docs import exp_doc, logged_doc, model_doc, mv_doc, run_doc
 from .failures import http_status, is_connection_error, what_happened
-from .filters import exps_filter, model_versions_filter, models_filter, quote_string, runs_filter
-from .paging import SearchState
 from .rest import (
     RestError,
     RestReader,
@@ -45,12 +42,11 @@ from .rest import (
     linked_causes,
     logged_model_entity,
     model_version_entity,
-    read_experiment_ids_page,
-    read_runs_page,
     registered_model_entity,
     run_entity,
 )
 from .rest import usable_for as rest_usable_for
+from .searches import MlflowSearches
 from .writes import MlflowWrites
 
 if TYPE_CHECKING:
@@ -83,7 +79,7 @@ def _read_model_version(answer: dict[str, Any]) -> ModelVersionDoc:
     return mv_doc(model_version_entity(answer.get("model_version")))
 
 
-class MlflowApi(MlflowWrites, BaseMlflowApi):
+class MlflowApi(MlflowSearches, MlflowWrites, BaseMlflowApi):
     """mlcache in front of an MLflow 3 tracking server and model registry."""
 
     tracking_uri: str | None = None
@@ -283,134 +279,3 @@ class MlflowApi(MlflowWrites, BaseMlflowApi):
             request: tuple[str, str, dict[str, Any]] = ("GET", f"logged-models/{quote(model_id, safe='')}", {})
             return self._rest(reader, "logged model", model_id, request, _read_logged_model)
         return logged_doc(self._call("logged model", model_id, lambda: self.client.get_logged_model(model_id)))
-
-    # ----------------------------------------------------------------- searches
-    def _all_exp_ids(self) -> list[str]:
-        """Ids of every experiment (deleted ones included), for searches over all of them."""
-        reader = self._reader(registry=False)
-        if reader is not None:
-            return self._all_exp_ids_by_rest(reader)
-        from mlflow.entities import ViewType
-
-        ids: list[str] = []
-        token: str | None = None
-        while True:
-            page = self._call(
-                "search",
-                "experiments",
-                functools.partial(self.client.search_experiments, ViewType.ALL, max_results=1000, page_token=token),
-            )
-            ids.extend(exp.experiment_id for exp in page)
-            token = page.token
-            if not token:
-                return sorted(ids)
-
-    def _all_exp_ids_by_rest(self, reader: RestReader) -> list[str]:
-        ids: list[str] = []
-        body: dict[str, Any] = {"view_type": "ALL", "max_results": 1000}
-        for _ in range(100_000):
-            request = ("POST", "experiments/search", body)
-            found, token = self._rest(reader, "search", "experiments", request, read_experiment_ids_page)
-            ids.extend(found)
-            if not token:
-                break
-            body["page_token"] = token
-        return sorted(ids)
-
-    def _impl_search_exps(self, query: dict[str, Any], page_token: str | None) -> Page[ExpDoc]:
-        from mlflow.entities import ViewType
-
-        pushed = exps_filter(query)
-        page = self._call(
-            "search",
-            "experiments",
-            lambda: self.client.search_experiments(
-                ViewType.ALL, max_results=1000, filter_string=pushed.filter_string or None, page_token=page_token
-            ),
-        )
-        return Page([exp_doc(exp) for exp in page], page.token or None)
-
-    def _impl_search_logged_models(
-        self, exp_ids: list[str] | None, query: dict[str, Any], page_token: str | None
-    ) -> Page[LoggedModelDoc]:
-        state = SearchState.read(page_token)
-        ids = state.exp_ids if state.exp_ids is not None else (sorted(exp_ids) if exp_ids else self._all_exp_ids())
-        if not ids:
-            return Page()
-        name = query.get("name")
-        literal = quote_string(name) if isinstance(name, str) else None
-        filter_string = f"name = {literal}" if literal else None
-        page = self._call(
-            "search",
-            "logged models",
-            lambda: self.client.search_logged_models(
-                ids, filter_string=filter_string, max_results=100, page_token=state.token
-            ),
-        )
-        return Page([logged_doc(lm) for lm in page], SearchState(ids, 0, page.token).next(1))
-
-    def _impl_search_runs(
-        self, exp_ids: list[str] | None, query: dict[str, Any], page_token: str | None
-    ) -> Page[RunDoc]:
-        pushed = runs_filter(query)
-        if exp_ids is not None:
-            pushed.narrow_exp_ids(set(exp_ids))
-        state = SearchState.read(page_token)
-        ids = state.exp_ids
-        if ids is None:
-            ids = self._all_exp_ids() if pushed.exp_ids is None else sorted(pushed.exp_ids)
-        chunks = list(pushed.filter_strings())
-        if not ids or not chunks:
-            return Page()
-        flt = chunks[state.chunk]
-        reader = self._reader(registry=False)
-        if reader is not None:
-            body = {"experiment_ids": ids, "filter": flt, "run_view_type": "ALL", "max_results": 1000}
-            if state.token:
-                body["page_token"] = state.token
-            runs, token = self._rest(reader, "search", "runs", ("POST", "runs/search", body), read_runs_page)
-            return Page([run_doc(run) for run in runs], SearchState(ids, state.chunk, token).next(len(chunks)))
-        from mlflow.entities import ViewType
-
-        page = self._call(
-            "search",
-            "runs",
-            lambda: self.client.search_runs(ids, flt, ViewType.ALL, max_results=1000, page_token=state.token),
-        )
-        return Page([run_doc(run) for run in page], SearchState(ids, state.chunk, page.token).next(len(chunks)))
-
-    def _impl_search_models(self, query: dict[str, Any], page_token: str | None) -> Page[ModelDoc]:
-        pushed = models_filter(query)
-        page = self._call(
-            "search",
-            "models",
-            lambda: self.client.search_registered_models(
-                pushed.filter_string or None, max_results=1000, page_token=page_token
-            ),
-        )
-        return Page([model_doc(model) for model in page], page.token or None)
-
-    def _impl_search_model_versions(self, query: dict[str, Any], page_token: str | None) -> Page[ModelVersionDoc]:
-        """MLflow's version search leaves out aliases; they are taken from each model (one request per
-        model a page meets), so write-through never erases what `get_model_version` stored."""
-        pushed = model_versions_filter(query)
-        chunks = list(pushed.filter_strings())
-        if not chunks:
-            return Page()
-        state = SearchState.read(page_token)
-        flt = chunks[state.chunk]
-        page = self._call(
-            "search",
-            "model versions",
-            lambda: self.client.search_model_versions(flt or None, max_results=1000, page_token=state.token),
-        )
-        aliases: dict[str, dict[str, str]] = {}
-        docs = []
-        for mv in page:
-            doc = mv_doc(mv)
-            name = doc["model_name"]
-            if name not in aliases:
-                aliases[name] = self._impl_fetch_model(name).get("aliases") or {}
-            doc["aliases"] = sorted(a for a, version in aliases[name].items() if version == doc["version"])
-            docs.append(doc)
-        return Page(docs, SearchState(None, state.chunk, page.token).next(len(chunks)))
