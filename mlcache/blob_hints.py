@@ -145,8 +145,7 @@ class StoreHashHints:
         self.load()
 
     def _write(self, hints: list[tuple[HintKey, str]]) -> None:
-        self.layout.guard(self.folder / "x")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.layout.guarded_dir(self.folder)
         for start in range(0, len(hints), PACK_ENTRIES):
             pack = self.folder / f"{uuid.uuid4().hex}.hints"
             write_atomic(pack, format_pack(hints[start : start + PACK_ENTRIES]), self.layout.tmp, durable=False)

@@ -80,7 +80,7 @@ class BlobStore:
             probe = self.layout.tmp / f"link-probe-{uuid.uuid4().hex}"
             try:
                 probe.write_bytes(b"")
-                self._guarded_dir(self.root)
+                self.layout.guarded_dir(self.root)
                 twin = self.root / f".probe-{uuid.uuid4().hex}"
                 os.link(probe, twin)
                 twin.unlink()
@@ -91,10 +91,6 @@ class BlobStore:
                 probe.unlink(missing_ok=True)
         return self._linkable
 
-    def _guarded_dir(self, folder: Path) -> None:
-        self.layout.guard(folder / "x")
-        folder.mkdir(parents=True, exist_ok=True)
-
     def adopt(self, staged: Path, digest: str, size: int) -> bool:
         """Make the hashed, read-only staged file `staged` share the blob of `digest`: it becomes the
         blob, or is replaced by a link to the blob already held. A collector may take that blob
@@ -104,7 +100,7 @@ class BlobStore:
         blob = self.path(digest)
         for _ in range(_ADOPT_ATTEMPTS):
             try:
-                self._guarded_dir(blob.parent)
+                self.layout.guarded_dir(blob.parent)
                 os.link(staged, blob)
                 return True
             except FileExistsError:

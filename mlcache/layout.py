@@ -243,6 +243,12 @@ class CacheLayout:
                 )
         return path
 
+    def guarded_dir(self, folder: Path) -> None:
+        """Make `folder` of the cache (and the folders above it), once `guard` has found no link on
+        the way there."""
+        self.guard(folder / "x")
+        folder.mkdir(parents=True, exist_ok=True)
+
     def ensure(self) -> None:
         """Create the skeleton (tag, layout version, folders) before the first write."""
         if self._ready:
