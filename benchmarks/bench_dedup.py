@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from common import rmtree, start_store_and_server, tree_stats  # noqa: E402
 
 import mlcache  # noqa: E402
-from mlcache import artifact_store, blobs, hashing, rclone  # noqa: E402
+from mlcache import artifact_store, blobs, hashing, pull_pipeline, rclone  # noqa: E402
 from mlcache.plugins.mlflow import MlflowApi  # noqa: E402
 from mlcache.rclone import find_rclone  # noqa: E402
 
@@ -233,12 +233,12 @@ class Breakdown:
     def __enter__(self) -> Breakdown:
         self.wrap(rclone.RcloneTransfer, "list", "listing")
         self.wrap(rclone.RcloneTransfer, "pull", "copy")
-        self.wrap(artifact_store.ArtifactStore, "_link_held", "link")
-        self.wrap(artifact_store, "scan_tree", "scan")
-        self.wrap(artifact_store.ArtifactStore, "_commit", "commit")
+        self.wrap(pull_pipeline, "link_held", "link")
+        self.wrap(pull_pipeline, "scan_tree", "scan")
+        self.wrap(artifact_store.ArtifactStore, "commit", "commit")
         self.wrap(artifact_store.ArtifactStore, "install", "install")
         self.wrap(artifact_store.ArtifactStore, "_share_blobs", "share")
-        self.wrap(blobs.BlobStore, "remember", "remember")
+        self.wrap(blobs.BlobStore, "remember_many", "remember")
         self.wrap(hashing, "_sha256_of", "sha256")
         self.wrap(hashing, "_sha256_if_file", "sha256")
         return self

@@ -434,6 +434,14 @@ class Bench:
         print(
             f"  {by['mlflow'].label:58s} {(load['mlflow'] - local) * 1000:+7.0f} ms  (MLflow's download, for reference)"
         )
+        alias_cost = (load["alias"] - load["version"]) * 1000
+        ok &= alias_cost <= 50
+        print("")
+        print("Warm @alias, checked with the server, over warm /1 (in-process load_model medians)   value  target  met")
+        print(
+            f"  {'mlcache warm @champion minus mlcache warm /1':58s} {alias_cost:+7.0f} ms  <= 50 ms  "
+            f"{'yes' if alias_cost <= 50 else 'NO'}"
+        )
         print("")
         print("Disk per load outside the cache (fresh TMPDIR per load; max over loads)      value   target  met")
         for key in ("alias", "max-age", "version", "off-alias", "off-version"):

@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from common import calls_per_second, rmtree, start_store_and_server, tree_stats  # noqa: E402
 
 import mlcache  # noqa: E402
-from mlcache import artifact_store, hashing, rclone  # noqa: E402
+from mlcache import artifact_store, hashing, pull_pipeline, rclone  # noqa: E402
 from mlcache.names import encode_part  # noqa: E402
 from mlcache.rclone import find_rclone  # noqa: E402
 
@@ -155,13 +155,13 @@ class Breakdown:
         self.wrap(rclone.RcloneTransfer, "list", "listing")
         self.wrap(rclone.RcloneTransfer, "pull", "copy")
         self.wrap(artifact_store.ArtifactStore, "pull", "store.pull")
-        self.wrap(artifact_store.ArtifactStore, "_commit", "store._commit")
+        self.wrap(artifact_store.ArtifactStore, "commit", "store.commit")
         self.wrap(artifact_store.ArtifactStore, "install", "store.install")
-        self.wrap(artifact_store, "scan_tree", "scan_tree")
+        self.wrap(pull_pipeline, "scan_tree", "scan_tree")
         self.wrap(hashing, "_sha256_of", "sha256 (thread-sum)")
         self.wrap(hashing, "_sha256_if_file", "sha256 (thread-sum)")
         self.wrap(artifact_store, "make_read_only", "chmod read-only")
-        self.wrap(artifact_store, "remove_tree", "remove_tree")
+        self.wrap(pull_pipeline, "remove_tree", "remove_tree")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -171,7 +171,7 @@ class Breakdown:
 
     def rows(self, total: float) -> list[tuple[str, float, int]]:
         s, c = self.secs, self.count
-        copy, pull, commit = s.get("copy", 0.0), s.get("store.pull", 0.0), s.get("store._commit", 0.0)
+        copy, pull, commit = s.get("copy", 0.0), s.get("store.pull", 0.0), s.get("store.commit", 0.0)
         scan, chmod, install = s.get("scan_tree", 0.0), s.get("chmod read-only", 0.0), s.get("store.install", 0.0)
         cleanup = s.get("remove_tree", 0.0)
         rows = [

@@ -10,12 +10,10 @@ lock only keeps N readers from downloading the same thing N times.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,25 +21,22 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .blobs import BlobStore
-from .errors import CorruptMetadata, UnsafeArtifact
-from .hashing import PullHasher, StagedFile, sha256_files
+from .errors import CorruptMetadata
+from .hashing import StagedFile, sha256_files
 from .layout import CacheLayout, read_regular, write_atomic, writing
 from .locks import entry_lock, hold_shared, shared_entry_lock
 from .manifest import EntryKey, Manifest, ManifestFile
-from .names import UnsafePath, decode_part, file_name, is_normalized_relative
-from .staged_tree import check_against, make_read_only, report_pull, scan_tree, trusted_store_hashes
-from .staging import Stage, remove_tree
+from .names import UnsafePath, decode_part, file_name
+from .pull_pipeline import Fetch, pull_entry
+from .staged_tree import make_read_only, scan_tree
+from .staging import Stage
 from .timeutil import utcnow
-from .transfer import Listing, OnFile, PullPlan, TransferError
+from .transfer import Listing
 
 TOUCH_INTERVAL = 60.0
 """Seconds between two writes of an entry's last-used stamp by one process."""
 PATH_MEMO_LIMIT = 100_000
 """How many entries' paths (and stamps) a store remembers before it starts over."""
-
-Fetch = Callable[[Path, OnFile, "list[str] | None", PullPlan], None]
-"""`fetch(tree, on_file, only, plan)`: download the listed remote into `tree` (only those paths when
-`only` is given), with the listing and a folder to resume in (`plan`)."""
 
 
 class ArtifactStore:
@@ -265,83 +260,12 @@ class ArtifactStore:
 
     def pull(self, key: EntryKey, fetch: Fetch, list_source: Callable[[], Listing], replace: bool = False) -> Path:
         """Stage with `fetch(tree, on_file, only, plan)` while `list_source()` lists the remote, verify
-        the staged tree against that listing, hash, rename into place, write the manifest. When the
-        cache knows store hashes, the listing comes first and every remote file whose (size, store
-        hash) matches a held blob is linked instead of downloaded (`only` names the rest). Files
-        reported through `on_file` are hashed while the rest still downloads. The caller holds the
-        entry's lock; `replace` re-syncs a complete entry.
-
-        The stage is `tmp/pull-<entry digest>`: `tree/` is what gets installed (made anew by every
-        attempt), `ranged/` is where the transfer resumes big files (`plan.resume_dir`). A failed
-        or killed pull leaves the stage for the next attempt when `ranged/` holds anything."""
-        with writing(self.layout.root, f"pull {key.label}"):
-            stage = Stage(self.layout, "pull", resumable=_stage_digest(key))
-            resume_dir = stage.path / "ranged"
-            ok = False
-            try:
-                path = self._pull_into(key, stage.path, resume_dir, fetch, list_source, replace)
-                ok = True
-                return path
-            finally:
-                stage.close(keep=not ok and _holds_anything(resume_dir))
-
-    def _pull_into(
-        self,
-        key: EntryKey,
-        stage: Path,
-        resume_dir: Path,
-        fetch: Fetch,
-        list_source: Callable[[], Listing],
-        replace: bool,
-    ) -> Path:
-        tree = stage / "tree"
-        remove_tree(tree, strict=True)
-        tree.mkdir()
-        with ThreadPoolExecutor(max_workers=1) as lister:
-            hasher = PullHasher(tree)
-            try:
-                listed = lister.submit(list_source)
-                linked = self._link_held(listed.result(), tree) if self.blobs.has_hints() else {}
-                listing = listed.result() if linked else None
-                only = None if listing is None else [f.path for f in listing.files if f.path not in linked]
-                if only != []:
-                    try:
-                        fetch(tree, hasher.on_file, only, PullPlan(listed.result, resume_dir))
-                    except TransferError as exc:
-                        if exc.errno is not None:
-                            raise OSError(exc.errno, str(exc)) from exc
-                        raise
-                    finally:
-                        listing = listed.result()
-                assert listing is not None
-                produced = tree if listing.is_dir else tree / listing.files[0].path
-                if not (produced.exists() or produced.is_symlink()):
-                    raise UnsafeArtifact(f"pulling {listing.url} produced nothing")
-                files = scan_tree(produced, listing.is_dir)
-                check_against(listing, files)
-                known = hasher.digests(files)
-                known.update(linked)
-                hashes = trusted_store_hashes(listing, files, linked)
-                path = self._commit(
-                    key, produced, files, listing.url, listing.version(), replace, known, hashes, frozenset(linked)
-                )
-                report_pull(key, listing, linked)
-                return path
-            finally:
-                hasher.close()
-
-    def _link_held(self, listing: Listing, stage: Path) -> dict[str, str]:
-        """Link into `stage` each listed file whose (size, store hash) names a held blob; path ->
-        sha256 of what was linked. Paths a line-based file list could not carry are left to download."""
-        linked: dict[str, str] = {}
-        hints = self.blobs.store_hashes()
-        for item in listing.files:
-            if not item.hash or "\n" in item.path or "\r" in item.path or not is_normalized_relative(item.path):
-                continue
-            digest = self.blobs.by_store_hash(item.hash, item.size, hints)
-            if digest is not None and self.blobs.link_into(digest, item.size, stage.joinpath(*item.path.split("/"))):
-                linked[item.path] = digest
-        return linked
+        the staged tree against that listing, hash, rename into place, write the manifest
+        (`pull_pipeline`). When the cache knows store hashes, the listing comes first and every
+        remote file whose (size, store hash) matches a held blob is linked instead of downloaded
+        (`only` names the rest). Files reported through `on_file` are hashed while the rest still
+        downloads. The caller holds the entry's lock; `replace` re-syncs a complete entry."""
+        return pull_entry(self, key, fetch, list_source, replace)
 
     def adopt(self, key: EntryKey, src: Path, source_url: str, source_version: str, move: bool) -> Path:
         """Make a local file or tree a complete entry (after an upload), by move or copy."""
@@ -354,9 +278,9 @@ class ArtifactStore:
             else:
                 shutil.copy2(src, produced)
             files = scan_tree(produced, produced.is_dir())
-            return self._commit(key, produced, files, source_url, source_version, replace=True)
+            return self.commit(key, produced, files, source_url, source_version, replace=True)
 
-    def _commit(
+    def commit(
         self,
         key: EntryKey,
         produced: Path,
@@ -368,7 +292,8 @@ class ArtifactStore:
         store_hashes: dict[str, str] | None = None,
         linked: frozenset[str] = frozenset(),
     ) -> Path:
-        """Hash what is not hashed yet, make the files read-only, build the manifest and install.
+        """Hash what is not hashed yet, make the files read-only, build the manifest and install (the
+        last step of a pull or an adoption).
         `linked` files are hardlinks of held blobs already, found by their store hash: neither
         shared again nor remembered again."""
         digests = dict(known or {})
@@ -472,16 +397,3 @@ class ArtifactStore:
         if held is not None:
             self.blobs.collect([item.sha256 for item in held.files])
         return existed
-
-
-def _stage_digest(key: EntryKey) -> str:
-    """The part of a pull's stage name that names its entry (so a later attempt finds the stage)."""
-    return hashlib.sha256("\0".join((key.kind, *key.parts)).encode()).hexdigest()[:32]
-
-
-def _holds_anything(folder: Path) -> bool:
-    try:
-        with os.scandir(folder) as entries:
-            return any(True for _ in entries)
-    except OSError:
-        return False

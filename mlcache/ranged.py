@@ -1,47 +1,30 @@
 """Big files pulled as byte ranges over several streams, resumable across processes.
 
-On-disk protocol, in a folder the pull owns (`<stage>/ranged/`, kept when a pull fails or dies):
-- `<id>.data` holds the file as it is assembled: chunk `i` (`chunk_size` bytes, the last one
-  shorter) is written at offset `i * chunk_size`.
-- `<id>.log` is append-only. Its first line is the JSON identity of the remote file (`url`, `size`,
-  `mtime`, `store_hash`, `chunk_size`); each later line `<i> <crc32>` is appended once every byte of
-  chunk `i` was written, with the CRC-32 of those bytes, or `<i> -` when the store listed an MD5
-  (the whole file is then checked against it before it is installed, which covers every chunk).
-`<id>` is the sha256 of the file's path in the tree, so no remote name becomes a file name here.
-
-A later pull of the same file trusts nothing it finds: anything that is not a regular file of this
-user is removed; a log whose identity differs from the new listing is dropped with its data; a
-chunk counts as done only when its line is whole and its bytes, read again, give the same CRC-32
-(or, for `-`, once the whole file's MD5 matches the store's; a mismatch drops every chunk).
-Everything else is fetched again. The sha256 (and the MD5, where the listing has the store's) is
-computed in file order as chunks complete, each chunk read back once while the page cache holds
-it; the finished file is moved into the tree only once the store's MD5 agrees.
+Chunks land in a `ChunkJournal` (`chunk_journal`: the data file and log a later pull resumes from,
+trusting nothing it finds). The sha256 (and the MD5, where the listing has the store's) is computed
+in file order as chunks complete, each chunk read back once while the page cache holds it; the
+finished file is moved into the tree only once the store's MD5 agrees.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
-import re
 import stat
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .chunk_journal import PIECE, ChunkJournal, pieces, private_dir
 from .errors import InvalidSetting, TransferError
-from .staged_tree import listed_ns
 from .transfer import OnFile, RemoteFile
 
 __all__ = ["RangeStream", "RangedSettings", "pull_ranged"]
 
-_PIECE = 1 << 20
 _MIN_CHUNK = 4096
-_LINE = re.compile(r"(\d{1,9}) ([0-9a-f]{8}|-)")
 
 
 class RangeStream(Protocol):
@@ -94,148 +77,39 @@ def pull_ranged(
     `on_file(rel, digest=sha256)` is told of each file done, `advanced(n)` of the bytes as they land.
     Setting `stop` ends the pull early with a `TransferError`."""
     state_dir.mkdir(mode=0o700, exist_ok=True)
-    _private_dir(state_dir)
+    private_dir(state_dir)
     for item, url, dest in files:
         assembly = _Assembly(item, url, state_dir, settings.chunk_size)
         try:
             digest = assembly.fetch(open_range, settings.streams, advanced, stop or threading.Event())
-            assembly.install(dest)
+            assembly.journal.install(dest)
         finally:
-            assembly.close()
+            assembly.journal.close()
         if on_file is not None:
             on_file(item.path, digest=digest)
 
 
-def _private_dir(folder: Path) -> None:
-    info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise TransferError(f"{folder} is not a private folder of this user; not resuming into it")
-
-
-def _open_own(path: Path, flags: int) -> int:
-    """A regular file of this user at `path`, opened without following links; anything else there
-    is removed first."""
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags | nofollow)
-    except FileNotFoundError:
-        return os.open(path, flags | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
-    except OSError:
-        fd = -1
-    if fd >= 0:
-        info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
-            return fd
-        os.close(fd)
-    path.unlink()
-    return os.open(path, flags | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
-
-
 class _Assembly:
-    """One file being put together from chunks: its data file, its log, which chunks are done."""
+    """One file being put together from chunks on several streams, into its journal."""
 
     def __init__(self, item: RemoteFile, url: str, state_dir: Path, chunk_size: int) -> None:
         self.item = item
-        self.chunk_size = chunk_size
-        self.count = max(1, -(-item.size // chunk_size))
-        name = hashlib.sha256(item.path.encode()).hexdigest()[:32]
-        self.data_path = state_dir / f"{name}.data"
-        self.log_path = state_dir / f"{name}.log"
-        self.identity = json.dumps(
-            {"url": url, "size": item.size, "mtime": item.mtime, "store_hash": item.hash, "chunk_size": chunk_size},
-            sort_keys=True,
-        )
-        self.done = [False] * self.count
-        self.checked_whole = item.hash.startswith("md5:")
+        self.journal = ChunkJournal(item, url, state_dir, chunk_size)
         self.changed = threading.Condition()
         self.failed: BaseException | None = None
         self._fetching = True
-        self.data = _open_own(self.data_path, os.O_RDWR)
-        self.log = -1
-        self._resume()
-
-    def _span(self, index: int) -> tuple[int, int]:
-        start = index * self.chunk_size
-        return start, min(self.chunk_size, self.item.size - start)
-
-    def _resume(self) -> None:
-        """Keep the chunks the log vouches for and whose bytes still match; start the log anew
-        with exactly those."""
-        claimed = self._claimed()
-        if os.fstat(self.data).st_size != self.item.size:
-            os.ftruncate(self.data, self.item.size)
-        lines = [self.identity]
-        for index, crc in sorted(claimed.items()):
-            if crc is None or self._crc(index) == crc:
-                self.done[index] = True
-                lines.append(f"{index} {_crc_text(crc)}")
-        fresh = self.log_path.with_name(self.log_path.name + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            fresh.unlink()
-        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            os.write(fd, "".join(f"{line}\n" for line in lines).encode())
-        finally:
-            os.close(fd)
-        os.replace(fresh, self.log_path)
-        self.log = _open_own(self.log_path, os.O_WRONLY | os.O_APPEND)
-
-    def _claimed(self) -> dict[int, int | None]:
-        """Chunk -> CRC-32 from an earlier log of this very file; nothing from any other."""
-        try:
-            fd = _open_own(self.log_path, os.O_RDONLY)
-        except OSError:
-            return {}
-        try:
-            text = os.read(fd, 64 + len(self.identity) + 20 * self.count).decode("utf-8", "replace")
-        finally:
-            os.close(fd)
-        lines = text.split("\n")
-        if lines[0] != self.identity:
-            return {}
-        claimed: dict[int, int | None] = {}
-        for line in lines[1:-1]:  # the last piece has no newline: torn or empty
-            match = _LINE.fullmatch(line)
-            if match and int(match[1]) < self.count and (match[2] != "-" or self.checked_whole):
-                claimed[int(match[1])] = None if match[2] == "-" else int(match[2], 16)
-        return claimed
-
-    def _crc(self, index: int) -> int:
-        """The CRC-32 of chunk `index` as the data file holds it; -1 when the file ends inside it."""
-        crc, seen = 0, 0
-        start, length = self._span(index)
-        for piece in _pieces(self.data, start, length):
-            crc = zlib.crc32(piece, crc)
-            seen += len(piece)
-        return crc if seen == length else -1
-
-    # ----------------------------------------------------------------- fetching
-    def _segments(self, streams: int) -> list[tuple[int, int]]:
-        """Runs `(first, last + 1)` of missing chunks, cut so that `streams` streams share them."""
-        missing = [i for i, done in enumerate(self.done) if not done]
-        if not missing:
-            return []
-        longest = max(1, -(-len(missing) // streams))
-        runs: list[tuple[int, int]] = []
-        start = previous = missing[0]
-        for index in [*missing[1:], -1]:
-            if index != previous + 1 or previous + 1 - start >= longest:
-                runs.append((start, previous + 1))
-                start = index
-            previous = index
-        return runs
 
     def fetch(
         self, open_range: OpenRange, streams: int, advanced: Callable[[int], None] | None, stop: threading.Event
     ) -> str:
         """Fetch the missing chunks on `streams` threads while the hashes follow in file order;
         the sha256 of the whole file."""
-        segments = self._segments(streams)
+        segments = self.journal.missing_runs(streams)
         queue = list(reversed(segments))
         lock = threading.Lock()
 
         def work() -> None:
-            buffer = bytearray(_PIECE)
+            buffer = bytearray(PIECE)
             while not stop.is_set() and self.failed is None:
                 with lock:
                     if not queue:
@@ -249,7 +123,7 @@ class _Assembly:
                         self.changed.notify_all()
 
         sha256 = _Follower(self, hashlib.sha256)
-        md5 = _Follower(self, hashlib.md5) if self.checked_whole else None
+        md5 = _Follower(self, hashlib.md5) if self.journal.checked_whole else None
         workers = [threading.Thread(target=work, daemon=True) for _ in range(min(streams, len(segments)))]
         for thread in workers:
             thread.start()
@@ -265,7 +139,7 @@ class _Assembly:
         if self.failed is not None:
             raise self.failed
         if store_md5 is not None and f"md5:{store_md5}" != self.item.hash:
-            self._forget()
+            self.journal.forget()
             raise TransferError(
                 f"{self.item.path}: the bytes received do not match the store's MD5 ({self.item.hash}); "
                 "they were dropped and will be fetched again",
@@ -283,8 +157,9 @@ class _Assembly:
         advanced: Callable[[int], None] | None,
         stop: threading.Event,
     ) -> None:
-        offset = first * self.chunk_size
-        count = min(end * self.chunk_size, self.item.size) - offset
+        chunk_size = self.journal.chunk_size
+        offset = first * chunk_size
+        count = min(end * chunk_size, self.item.size) - offset
         stream = open_range(self.item, offset, count)
         try:
             for index in range(first, end):
@@ -302,12 +177,13 @@ class _Assembly:
     def _fetch_chunk(
         self, stream: RangeStream, index: int, buffer: memoryview, advanced: Callable[[int], None] | None
     ) -> None:
-        position, left = self._span(index)
-        crc: int | None = None if self.checked_whole else 0
+        journal = self.journal
+        position, left = journal.span(index)
+        crc: int | None = None if journal.checked_whole else 0
         source = _pipe_of(stream) if crc is None else None
         while left > 0:
             if source is not None:
-                got = os.splice(source, self.data, min(_PIECE, left), offset_dst=position)
+                got = os.splice(source, journal.data, min(PIECE, left), offset_dst=position)
             else:
                 got = stream.readinto(buffer[: min(len(buffer), left)])
             if not got:
@@ -320,48 +196,25 @@ class _Assembly:
                 piece = buffer[:got]
                 written = 0
                 while written < got:
-                    written += os.pwrite(self.data, piece[written:], position + written)
+                    written += os.pwrite(journal.data, piece[written:], position + written)
                 if crc is not None:
                     crc = zlib.crc32(piece, crc)
             position += got
             left -= got
             if advanced is not None:
                 advanced(got)
-        os.write(self.log, f"{index} {_crc_text(crc)}\n".encode())
+        journal.record(index, crc)
         with self.changed:
-            self.done[index] = True
             self.changed.notify_all()
 
     def wait_for(self, index: int) -> bool:
         """Block until chunk `index` is in (True) or the fetch failed or ended without it (False)."""
         with self.changed:
-            while not self.done[index]:
+            while not self.journal.done[index]:
                 if self.failed is not None or not self._fetching:
                     return False
                 self.changed.wait(1.0)
             return True
-
-    def _forget(self) -> None:
-        os.ftruncate(self.data, 0)
-        os.ftruncate(self.log, 0)
-
-    def install(self, dest: Path) -> None:
-        """Move the finished file to `dest` with the listed modification time (its bytes are the
-        listed object's: their size is the listed one, and the store's MD5 agreed where given)."""
-        os.fchmod(self.data, 0o644)
-        when = listed_ns(self.item.mtime)
-        if when is not None:
-            os.utime(self.data, ns=(when, when))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.data_path, dest)
-        with contextlib.suppress(FileNotFoundError):
-            self.log_path.unlink()
-
-    def close(self) -> None:
-        for fd in (self.data, self.log):
-            if fd >= 0:
-                os.close(fd)
-        self.data = self.log = -1
 
 
 def _pipe_of(stream: RangeStream) -> int | None:
@@ -372,21 +225,6 @@ def _pipe_of(stream: RangeStream) -> int | None:
         return None
     fd = fileno()
     return fd if isinstance(fd, int) and stat.S_ISFIFO(os.fstat(fd).st_mode) else None
-
-
-def _pieces(fd: int, start: int, length: int) -> Iterator[bytes]:
-    """The bytes `[start, start + length)` of a file, read in pieces; fewer when the file ends first."""
-    while length > 0:
-        piece = os.pread(fd, min(_PIECE, length), start)
-        if not piece:
-            return
-        yield piece
-        start += len(piece)
-        length -= len(piece)
-
-
-def _crc_text(crc: int | None) -> str:
-    return "-" if crc is None else f"{crc:08x}"
 
 
 class _Follower:
@@ -401,12 +239,13 @@ class _Follower:
 
     def _run(self) -> None:
         assembly = self._assembly
-        for index in range(assembly.count):
+        journal = assembly.journal
+        for index in range(journal.count):
             if not assembly.wait_for(index):
                 return
-            start, length = assembly._span(index)
+            start, length = journal.span(index)
             seen = 0
-            for piece in _pieces(assembly.data, start, length):
+            for piece in pieces(journal.data, start, length):
                 self._hash.update(piece)
                 seen += len(piece)
             if seen < length:
