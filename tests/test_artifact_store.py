@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mlcache.artifact_store import ArtifactStore, UnsafeArtifact
+from mlcache.artifact_store import ArtifactStore
 from mlcache.entry_io import verify_entry
+from mlcache.errors import UnsafeArtifact
 from mlcache.layout import CacheLayout
 from mlcache.manifest import EntryKey
 from mlcache.timeutil import canonical_rfc3339
