@@ -48,7 +48,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from common import rmtree, tree_stats  # noqa: E402
+from common import disk_bytes, rmtree, tree_stats  # noqa: E402
 
 from servers import start_mlflow_server, start_s3_server  # noqa: E402
 
@@ -258,7 +258,7 @@ class Bench:
         tmp = self.scratch / "tmp-loads" / f"{case.key}-{self.n_loads}"
         tmp.mkdir(parents=True)
         env = {**case.env, "TMPDIR": str(tmp)}
-        cache_before = tree_stats(self.cache)[1] if self.cache.exists() else 0
+        cache_before = disk_bytes(self.cache) if self.cache.exists() else 0
         args = [sys.executable, "-c", case.script] + ([case.uri] if case.uri else [])
         t = time.perf_counter()
         result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
@@ -279,7 +279,7 @@ class Bench:
         case.inner_load.append(info["load"])
         case.tmp_bytes.append(size)
         case.tmp_files.append(files)
-        case.cache_growth.append((tree_stats(self.cache)[1] if self.cache.exists() else 0) - cache_before)
+        case.cache_growth.append((disk_bytes(self.cache) if self.cache.exists() else 0) - cache_before)
         rmtree(tmp)
         return info
 
@@ -360,8 +360,8 @@ class Bench:
         )
         print("in-process: median seconds of `import mlflow` and of `load_model` inside the child")
         print(
-            "tmp/load: what one load left in its (fresh) TMPDIR, max; cache growth: of the cache dir, summed over "
-            "the case's timed loads"
+            "tmp/load: what one load left in its (fresh) TMPDIR, max; cache growth: of the cache dir on disk "
+            "(hardlinks once), summed over the case's timed loads"
         )
         print("")
         head = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -12,7 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["calls_per_second", "code_state", "rmtree", "snapshot_mlcache", "start_store_and_server", "tree_stats"]
+__all__ = [
+    "calls_per_second",
+    "code_state",
+    "disk_bytes",
+    "rmtree",
+    "snapshot_mlcache",
+    "start_store_and_server",
+    "tree_stats",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,6 +109,20 @@ def tree_stats(path: Path) -> tuple[int, int]:
                 count += 1
                 size += file.stat().st_size
     return count, size
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes a folder takes on disk: each inode counted once (an entry's file and its blob are one
+    hardlinked inode), symlinks not followed."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            info = os.lstat(os.path.join(folder, name))
+            if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                size += info.st_size
+    return size
 
 
 def calls_per_second(fn: Callable[[], Any], seconds: float) -> tuple[float, int]:
