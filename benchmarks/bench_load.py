@@ -258,7 +258,7 @@ class Bench:
         tmp = self.scratch / "tmp-loads" / f"{case.key}-{self.n_loads}"
         tmp.mkdir(parents=True)
         env = {**case.env, "TMPDIR": str(tmp)}
-        cache_before = disk_bytes(self.cache) if self.cache.exists() else 0
+        cache_before = disk_bytes(self.cache)
         args = [sys.executable, "-c", case.script] + ([case.uri] if case.uri else [])
         t = time.perf_counter()
         result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
@@ -279,7 +279,7 @@ class Bench:
         case.inner_load.append(info["load"])
         case.tmp_bytes.append(size)
         case.tmp_files.append(files)
-        case.cache_growth.append((disk_bytes(self.cache) if self.cache.exists() else 0) - cache_before)
+        case.cache_growth.append(disk_bytes(self.cache) - cache_before)
         rmtree(tmp)
         return info
 

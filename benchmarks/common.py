@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -112,17 +111,11 @@ def tree_stats(path: Path) -> tuple[int, int]:
 
 
 def disk_bytes(path: Path) -> int:
-    """Bytes a folder takes on disk: each inode counted once (an entry's file and its blob are one
-    hardlinked inode), symlinks not followed."""
-    seen: set[tuple[int, int]] = set()
-    size = 0
-    for folder, _dirs, names in os.walk(path):
-        for name in names:
-            info = os.lstat(os.path.join(folder, name))
-            if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
-                seen.add((info.st_dev, info.st_ino))
-                size += info.st_size
-    return size
+    """Bytes a folder takes on disk, as `mlcache du` counts them: each inode once (an entry's file
+    and its blob are one hardlinked inode), links not followed; 0 when it does not exist."""
+    from mlcache.disk_usage import inodes_of
+
+    return sum(inodes_of(path)[0].values())
 
 
 def calls_per_second(fn: Callable[[], Any], seconds: float) -> tuple[float, int]:
