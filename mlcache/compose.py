@@ -33,15 +33,12 @@ class Composer:
 
     A handle is built once per set of documents: while the records it was composed from are the
     ones the store serves (the same parsed data, which the store keeps while the files are
-    unchanged, or for records from the index the same bytes), the same immutable handle is returned
-    without validating them again. A find's runs and logged models are kept with the experiment
-    handle they were composed with."""
+    unchanged), the same immutable handle is returned without validating them again."""
 
     def __init__(self, resolver: MetadataResolver, api: BaseMlflowApi) -> None:
         self.resolver = resolver
         self.api = api
         self._built: dict[Path, tuple[tuple[Record | None, ...], Handle]] = {}
-        self._in_exp: dict[Path, tuple[Record, ExpApi, Handle]] = {}
 
     def _once(self, records: tuple[Record | None, ...], cls: type[HandleT], build: Callable[[], Entity]) -> HandleT:
         """The handle of class `cls` composed from `records` (the first one its own document)."""
@@ -55,17 +52,6 @@ class Composer:
         if len(self._built) >= MEMO_LIMIT:
             self._built.clear()
         self._built[key] = (records, handle)
-        return handle
-
-    def _once_in(self, record: Record, exp: ExpApi, cls: type[HandleT], build: Callable[[], Entity]) -> HandleT:
-        """The handle of class `cls` composed from `record` with the experiment handle `exp`."""
-        held = self._in_exp.get(record.path)
-        if held is not None and held[1] is exp and type(held[2]) is cls and _same((held[0],), (record,)):
-            return held[2]
-        handle = bind(cls, build(), self.api)
-        if len(self._in_exp) >= MEMO_LIMIT:
-            self._in_exp.clear()
-        self._in_exp[record.path] = (record, exp, handle)
         return handle
 
     def exp(self, record: Record) -> ExpApi:
@@ -83,7 +69,7 @@ class Composer:
 
     def run(self, record: Record, freshness: Freshness = "nested", exp: ExpApi | None = None) -> RunApi:
         if exp is not None:
-            return self._once_in(record, exp, RunApi, lambda: run_from_record(record.data, exp, record.path))
+            return bind(RunApi, run_from_record(record.data, exp, record.path), self.api)
         exp_record = self._exp_record_of(record, freshness)
         return self._once(
             (record, exp_record), RunApi, lambda: run_from_record(record.data, self.exp(exp_record), record.path)
@@ -118,7 +104,7 @@ class Composer:
 
     def logged(self, record: Record, freshness: Freshness = "nested", exp: ExpApi | None = None) -> LoggedModelApi:
         if exp is not None:
-            return self._once_in(record, exp, LoggedModelApi, lambda: logged_from_record(record.data, exp, record.path))
+            return bind(LoggedModelApi, logged_from_record(record.data, exp, record.path), self.api)
         exp_record = self._exp_record_of(record, freshness)
         return self._once(
             (record, exp_record),
@@ -128,12 +114,7 @@ class Composer:
 
 
 def _same(held: tuple[Record | None, ...], now: tuple[Record | None, ...]) -> bool:
-    """The same documents: each record's parsed data is the very object the handle was built from,
-    or both records come from the index with the digest of the same file bytes."""
+    """The same documents: each record's parsed data is the very object the handle was built from."""
     if len(held) != len(now):
         return False
-    return all(
-        a is b
-        or (a is not None and b is not None and (a.data is b.data or (a.digest is not None and a.digest == b.digest)))
-        for a, b in zip(held, now, strict=True)
-    )
+    return all(a is b or (a is not None and b is not None and a.data is b.data) for a, b in zip(held, now, strict=True))

@@ -78,9 +78,6 @@ class Record:
     cached_at: datetime
     stale: bool
     path: Path
-    digest: bytes | None = None
-    """Digest of the file's bytes (`index_refresh.file_digest`): two records with one digest hold
-    the same document, whether read from the file or from the index."""
 
 
 class MetadataStore:
@@ -148,7 +145,7 @@ class MetadataStore:
         else:
             raw, identity = read
             if indexed is not None and indexed.digest == file_digest(raw):
-                record = Record(kind, key, indexed.data, stored_at(identity[3]), indexed.stale, path, indexed.digest)
+                record = Record(kind, key, indexed.data, stored_at(identity[3]), indexed.stale, path)
             else:
                 record = self._parse(path, raw, kind, key, identity[3])
             if len(self._seen) >= MEMO_LIMIT:
@@ -161,9 +158,7 @@ class MetadataStore:
     def indexed_record(self, kind: str, indexed: IndexEntry) -> Record:
         """The record of a document as the index, up to date with its file, holds it."""
         when = _parse_time(indexed.cached_at)
-        return Record(
-            kind, indexed.key, indexed.data, when, indexed.stale, self.path(kind, indexed.key), indexed.digest
-        )
+        return Record(kind, indexed.key, indexed.data, when, indexed.stale, self.path(kind, indexed.key))
 
     @contextmanager
     def reading_once(self) -> Iterator[None]:
@@ -197,10 +192,9 @@ class MetadataStore:
                 guarded.add(path.parent)
             body = {"kind": kind, "key": list(key), "cached_at": cached_at, "stale": stale, "data": data}
             encoded = json.dumps(body, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-            digest = file_digest(encoded)
-            records.append(Record(kind, key, data, now, stale, path, digest))
+            records.append(Record(kind, key, data, now, stale, path))
             files.append((path, encoded))
-            entries.setdefault(kind, {})[path] = IndexEntry(key, data, digest, cached_at, stale)
+            entries.setdefault(kind, {})[path] = IndexEntry(key, data, file_digest(encoded), cached_at, stale)
         first = documents[0]
         what = f"cache {first[0]} {list(first[1])}" + (f" and {len(documents) - 1} more" if len(documents) > 1 else "")
         with writing(self.layout.root, what):
@@ -328,4 +322,4 @@ class MetadataStore:
                 raise CorruptMetadata(path, f"its {field!r} is {data[field]!r}, but it is stored as {part!r}")
         if kind == "alias" and not isinstance(data.get("version"), str):
             raise CorruptMetadata(path, "an alias document needs a 'version' string")
-        return Record(kind, held, data, stored_at(mtime_ns), bool(body.get("stale")), path, file_digest(raw))
+        return Record(kind, held, data, stored_at(mtime_ns), bool(body.get("stale")), path)

@@ -6,13 +6,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mlcache import CacheMiss, CorruptMetadata
-from mlcache.layout import CacheLayout
-from mlcache.metadata_store import MetadataStore
 from mlcache.testing import InMemoryPlugin, MemoryBackend
 
 
@@ -115,40 +112,3 @@ def test_an_alias_moved_by_another_client_is_followed_offline(tmp_path: Path) ->
     moved = offline.get_model_artifact(("m", "@prod"))
     assert moved != first
     assert (moved / "weights.bin").read_bytes() == b"v" * 10
-
-
-def test_a_find_gives_the_same_handles_while_their_documents_and_experiment_are_unchanged(tmp_path: Path) -> None:
-    backend = MemoryBackend(tmp_path / "server")
-    api = InMemoryPlugin(backend=backend, cache_dir=tmp_path / "cache")
-    exp = api.create_exp("e")
-    for name in ("r0", "r1", "r2"):
-        exp.start_run(name, tags={"team": "a"})
-    assert len(list(api.find_runs({"exp.id": exp.id}))) == 3
-    offline = InMemoryPlugin(backend=backend, cache_dir=tmp_path / "cache", offline_mode=True)
-
-    def found() -> dict[str, Any]:
-        return {run.name: run for run in offline.find_runs({"tags.team": "a"})}
-
-    first = found()
-    again = found()
-    assert sorted(first) == ["r0", "r1", "r2"]
-    assert all(again[name] is first[name] for name in first)
-    exps = [list(offline.find_exps({"name": "e"})) for _ in range(2)]
-    assert [found.id for found in exps[0]] == [exp.id]
-    assert exps[1][0] is exps[0][0] is first["r0"].exp
-
-    store = MetadataStore(CacheLayout(tmp_path / "cache"))
-    run = store.get("run", (first["r0"].id,))
-    assert run is not None
-    store.put("run", run.key, {**run.data, "tags": {"team": "a", "x": "1"}})
-    changed = found()
-    assert changed["r0"] is not first["r0"] and changed["r0"].tags == {"team": "a", "x": "1"}
-    assert changed["r1"] is first["r1"] and changed["r2"] is first["r2"]
-
-    record = store.get("exp", (exp.id,))
-    assert record is not None
-    store.put("exp", record.key, {**record.data, "name": "renamed"})
-    renamed = found()
-    assert all(renamed[name] is not changed[name] for name in changed)
-    assert {run.exp.name for run in renamed.values()} == {"renamed"}
-    assert {run.tags["team"] for run in renamed.values()} == {"a"}
