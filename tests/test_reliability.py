@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -200,6 +201,41 @@ def test_soft_locks_exclude_and_a_stale_one_is_broken(tmp_path: Path) -> None:
     assert time.monotonic() - started < 3
     api = MlflowApi(cache_dir=tmp_path / "c", lock_mode="soft", offline_mode=True)
     assert api.layout.soft_locks
+
+
+LOCK_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from mlcache.layout import CacheLayout
+    from mlcache.locks import entry_lock
+    with entry_lock(CacheLayout(sys.argv[1]), "artifacts", "runs", "r", "model", timeout=5, on_wait=print):
+        Path(sys.argv[2]).touch()
+        time.sleep(60)
+    """
+)
+
+
+def test_a_waiter_is_told_which_process_holds_the_lock(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path / "cache"), str(ready)])
+    try:
+        wait_until(ready.exists, 60, "the holder taking the lock", holder)
+        told: list[str | None] = []
+        with (
+            pytest.raises(LockTimeout, match=r"still held by another process after 0\.2s"),
+            entry_lock(
+                CacheLayout(tmp_path / "cache"), "artifacts", "runs", "r", "model", timeout=0.2, on_wait=told.append
+            ),
+        ):
+            pass
+        assert told == [f"pid {holder.pid} on {socket.gethostname()}"]
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    with entry_lock(CacheLayout(tmp_path / "cache"), "artifacts", "runs", "r", "model", timeout=5, on_wait=told.append):
+        pass
+    assert len(told) == 1, "a lock its killed holder left is free at once"
 
 
 STRESS_WORKER = textwrap.dedent(
