@@ -17,10 +17,10 @@ import pytest
 
 import mlcache
 from mlcache import hashing
-from mlcache.blobs import BlobStore
+from mlcache.blobs import BlobFolders, BlobStore
 from mlcache.bundle import verify
 from mlcache.bundle_verify import verify_report
-from mlcache.errors import BundleError
+from mlcache.errors import BundleError, UnsafePath
 from mlcache.layout import CacheLayout
 from mlcache.testing import InMemoryPlugin, MemoryBackend
 
@@ -420,3 +420,44 @@ def test_a_file_rewritten_between_the_listing_and_the_copy_records_no_store_hash
     assert {f.path: f.store_hash for f in manifest.files} == {"same.bin": listed.files[1].hash, "w.bin": None}
     assert store.blobs.by_store_hash(listed.files[0].hash, len(old)) is None
     assert store.blobs.by_store_hash(listed.files[1].hash, 4) == md5lib.sha256(b"same").hexdigest()
+
+
+def _staged_blob(layout: CacheLayout, data: bytes) -> tuple[Path, str]:
+    """A hashed, read-only file in a stage of `layout`, with its sha256."""
+    layout.ensure()
+    staged = layout.tmp / "pull-test" / "file.bin"
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(data)
+    staged.chmod(0o444)
+    return staged, hashing.sha256_file(staged)
+
+
+def test_a_blob_folder_swapped_for_a_link_after_a_batch_opened_it_is_not_followed(tmp_path: Path) -> None:
+    layout = CacheLayout(tmp_path / "cache")
+    store = BlobStore(layout)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    staged, digest = _staged_blob(layout, b"weights" * 100)
+    folder = store.path(digest).parent
+    with BlobFolders(layout) as folders:
+        folders.open(folder)
+        folder.rename(folder.with_name("moved"))
+        folder.symlink_to(outside, target_is_directory=True)
+        assert store.adopt(staged, digest, 700, folders)
+    assert list(outside.iterdir()) == []
+    assert (folder.with_name("moved") / digest[2:]).samefile(staged)
+    with pytest.raises(UnsafePath, match="is a link or a file where mlcache keeps its own folder"):
+        store.adopt(staged, digest, 700)
+
+
+def test_a_blob_folder_removed_after_a_batch_opened_it_is_made_again(tmp_path: Path) -> None:
+    layout = CacheLayout(tmp_path / "cache")
+    store = BlobStore(layout)
+    staged, digest = _staged_blob(layout, b"layer" * 100)
+    folder = store.path(digest).parent
+    with BlobFolders(layout) as folders:
+        folders.open(folder)
+        folder.rmdir()
+        assert store.adopt(staged, digest, 500, folders)
+    assert store.held(digest, 500) == store.path(digest)
+    assert store.path(digest).samefile(staged)
