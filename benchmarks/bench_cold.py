@@ -68,7 +68,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import peers  # noqa: E402
-from common import code_state, rmtree, snapshot_mlcache, start_store_and_server, tree_stats  # noqa: E402
+from common import (  # noqa: E402
+    code_state,
+    file_creation_us,
+    rmtree,
+    snapshot_mlcache,
+    start_store_and_server,
+    tree_stats,
+)
 from pacing_proxy import PacingProxy, start_pacing_proxy  # noqa: E402
 
 # mlcache itself is imported only after `snapshot_mlcache` (in `main`): this process and its
@@ -312,6 +319,7 @@ class Bench:
         self.lines: list[str] = []
         self.code_state = ""
         self.load_before = (math.nan, math.nan, math.nan)
+        self.creation_us = math.nan
         self.peer_versions: dict[str, str] = {}
 
     def out(self, text: str = "") -> None:
@@ -765,7 +773,8 @@ class Bench:
         self.out(
             f"machine: {os.cpu_count()} cores (affinity {len(os.sched_getaffinity(0))}), {platform.machine()}, "
             f"Python {platform.python_version()}, load average {self.load_before[0]:.2f} at start, "
-            f"{load_after[0]:.2f} at the end"
+            f"{load_after[0]:.2f} at the end; file creation before the timed pulls {self.creation_us:.0f} us per "
+            "new file (1,000 files, one thread; ext4 without a journal is slow for minutes after mass deletions)"
         )
         self.out(f"versions: {self.versions()}")
         self.out(f"mlcache code: a snapshot of the working tree at the start ({self.code_state})")
@@ -898,6 +907,8 @@ def main() -> int:
         bench.start()
         bench.upload()
         bench.warm_up()
+        bench.creation_us = file_creation_us(scratch / "kept" / "creation-probe")
+        print(f"file creation: {bench.creation_us:.0f} us per new file", flush=True)
         for key in chosen:
             print(f"{PHASES[key]} ({time.perf_counter() - started:.0f}s):", flush=True)
             getattr(bench, key)()
