@@ -49,34 +49,6 @@ class CollectReport:
     kept: int = 0
 
 
-class BlobFolders:
-    """The blob folders one batch of adoptions links into, each checked (`CacheLayout.guard`), made
-    and opened once (never through a link), then linked into by its descriptor: a tree of
-    thousands of files checks each of the 256 folders once, and a folder swapped for a link
-    after it was opened is not followed. Closes them all at the end of the `with` block."""
-
-    def __init__(self, layout: CacheLayout) -> None:
-        self.layout = layout
-        self._open: dict[Path, int] = {}
-
-    def open(self, folder: Path) -> int:
-        """The descriptor of `folder`, opened on first use."""
-        fd = self._open.get(folder)
-        if fd is None:
-            self.layout.guarded_dir(folder)
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
-            self._open[folder] = fd
-        return fd
-
-    def __enter__(self) -> BlobFolders:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for fd in self._open.values():
-            os.close(fd)
-        self._open.clear()
-
-
 class BlobStore:
     """The blobs of one cache dir (or bundle folder)."""
 
@@ -119,28 +91,20 @@ class BlobStore:
                 probe.unlink(missing_ok=True)
         return self._linkable
 
-    def adopt(self, staged: Path, digest: str, size: int, folders: BlobFolders | None = None) -> bool:
+    def adopt(self, staged: Path, digest: str, size: int) -> bool:
         """Make the hashed, read-only staged file `staged` share the blob of `digest`: it becomes the
         blob, or is replaced by a link to the blob already held. A collector may take that blob
         between two looks (the name is then free, and the staged file becomes the blob). False when
         links cannot be made here, or something that is not this blob holds its name (the staged
-        file is then left as it is). `folders`: the blob folders a batch of adoptions holds open."""
+        file is then left as it is)."""
         blob = self.path(digest)
-        for attempt in range(_ADOPT_ATTEMPTS):
-            folder = None if folders is None or attempt else folders.open(blob.parent)
+        for _ in range(_ADOPT_ATTEMPTS):
             try:
-                if folder is None:
-                    self.layout.guarded_dir(blob.parent)
-                    os.link(staged, blob)
-                else:
-                    os.link(staged, blob.name, dst_dir_fd=folder)
+                self.layout.guarded_dir(blob.parent)
+                os.link(staged, blob)
                 return True
             except FileExistsError:
                 pass
-            except FileNotFoundError:
-                if folder is None:
-                    raise
-                continue  # the folder held open was removed: check and make it again by its path
             except OSError as exc:
                 if exc.errno in _NO_LINKS:
                     self._linkable = False

@@ -17,7 +17,7 @@ import pytest
 
 import mlcache
 from mlcache import hashing
-from mlcache.blobs import BlobFolders, BlobStore
+from mlcache.blobs import BlobStore
 from mlcache.bundle import verify
 from mlcache.bundle_verify import verify_report
 from mlcache.errors import BundleError, UnsafePath
@@ -432,32 +432,27 @@ def _staged_blob(layout: CacheLayout, data: bytes) -> tuple[Path, str]:
     return staged, hashing.sha256_file(staged)
 
 
-def test_a_blob_folder_swapped_for_a_link_after_a_batch_opened_it_is_not_followed(tmp_path: Path) -> None:
+def test_a_blob_folder_swapped_for_a_link_is_never_linked_through(tmp_path: Path) -> None:
     layout = CacheLayout(tmp_path / "cache")
     store = BlobStore(layout)
     outside = tmp_path / "outside"
     outside.mkdir()
     staged, digest = _staged_blob(layout, b"weights" * 100)
     folder = store.path(digest).parent
-    with BlobFolders(layout) as folders:
-        folders.open(folder)
-        folder.rename(folder.with_name("moved"))
-        folder.symlink_to(outside, target_is_directory=True)
-        assert store.adopt(staged, digest, 700, folders)
-    assert list(outside.iterdir()) == []
-    assert (folder.with_name("moved") / digest[2:]).samefile(staged)
+    folder.mkdir(parents=True)
+    folder.rmdir()
+    folder.symlink_to(outside, target_is_directory=True)
     with pytest.raises(UnsafePath, match="is a link or a file where mlcache keeps its own folder"):
         store.adopt(staged, digest, 700)
+    assert list(outside.iterdir()) == []
+    assert store.held(digest, 700) is None
 
 
-def test_a_blob_folder_removed_after_a_batch_opened_it_is_made_again(tmp_path: Path) -> None:
+def test_a_missing_blob_folder_is_made_on_adoption(tmp_path: Path) -> None:
     layout = CacheLayout(tmp_path / "cache")
     store = BlobStore(layout)
     staged, digest = _staged_blob(layout, b"layer" * 100)
-    folder = store.path(digest).parent
-    with BlobFolders(layout) as folders:
-        folders.open(folder)
-        folder.rmdir()
-        assert store.adopt(staged, digest, 500, folders)
+    assert not store.path(digest).parent.exists()
+    assert store.adopt(staged, digest, 500)
     assert store.held(digest, 500) == store.path(digest)
     assert store.path(digest).samefile(staged)
