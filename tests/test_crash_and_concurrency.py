@@ -165,6 +165,7 @@ def test_eight_processes_one_transfer(
     while len(list(tmp_path.glob("go.ready-*"))) < len(procs) and time.monotonic() < deadline:
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
         time.sleep(0.02)
+    assert len(list(tmp_path.glob("go.ready-*"))) == len(procs), "not every puller got ready within 120 s"
     go.touch()
     outputs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [err[-2000:] for _, err in outputs]
