@@ -907,7 +907,7 @@ def main() -> int:
         bench.start()
         bench.upload()
         bench.warm_up()
-        bench.creation_us = file_creation_us(scratch / "kept" / "creation-probe")
+        bench.creation_us = file_creation_us(bench.kept / "creation-probe")
         print(f"file creation: {bench.creation_us:.0f} us per new file", flush=True)
         for key in chosen:
             print(f"{PHASES[key]} ({time.perf_counter() - started:.0f}s):", flush=True)

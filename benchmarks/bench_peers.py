@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 import peers  # noqa: E402
-from common import rmtree  # noqa: E402
+from common import rmtree, time_file_creation  # noqa: E402
 
 import mlcache  # noqa: E402
 
@@ -409,15 +409,7 @@ def file_creation_floor(cache: Path, folder: Path) -> float:
     documents, each with a document's bytes (one thread, bare open/write/close, no sync): what
     creating the write-through's files costs on this filesystem at this moment, with no mlcache code.
     The files stay until the end (see the note at the repetitions)."""
-    docs = [path.read_bytes() for path in (cache / "metadata" / "run").glob("*.json")]
-    folder.mkdir()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    start = time.perf_counter()
-    for i, data in enumerate(docs):
-        fd = os.open(folder / f"{i}.json", flags, 0o644)
-        os.write(fd, data)
-        os.close(fd)
-    return time.perf_counter() - start
+    return time_file_creation(folder, [path.read_bytes() for path in (cache / "metadata" / "run").glob("*.json")])
 
 
 # ------------------------------------------------------------------------------------ 20k, mlcache only

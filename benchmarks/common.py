@@ -20,6 +20,7 @@ __all__ = [
     "rmtree",
     "snapshot_mlcache",
     "start_store_and_server",
+    "time_file_creation",
     "tree_stats",
 ]
 
@@ -133,16 +134,21 @@ def calls_per_second(fn: Callable[[], Any], seconds: float) -> tuple[float, int]
     return n / (time.perf_counter() - start), n
 
 
-def file_creation_us(folder: Path, count: int = 1000) -> float:
-    """Microseconds per new 600-byte file created in the new folder `folder` (bare open/write/close,
-    one thread, no sync; the files are kept): the filesystem's state when a benchmark starts. ext4
-    without a journal pays hundreds of microseconds per file for minutes after mass deletions."""
+def time_file_creation(folder: Path, contents: list[bytes]) -> float:
+    """Seconds to create one new file per item of `contents` in the new folder `folder` (bare
+    open/write/close, one thread, no sync; the files are kept)."""
     folder.mkdir(parents=True)
-    data = b"x" * 600
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     start = time.perf_counter()
-    for i in range(count):
+    for i, data in enumerate(contents):
         fd = os.open(folder / f"{i}.json", flags, 0o644)
         os.write(fd, data)
         os.close(fd)
-    return (time.perf_counter() - start) / count * 1e6
+    return time.perf_counter() - start
+
+
+def file_creation_us(folder: Path, count: int = 1000) -> float:
+    """Microseconds per new 600-byte file (`time_file_creation`): the filesystem's state when a
+    benchmark starts. ext4 without a journal pays hundreds of microseconds per file for minutes
+    after mass deletions."""
+    return time_file_creation(folder, [b"x" * 600] * count) / count * 1e6
