@@ -37,7 +37,7 @@ from .rclone_output import (
     store_hash_of,
     transfer_error,
 )
-from .rclone_ranges import CatStream, SharedProgress, big_files, pull_big_files
+from .rclone_ranges import CatStream, EarlyCopy, SharedProgress, big_files, pull_big_files
 from .remotes import RclonePath, to_rclone
 from .transfer import Listing, OnFile, Progress, PullPlan, RemoteFile, Transfer, reporter
 
@@ -164,13 +164,10 @@ class RcloneTransfer(Transfer):
     ) -> None:
         target = self.resolve(url)
         dest.mkdir(parents=True, exist_ok=True)
-        if plan is not None and self.ranged is not None and not target.local:
-            listing = plan.listing()
-            big = big_files(listing, None if only is None else builtins.list(only), self.ranged)
-            if big:
-                self._pull_with_ranges(target, dest, progress, url, on_file, listing, only, big, plan)
-                return
-        self._copy_selected(target, dest, progress, url, on_file, only)
+        if plan is None or self.ranged is None or target.local:
+            self._copy_selected(target, dest, progress, url, on_file, only)
+            return
+        self._pull_planned(target, dest, progress, url, on_file, only, plan, self.ranged)
 
     def _copy_selected(
         self,
@@ -189,51 +186,77 @@ class RcloneTransfer(Transfer):
             listed.flush()
             self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name])
 
-    def _pull_with_ranges(
+    def _pull_planned(
         self,
         target: RclonePath,
         dest: Path,
         progress: Progress,
         url: str,
         on_file: OnFile | None,
-        listing: Listing,
         only: Sequence[str] | None,
-        big: builtins.list[RemoteFile],
         plan: PullPlan,
+        settings: RangedSettings,
     ) -> None:
-        """The big files by ranges on a thread, the others beside them by `rclone copy`."""
-        assert self.ranged is not None
+        """A pull with the caller's listing: the files below the ranged size by `rclone copy`, the
+        big ones by ranges beside it. Without `only` (the listing is still being taken), the copy
+        starts at once, limited by size, and the big files join once the listing names them."""
         shared = SharedProgress(reporter(progress, url))
+        early = None
+        if only is None:
+            limit = ["--max-size", f"{settings.min_size - 1}B"]
+            early = EarlyCopy(
+                lambda part, guarded, started: self._copy(target, dest, part, url, guarded, limit, started),
+                shared.copy_part(),
+                on_file,
+            )
         stop = threading.Event()
-        ranged = {item.path for item in big}
-        rest = [item.path for item in listing.selected(only) if item.path not in ranged]
         ok = False
         try:
+            listing = plan.listing()
+            big = big_files(listing, None if only is None else builtins.list(only), settings)
+            if early is None:
+                rest = [item.path for item in listing.selected(only) if item not in big]
+            elif not listing.is_dir:
+                rest = []
+                if big:
+                    if not early.cancel(dest.joinpath(*big[0].path.split("/"))):
+                        big = []
+                    early = None
+            else:
+                rest = [item.path for item in listing.files if settings.wants(item) and item not in big]
             with ThreadPoolExecutor(max_workers=1) as pool:
-                done = pool.submit(
-                    contextvars.copy_context().run,
-                    pull_big_files,
-                    listing,
-                    big,
-                    self.ranged,
-                    dest,
-                    functools.partial(self._range_opener, target),
-                    shared,
-                    on_file,
-                    plan.resume_dir,
-                    stop,
-                )
+                done = None
+                if big:
+                    done = pool.submit(
+                        contextvars.copy_context().run,
+                        pull_big_files,
+                        listing,
+                        big,
+                        settings,
+                        dest,
+                        functools.partial(self._range_opener, target),
+                        shared,
+                        on_file,
+                        plan.resume_dir,
+                        stop,
+                    )
                 try:
+                    if early is not None:
+                        early.result()
                     if rest:
                         self._copy_selected(target, dest, shared.copy_part(), url, on_file, rest)
                 except BaseException:
                     stop.set()
-                    with contextlib.suppress(Exception):
-                        done.result()
+                    if done is not None:
+                        with contextlib.suppress(Exception):
+                            done.result()
                     raise
-                done.result()
+                if done is not None:
+                    done.result()
             ok = True
         finally:
+            if early is not None:
+                early.cancel(None)
             shared.close(ok)
 
     def _range_opener(self, target: RclonePath, rel: str) -> Callable[[RemoteFile, int, int], CatStream]:
@@ -257,6 +280,7 @@ class RcloneTransfer(Transfer):
         url: str,
         on_file: OnFile | None,
         selection: builtins.list[str],
+        started: Callable[[subprocess.Popen[str]], None] | None = None,
     ) -> None:
         args = [
             "copy",
@@ -273,7 +297,7 @@ class RcloneTransfer(Transfer):
             target.path,
             str(dest),
         ]
-        self._transfer(args, target.env, reporter(progress, url), on_file, dest)
+        self._transfer(args, target.env, reporter(progress, url), on_file, dest, started)
 
     def push(self, src: Path, url: str, progress: Progress = False) -> None:
         target = self.resolve(url)
@@ -304,10 +328,12 @@ class RcloneTransfer(Transfer):
         progress: TransferProgress | None,
         on_file: OnFile | None = None,
         dest: Path | None = None,
+        started: Callable[[subprocess.Popen[str]], None] | None = None,
     ) -> None:
         """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats.
         With `on_file`, stats every 0.1 s also show when a big file's bytes are all in `dest`, while
-        rclone re-reads it for its own checksum, so hashing can overlap that."""
+        rclone re-reads it for its own checksum, so hashing can overlap that. `started` is handed
+        the process (to stop it early)."""
         every = "0.1s" if on_file is not None else "0.2s" if progress is not None else "0"
         stats = ["--stats", every, "--stats-unit", "bytes"]
         command = [self.binary, args[0], *stats, "--use-json-log", "-v", *args[1:]]
@@ -319,6 +345,8 @@ class RcloneTransfer(Transfer):
             env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
         )
+        if started is not None:
+            started(proc)
         errors: builtins.list[str] = []
         announced: set[str] = set()
         code: int | None = None

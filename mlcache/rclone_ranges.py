@@ -1,14 +1,17 @@
 """Big files of an rclone pull by ranges: `rclone cat --offset --count` streams, read by `ranged`.
 
-A pull whose listing names big files runs two things at once: `rclone copy` of the other files
-(named by `--files-from-raw`), and `ranged.pull_ranged` for the big ones, several `rclone cat`
-streams per file. Both feed one progress reporter.
+A pull whose listing names big files runs two things at once: `rclone copy` of the other files,
+and `ranged.pull_ranged` for the big ones, several `rclone cat` streams per file. Both feed one
+progress reporter. The copy need not wait for the listing (`EarlyCopy`): limited to files below
+the ranged size, it starts with the listing and the big files join once they are known.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
+import os
 import subprocess
 import tempfile
 import threading
@@ -110,6 +113,67 @@ class SharedProgress:
     def close(self, ok: bool) -> None:
         if self._sink is not None:
             self._sink.close(ok)
+
+
+StartCopy = Callable[[TransferProgress, OnFile | None, Callable[[subprocess.Popen[str]], None]], None]
+"""`start(progress, on_file, started)`: run one `rclone copy` to its end, handing its process to
+`started` first."""
+
+
+class EarlyCopy:
+    """An `rclone copy` running on a thread of its own while the listing is still being taken.
+    `cancel` stops it when it should not go on: the pull failed, or the listing showed a single big
+    file (rclone copies a single-file source whatever its size filter says)."""
+
+    def __init__(self, start: StartCopy, progress: TransferProgress, on_file: OnFile | None) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+        self._cancelled = False
+        self._on_file = on_file
+        self._error: BaseException | None = None
+        guarded = None if on_file is None else self._guarded
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._run, start, progress, guarded), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, start: StartCopy, progress: TransferProgress, on_file: OnFile | None) -> None:
+        try:
+            start(progress, on_file, self._started)
+        except BaseException as exc:  # handed over by `result` (or dropped by `cancel`)
+            self._error = exc
+
+    def _started(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._proc = proc
+            if self._cancelled:
+                proc.kill()
+
+    def _guarded(self, rel: str, staged: str | None = None, digest: str | None = None) -> None:
+        if not self._cancelled and self._on_file is not None:
+            self._on_file(rel, staged=staged, digest=digest)
+
+    def result(self) -> None:
+        """Wait for the copy; raise its error."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self, partial: Path | None) -> bool:
+        """Stop the copy unless it has ended; True if it did not complete. Then `partial`, the file
+        it may have begun, is removed (never followed: a link would be removed, not its target)."""
+        with self._lock:
+            if self._thread.is_alive():
+                self._cancelled = True
+                if self._proc is not None:
+                    with contextlib.suppress(OSError):
+                        self._proc.kill()
+        self._thread.join()
+        incomplete = self._cancelled or self._error is not None
+        if incomplete and partial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+        return incomplete
 
 
 def big_files(listing: Listing, only: list[str] | None, settings: RangedSettings) -> list[RemoteFile]:

@@ -266,3 +266,153 @@ def test_a_pull_killed_midway_resumes_from_what_it_had(tmp_path: Path, s3_server
     assert weights["sha256"] == hashlib.sha256(blob).hexdigest()
     assert weights["store_hash"] == f"md5:{hashlib.md5(blob).hexdigest()}"
     assert list((cache / "tmp").iterdir()) == []
+
+
+# ----------------------------------------------------------------- the copy beside the listing
+PULL_CHILD = """
+import sys
+from pathlib import Path
+from mlcache.artifact_store import ArtifactStore
+from mlcache.layout import CacheLayout
+from mlcache.manifest import EntryKey
+from mlcache.ranged import RangedSettings
+from mlcache.rclone import RcloneTransfer
+
+cache, url = Path(sys.argv[1]), sys.argv[2]
+transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=4, chunk_size=256 << 10))
+store = ArtifactStore(CacheLayout(cache))
+key = EntryKey("runs", ("0" * 32, "model"))
+path = store.pull(key, lambda tree, on_file, only, plan: transfer.pull(url, tree, False, on_file, only, plan),
+                  lambda: transfer.list(url))
+print(path)
+"""
+
+
+def _upload(s3_server, files: dict[str, bytes], tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+    """A bucket of its own holding `files` under `model/`; the bucket's name."""
+    bucket = f"early-{uuid.uuid4().hex[:12]}"
+    source = tmp_path / "source"
+    for rel, data in files.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(data)
+    upload = [rclone_binary(), "copy", "--config", "/dev/null", str(source), f"S3:{bucket}/model"]
+    subprocess.run(upload, env={**os.environ, **s3_server.rclone_env("S3")}, check=True, timeout=60)
+    return bucket
+
+
+def _pull_through_proxy(s3_server, tmp_path: Path, url: str) -> tuple[Path, int, Path]:  # type: ignore[no-untyped-def]
+    """Pull `url` in a child process through a pacing proxy (2 MiB/s a connection); the entry's
+    path, the bytes the proxy sent, the cache."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pacing_proxy import start_pacing_proxy
+
+    cache = tmp_path / "cache"
+    with start_pacing_proxy(s3_server.endpoint, delay_ms=0, rate_mib=2) as proxy:
+        env = {**os.environ, **s3_server.env, "MLFLOW_S3_ENDPOINT_URL": proxy.url}
+        done = subprocess.run(
+            [sys.executable, "-c", PULL_CHILD, str(cache), url], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        time.sleep(0.3)  # the proxy's counters are written every 0.1 s
+        sent = proxy.bytes_out()
+    return Path(done.stdout.strip()), sent, cache
+
+
+def _manifest_files(cache: Path) -> dict[str, dict]:
+    manifest = json.loads(next((cache / "manifests").rglob("*.json")).read_text())
+    return {f["path"]: f for f in manifest["files"]}
+
+
+def test_a_folder_pull_sends_its_big_file_once_while_the_copy_takes_the_rest(tmp_path: Path, s3_server) -> None:  # type: ignore[no-untyped-def]
+    big = os.urandom(3 << 20)
+    small = {f"shards/part-{i}.bin": os.urandom(4 * KiB) for i in range(20)}
+    bucket = _upload(s3_server, {"weights.bin": big, **small}, tmp_path)
+    entry, sent, cache = _pull_through_proxy(s3_server, tmp_path, f"s3://{bucket}/model")
+    assert (entry / "weights.bin").read_bytes() == big
+    for rel, data in small.items():
+        assert (entry / rel).read_bytes() == data
+    files = _manifest_files(cache)
+    assert sorted(files) == sorted(["weights.bin", *small])
+    assert files["weights.bin"]["sha256"] == hashlib.sha256(big).hexdigest()
+    # the copy started before the listing was in skipped the big file (--max-size): sent once
+    assert len(big) <= sent < len(big) + (1 << 20)
+    assert list((cache / "tmp").iterdir()) == []
+
+
+def test_a_single_big_file_is_taken_from_the_early_copy_by_ranges(tmp_path: Path, s3_server) -> None:  # type: ignore[no-untyped-def]
+    big = os.urandom(6 << 20)
+    bucket = _upload(s3_server, {"weights.bin": big}, tmp_path)
+    entry, sent, cache = _pull_through_proxy(s3_server, tmp_path, f"s3://{bucket}/model/weights.bin")
+    assert entry.read_bytes() == big
+    (weights,) = _manifest_files(cache).values()
+    assert weights["sha256"] == hashlib.sha256(big).hexdigest()
+    assert weights["store_hash"] == f"md5:{hashlib.md5(big).hexdigest()}"
+    # rclone copies a single-file source whatever its size filter: the early copy is stopped once
+    # the listing says so, its partial file removed, and the file comes by ranges (not sent twice)
+    assert len(big) <= sent < len(big) + (2 << 20)
+    assert list((cache / "tmp").iterdir()) == []
+
+
+def test_a_single_small_file_is_left_to_the_early_copy(tmp_path: Path, s3_server) -> None:  # type: ignore[no-untyped-def]
+    data = os.urandom(64 * KiB)
+    bucket = _upload(s3_server, {"config.json": data}, tmp_path)
+    entry, sent, cache = _pull_through_proxy(s3_server, tmp_path, f"s3://{bucket}/model/config.json")
+    assert entry.read_bytes() == data
+    assert len(data) <= sent < 2 * len(data) + (64 * KiB)
+    assert list((cache / "tmp").iterdir()) == []
+
+
+def test_the_copy_starts_before_the_listing_is_in(tmp_path: Path, s3_server, s3_env) -> None:  # type: ignore[no-untyped-def]
+    from mlcache.rclone import RcloneTransfer
+    from mlcache.transfer import PullPlan
+
+    files = {"MLmodel": b"flavors: {}\n", "weights.bin": os.urandom(2 << 20)}
+    bucket = _upload(s3_server, files, tmp_path)
+    url = f"s3://{bucket}/model"
+    transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=2, chunk_size=256 << 10))
+    dest = tmp_path / "tree"
+    seen_before_listing: list[bool] = []
+
+    def slow_listing():  # type: ignore[no-untyped-def]
+        """The listing is held back until the small file is in (or 30 s have gone)."""
+        deadline = time.monotonic() + 30
+        while not (dest / "MLmodel").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen_before_listing.append((dest / "MLmodel").exists())
+        return transfer.list(url)
+
+    reported: list[str] = []
+    transfer.pull(url, dest, False, lambda rel, **_: reported.append(rel), None, PullPlan(slow_listing, tmp_path / "r"))
+    assert seen_before_listing == [True]
+    assert (dest / "MLmodel").read_bytes() == files["MLmodel"]
+    assert (dest / "weights.bin").read_bytes() == files["weights.bin"]
+    assert sorted(set(reported)) == ["MLmodel", "weights.bin"]
+
+
+def test_a_failed_listing_stops_the_early_copy(tmp_path: Path, s3_server, s3_env) -> None:  # type: ignore[no-untyped-def]
+    from mlcache.rclone import RcloneTransfer
+    from mlcache.transfer import PullPlan
+
+    bucket = _upload(s3_server, {f"part-{i}.bin": os.urandom(4 * KiB) for i in range(5)}, tmp_path)
+    transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=2, chunk_size=256 << 10))
+
+    def failing_listing():  # type: ignore[no-untyped-def]
+        raise TransferError("the listing broke", retryable=False)
+
+    with pytest.raises(TransferError, match="the listing broke"):
+        plan = PullPlan(failing_listing, tmp_path / "r")
+        transfer.pull(f"s3://{bucket}/model", tmp_path / "tree", False, None, None, plan)
+    assert _child_commands("copy") == []
+
+
+def _child_commands(command: str) -> list[int]:
+    """The pids of this process's children running `rclone <command>`."""
+    found = []
+    for pid in subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True).stdout.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[0].endswith(b"rclone") and argv[1] == command.encode():
+            found.append(int(pid))
+    return found
