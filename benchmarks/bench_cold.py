@@ -71,6 +71,8 @@ import peers  # noqa: E402
 from common import (  # noqa: E402
     code_state,
     file_creation_us,
+    page_cache_write_s,
+    prime_page_cache,
     rmtree,
     snapshot_mlcache,
     start_store_and_server,
@@ -320,6 +322,7 @@ class Bench:
         self.code_state = ""
         self.load_before = (math.nan, math.nan, math.nan)
         self.creation_us = math.nan
+        self.page_cache_s = (math.nan, math.nan)
         self.peer_versions: dict[str, str] = {}
 
     def out(self, text: str = "") -> None:
@@ -504,6 +507,8 @@ class Bench:
         """One timed pull; a failure is recorded (with its traceback, printed once) and the run
         goes on, so one report says everything."""
         os.sync()
+        if case.files == 1:
+            prime_page_cache(self.kept, case.size)
         before = self.proxy.stats() if endpoint is not None and self.proxy else {}
         try:
             dt = getattr(self, f"{tool}_pull")(case, endpoint)
@@ -774,7 +779,11 @@ class Bench:
             f"machine: {os.cpu_count()} cores (affinity {len(os.sched_getaffinity(0))}), {platform.machine()}, "
             f"Python {platform.python_version()}, load average {self.load_before[0]:.2f} at start, "
             f"{load_after[0]:.2f} at the end; file creation before the timed pulls {self.creation_us:.0f} us per "
-            "new file (1,000 files, one thread; ext4 without a journal is slow for minutes after mass deletions)"
+            "new file (1,000 files, one thread; ext4 without a journal is slow for minutes after mass deletions); "
+            "writing a new {} file: {:.2f}s cold, {:.2f}s right after as much was written and deleted, so each "
+            "timed pull of one big file comes right after such a priming write, for every tool".format(
+                fmt_mib(self.cases["big"].size), *self.page_cache_s
+            )
         )
         self.out(f"versions: {self.versions()}")
         self.out(f"mlcache code: a snapshot of the working tree at the start ({self.code_state})")
@@ -909,6 +918,13 @@ def main() -> int:
         bench.warm_up()
         bench.creation_us = file_creation_us(bench.kept / "creation-probe")
         print(f"file creation: {bench.creation_us:.0f} us per new file", flush=True)
+        bench.page_cache_s = page_cache_write_s(bench.kept, bench.cases["big"].size)
+        print(
+            "page cache: a new {} file written in {:.2f}s cold, {:.2f}s primed".format(
+                fmt_mib(bench.cases["big"].size), *bench.page_cache_s
+            ),
+            flush=True,
+        )
         for key in chosen:
             print(f"{PHASES[key]} ({time.perf_counter() - started:.0f}s):", flush=True)
             getattr(bench, key)()

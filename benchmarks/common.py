@@ -147,6 +147,38 @@ def time_file_creation(folder: Path, contents: list[bytes]) -> float:
     return time.perf_counter() - start
 
 
+def write_and_delete(path: Path, size: int) -> float:
+    """Seconds to write `size` bytes (zeros, 8 MiB at a time, no sync) to the new file `path`,
+    which is then deleted."""
+    buffer = bytes(8 << 20)
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for _ in range(-(-size // len(buffer))):
+            os.write(fd, buffer)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return seconds
+
+
+def prime_page_cache(folder: Path, size: int) -> None:
+    """Write and delete `size` bytes in `folder`, untimed, right before a timed pull of a big file,
+    so every tool starts alike: on this machine (a VM) writing a new 256 MiB file takes 1.7-2.2 s
+    unless about as much was written and deleted a moment before (then 0.06-0.09 s), which made
+    whichever tool ran after a deletion look several times faster (`page_cache_write_s`)."""
+    write_and_delete(folder / "page-cache-primer", size)
+
+
+def page_cache_write_s(folder: Path, size: int, idle: float = 4.0) -> tuple[float, float]:
+    """(seconds to write `size` bytes as a new file after `idle` seconds without writes, the same
+    right after that file was deleted): what `prime_page_cache` takes out of the timings."""
+    time.sleep(idle)
+    cold = write_and_delete(folder / "page-cache-cold", size)
+    return cold, write_and_delete(folder / "page-cache-primed", size)
+
+
 def file_creation_us(folder: Path, count: int = 1000) -> float:
     """Microseconds per new 600-byte file (`time_file_creation`): the filesystem's state when a
     benchmark starts. ext4 without a journal pays hundreds of microseconds per file for minutes
