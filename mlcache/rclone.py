@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -201,29 +202,41 @@ class RcloneTransfer(Transfer):
         big ones by ranges beside it. Without `only` (the listing is still being taken), the copy
         starts at once, limited by size, and the big files join once the listing names them."""
         shared = SharedProgress(reporter(progress, url))
-        early = None
-        if only is None:
-            limit = ["--max-size", f"{settings.min_size - 1}B"]
-            early = EarlyCopy(
-                lambda part, guarded, started: self._copy(target, dest, part, url, guarded, limit, started),
-                shared.copy_part(),
-                on_file,
-            )
+        early: EarlyCopy | None = None
         stop = threading.Event()
         ok = False
         try:
+            if only is None:
+                limit = ["--max-size", f"{settings.min_size - 1}B"]
+                early_part = shared.copy_part()
+                early = EarlyCopy(
+                    lambda part, guarded, started: self._copy(target, dest, part, url, guarded, limit, started),
+                    early_part,
+                    on_file,
+                )
             listing = plan.listing()
             big = big_files(listing, None if only is None else builtins.list(only), settings)
+            ranged = {item.path for item in big}
+            leftovers: builtins.list[str] = []
+            counted = False
             if early is None:
-                rest = [item.path for item in listing.selected(only) if item not in big]
+                rest = [item.path for item in listing.selected(only) if item.path not in ranged]
             elif not listing.is_dir:
                 rest = []
                 if big:
-                    if not early.cancel(dest.joinpath(*big[0].path.split("/"))):
+                    partial = dest.joinpath(*big[0].path.split("/"))
+                    if not early.cancel(partial) and _has_size(partial, big[0].size):
                         big = []
+                    else:
+                        shared.expect_ranged(big[0].size)
+                        counted = True
+                        early_part.update(0, 0)  # what the stopped copy had counted is not kept
                     early = None
             else:
-                rest = [item.path for item in listing.files if settings.wants(item) and item not in big]
+                rest = []
+                leftovers = [item.path for item in listing.files if settings.wants(item) and item.path not in ranged]
+            if big and not counted:
+                shared.expect_ranged(sum(item.size for item in big))
             with ThreadPoolExecutor(max_workers=1) as pool:
                 done = None
                 if big:
@@ -245,6 +258,12 @@ class RcloneTransfer(Transfer):
                         early.result()
                     if rest:
                         self._copy_selected(target, dest, shared.copy_part(), url, on_file, rest)
+                    if leftovers:
+                        # big files the ranges leave alone (names a stream cannot take): by size, so
+                        # no line-based list has to carry their names
+                        excluded = [arg for path in ranged for arg in ("--exclude", f"/{_literal_pattern(path)}")]
+                        at_least = ["--min-size", f"{settings.min_size}B", *excluded]
+                        self._copy(target, dest, shared.copy_part(), url, on_file, at_least)
                 except BaseException:
                     stop.set()
                     if done is not None:
@@ -291,8 +310,8 @@ class RcloneTransfer(Transfer):
             "--no-check-dest",
             "--use-server-modtime",
             *_PULL_FLAGS,
-            *selection,
             *self.extra_args,
+            *selection,
             "--",
             target.path,
             str(dest),
@@ -386,6 +405,15 @@ _PULL_FLAGS = ("--inplace", "--retries", "1")
 own partial names and renames are not needed (`--inplace`, 5-10 % faster on many small files). One
 pass only (`--retries 1`): a file is never written again after rclone reported it, so hashes taken
 as files land stay true; a failed pass fails the pull, which mlcache retries in a fresh stage."""
+
+
+def _has_size(path: Path, size: int) -> bool:
+    """A regular file of `size` bytes is at `path` (not followed if a link)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == size
 
 
 def _split_parent(target: RclonePath) -> tuple[str | None, str]:

@@ -68,14 +68,13 @@ class CatStream:
 
 
 class SharedProgress:
-    """One reporter fed by the copy (through `copy_part`, rclone's running totals) and by the ranged
-    streams (`advanced`, bytes as they land)."""
+    """One reporter fed by the copies (each through a `copy_part` of its own: rclone's running
+    totals) and by the ranged streams (`advanced`, bytes as they land)."""
 
     def __init__(self, sink: TransferProgress | None) -> None:
         self._sink = sink
         self._lock = threading.Lock()
-        self._copied = 0
-        self._copy_total: int | None = None
+        self._parts: list[tuple[int, int | None]] = []
         self._ranged = 0
         self._ranged_total = 0
 
@@ -86,24 +85,30 @@ class SharedProgress:
     def advanced(self, n: int) -> None:
         with self._lock:
             self._ranged += n
-        self._report(None)
+        self._report()
 
-    def _report(self, rate: float | None) -> None:
+    def _report(self) -> None:
         if self._sink is None:
             return
         with self._lock:
-            done = self._copied + self._ranged
-            total = None if self._copy_total is None else self._copy_total + self._ranged_total
-        self._sink.update(done, total, rate)
+            done = self._ranged + sum(copied for copied, _ in self._parts)
+            totals = [total for _, total in self._parts]
+            total = None if None in totals else sum(t for t in totals if t is not None) + self._ranged_total
+        self._sink.update(done, total, None)
 
     def copy_part(self) -> TransferProgress:
+        """A reporter for one copy; its figures count beside the others' (a copy stopped early
+        reports `update(0, 0)` to take its bytes back out)."""
         shared = self
+        with self._lock:
+            slot = len(self._parts)
+            self._parts.append((0, None))
 
         class _CopyPart:
             def update(self, done: int, total: int | None, rate: float | None = None) -> None:
                 with shared._lock:
-                    shared._copied, shared._copy_total = done, total
-                shared._report(None)
+                    shared._parts[slot] = (done, total)
+                shared._report()
 
             def close(self, ok: bool = True) -> None:
                 return
@@ -129,6 +134,7 @@ class EarlyCopy:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
         self._cancelled = False
+        self._completed = False
         self._on_file = on_file
         self._error: BaseException | None = None
         guarded = None if on_file is None else self._guarded
@@ -140,6 +146,7 @@ class EarlyCopy:
     def _run(self, start: StartCopy, progress: TransferProgress, on_file: OnFile | None) -> None:
         try:
             start(progress, on_file, self._started)
+            self._completed = True
         except BaseException as exc:  # handed over by `result` (or dropped by `cancel`)
             self._error = exc
 
@@ -169,11 +176,12 @@ class EarlyCopy:
                     with contextlib.suppress(OSError):
                         self._proc.kill()
         self._thread.join()
-        incomplete = self._cancelled or self._error is not None
-        if incomplete and partial is not None:
+        if self._completed:
+            return False
+        if partial is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(partial)
-        return incomplete
+        return True
 
 
 def big_files(listing: Listing, only: list[str] | None, settings: RangedSettings) -> list[RemoteFile]:
@@ -197,9 +205,9 @@ def pull_big_files(
     resume_dir: Path,
     stop: threading.Event,
 ) -> None:
-    """Pull the `big` files of `listing` by ranges into `dest`. `open_range(rel)` gives the range
-    opener of the file at `rel` (for a single-file listing, the file itself)."""
-    progress.expect_ranged(sum(item.size for item in big))
+    """Pull the `big` files of `listing` by ranges into `dest` (`progress` was told to expect their
+    bytes). `open_range(rel)` gives the range opener of the file at `rel` (for a single-file
+    listing, the file itself)."""
     for item in big:
         url = f"{listing.url.rstrip('/')}/{item.path}" if listing.is_dir else listing.url
         pull_ranged(
