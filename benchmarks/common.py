@@ -165,9 +165,10 @@ def write_and_delete(path: Path, size: int) -> float:
 
 def prime_page_cache(folder: Path, size: int) -> None:
     """Write and delete `size` bytes in `folder`, untimed, right before a timed pull of a big file,
-    so every tool starts alike: on this machine (a VM) writing a new 256 MiB file takes 1.7-2.2 s
-    unless about as much was written and deleted a moment before (then 0.06-0.09 s), which made
-    whichever tool ran after a deletion look several times faster (`page_cache_write_s`)."""
+    so every tool starts alike. On this machine (a KVM guest with free page reporting) a new 256 MiB
+    file took 1.7-2.2 s to write when nothing had been freed in the seconds before and 0.06-0.09 s
+    right after as much was deleted (a separate test, 4 of 4 and 5 of 5). Priming does not remove
+    every slow first repetition; `page_cache_write_s` reports what the machine does at the start."""
     write_and_delete(folder / "page-cache-primer", size)
 
 
