@@ -269,23 +269,6 @@ def test_a_pull_killed_midway_resumes_from_what_it_had(tmp_path: Path, s3_server
 
 
 # ----------------------------------------------------------------- the copy beside the listing
-PULL_CHILD = """
-import sys
-from pathlib import Path
-from mlcache.artifact_store import ArtifactStore
-from mlcache.layout import CacheLayout
-from mlcache.manifest import EntryKey
-from mlcache.ranged import RangedSettings
-from mlcache.rclone import RcloneTransfer
-
-cache, url = Path(sys.argv[1]), sys.argv[2]
-transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=4, chunk_size=256 << 10))
-store = ArtifactStore(CacheLayout(cache))
-key = EntryKey("runs", ("0" * 32, "model"))
-path = store.pull(key, lambda tree, on_file, only, plan: transfer.pull(url, tree, False, on_file, only, plan),
-                  lambda: transfer.list(url))
-print(path)
-"""
 
 
 def _upload(s3_server, files: dict[str, bytes], tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
@@ -310,7 +293,7 @@ def _pull_through_proxy(s3_server, tmp_path: Path, url: str) -> tuple[Path, int,
     with start_pacing_proxy(s3_server.endpoint, delay_ms=0, rate_mib=2) as proxy:
         env = {**os.environ, **s3_server.env, "MLFLOW_S3_ENDPOINT_URL": proxy.url}
         done = subprocess.run(
-            [sys.executable, "-c", PULL_CHILD, str(cache), url], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", CHILD, str(cache), url], env=env, capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, done.stderr
         time.sleep(0.3)  # the proxy's counters are written every 0.1 s
