@@ -9,20 +9,15 @@ already holds; progress comes from rclone's JSON stats.
 from __future__ import annotations
 
 import builtins
-import contextlib
-import contextvars
 import functools
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
@@ -38,8 +33,8 @@ from .rclone_output import (
     store_hash_of,
     transfer_error,
 )
-from .rclone_ranges import CatStream, EarlyCopy, SharedProgress, big_files, pull_big_files
-from .remotes import RclonePath, to_rclone
+from .rclone_ranges import CatStream, pull_beside_listing
+from .remotes import RclonePath, literal_pattern, to_rclone
 from .transfer import Listing, OnFile, Progress, PullPlan, RemoteFile, Transfer, reporter
 
 DEFAULT_RANGED = RangedSettings()
@@ -117,7 +112,7 @@ class RcloneTransfer(Transfer):
         if parent is None:
             files = self._lsjson(url, target.path, target.env, [], not target.local)
             return Listing(url, True, files)
-        pattern = _literal_pattern(name)
+        pattern = literal_pattern(name)
         filters = ["--include", f"/{pattern}", "--include", f"/{pattern}/**"]
         items = self._lsjson(url, parent, target.env, filters, not target.local)
         for item in items:
@@ -168,7 +163,17 @@ class RcloneTransfer(Transfer):
         if plan is None or self.ranged is None or target.local:
             self._copy_selected(target, dest, progress, url, on_file, only)
             return
-        self._pull_planned(target, dest, progress, url, on_file, only, plan, self.ranged)
+        pull_beside_listing(
+            plan,
+            only,
+            dest,
+            self.ranged,
+            reporter(progress, url),
+            on_file,
+            lambda part, seen, selection, started: self._copy(target, dest, part, url, seen, selection, started),
+            lambda part, seen, paths: self._copy_selected(target, dest, part, url, seen, paths),
+            functools.partial(self._range_opener, target),
+        )
 
     def _copy_selected(
         self,
@@ -186,97 +191,6 @@ class RcloneTransfer(Transfer):
             listed.write("".join(f"{path}\n" for path in only))
             listed.flush()
             self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name])
-
-    def _pull_planned(
-        self,
-        target: RclonePath,
-        dest: Path,
-        progress: Progress,
-        url: str,
-        on_file: OnFile | None,
-        only: Sequence[str] | None,
-        plan: PullPlan,
-        settings: RangedSettings,
-    ) -> None:
-        """A pull with the caller's listing: the files below the ranged size by `rclone copy`, the
-        big ones by ranges beside it. Without `only` (the listing is still being taken), the copy
-        starts at once, limited by size, and the big files join once the listing names them."""
-        shared = SharedProgress(reporter(progress, url))
-        early: EarlyCopy | None = None
-        stop = threading.Event()
-        ok = False
-        try:
-            if only is None:
-                limit = ["--max-size", f"{settings.min_size - 1}B"]
-                early_part = shared.copy_part()
-                early = EarlyCopy(
-                    lambda part, guarded, started: self._copy(target, dest, part, url, guarded, limit, started),
-                    early_part,
-                    on_file,
-                )
-            listing = plan.listing()
-            big = big_files(listing, None if only is None else builtins.list(only), settings)
-            ranged = {item.path for item in big}
-            leftovers: builtins.list[str] = []
-            counted = False
-            if early is None:
-                rest = [item.path for item in listing.selected(only) if item.path not in ranged]
-            elif not listing.is_dir:
-                rest = []
-                if big:
-                    partial = dest.joinpath(*big[0].path.split("/"))
-                    if not early.cancel(partial) and _has_size(partial, big[0].size):
-                        big = []
-                    else:
-                        shared.expect_ranged(big[0].size)
-                        counted = True
-                        early_part.update(0, 0)  # what the stopped copy had counted is not kept
-                    early = None
-            else:
-                rest = []
-                leftovers = [item.path for item in listing.files if settings.wants(item) and item.path not in ranged]
-            if big and not counted:
-                shared.expect_ranged(sum(item.size for item in big))
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                done = None
-                if big:
-                    done = pool.submit(
-                        contextvars.copy_context().run,
-                        pull_big_files,
-                        listing,
-                        big,
-                        settings,
-                        dest,
-                        functools.partial(self._range_opener, target),
-                        shared,
-                        on_file,
-                        plan.resume_dir,
-                        stop,
-                    )
-                try:
-                    if early is not None:
-                        early.result()
-                    if rest:
-                        self._copy_selected(target, dest, shared.copy_part(), url, on_file, rest)
-                    if leftovers:
-                        # big files the ranges leave alone (names a stream cannot take): by size, so
-                        # no line-based list has to carry their names
-                        excluded = [arg for path in ranged for arg in ("--exclude", f"/{_literal_pattern(path)}")]
-                        at_least = ["--min-size", f"{settings.min_size}B", *excluded]
-                        self._copy(target, dest, shared.copy_part(), url, on_file, at_least)
-                except BaseException:
-                    stop.set()
-                    if done is not None:
-                        with contextlib.suppress(Exception):
-                            done.result()
-                    raise
-                if done is not None:
-                    done.result()
-            ok = True
-        finally:
-            if early is not None:
-                early.cancel(None)
-            shared.close(ok)
 
     def _range_opener(self, target: RclonePath, rel: str) -> Callable[[RemoteFile, int, int], CatStream]:
         """Opens ranges of the file at `rel` under `target` (the target itself when `rel` is empty)."""
@@ -407,15 +321,6 @@ pass only (`--retries 1`): a file is never written again after rclone reported i
 as files land stay true; a failed pass fails the pull, which mlcache retries in a fresh stage."""
 
 
-def _has_size(path: Path, size: int) -> bool:
-    """A regular file of `size` bytes is at `path` (not followed if a link)."""
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISREG(info.st_mode) and info.st_size == size
-
-
 def _split_parent(target: RclonePath) -> tuple[str | None, str]:
     """(parent path, name) of an rclone path; no parent for a bucket, container or filesystem root."""
     path = target.path.rstrip("/") or target.path
@@ -425,12 +330,3 @@ def _split_parent(target: RclonePath) -> tuple[str | None, str]:
     remote, _, inside = path.partition(":")
     folder, _, name = inside.rpartition("/")
     return (f"{remote}:{folder}", name) if folder and name else (None, "")
-
-
-_GLOB_SPECIAL = frozenset("\\*?[]{}")
-
-
-def _literal_pattern(name: str) -> str:
-    """An rclone filter glob matching exactly `name`: every special character escaped with `\\`, so
-    globs, braces and backslashes in names are taken literally (and rclone can still prune folders)."""
-    return "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in name)

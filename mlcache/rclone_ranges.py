@@ -1,9 +1,9 @@
 """Big files of an rclone pull by ranges: `rclone cat --offset --count` streams, read by `ranged`.
 
-A pull whose listing names big files runs two things at once: `rclone copy` of the other files,
-and `ranged.pull_ranged` for the big ones, several `rclone cat` streams per file. Both feed one
-progress reporter. The copy need not wait for the listing (`EarlyCopy`): limited to files below
-the ranged size, it starts with the listing and the big files join once they are known.
+A pull with its listing (`pull_beside_listing`) runs two things at once: `rclone copy` of the
+other files, and `ranged.pull_ranged` for the big ones, several `rclone cat` streams per file. Both
+feed one progress reporter. The copy need not wait for the listing (`EarlyCopy`): limited to files
+below the ranged size, it starts with the listing and the big files join once they are known.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import contextlib
 import contextvars
 import fcntl
 import os
+import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -23,7 +25,8 @@ from .errors import TransferError
 from .names import is_normalized_relative
 from .progress import TransferProgress
 from .ranged import RangedSettings, pull_ranged
-from .transfer import Listing, OnFile, RemoteFile
+from .remotes import literal_pattern
+from .transfer import Listing, OnFile, PullPlan, RemoteFile
 
 _PIPE_SIZE = 1 << 20
 
@@ -184,6 +187,101 @@ class EarlyCopy:
         return True
 
 
+CopyRun = Callable[[TransferProgress, OnFile | None, list[str], Callable[[subprocess.Popen[str]], None] | None], None]
+"""`copy(progress, on_file, selection, started)`: one `rclone copy` of the pull's source into its
+destination, with extra selection flags, handing its process to `started` (when given) first."""
+
+CopyPaths = Callable[[TransferProgress, OnFile | None, list[str]], None]
+"""`copy_paths(progress, on_file, paths)`: one `rclone copy` of just those paths of the source."""
+
+
+def pull_beside_listing(
+    plan: PullPlan,
+    only: Sequence[str] | None,
+    dest: Path,
+    settings: RangedSettings,
+    progress: TransferProgress | None,
+    on_file: OnFile | None,
+    copy: CopyRun,
+    copy_paths: CopyPaths,
+    open_range: Callable[[str], Callable[[RemoteFile, int, int], CatStream]],
+) -> None:
+    """A pull with the caller's listing: the files below the ranged size by `rclone copy`, the
+    big ones by ranges beside it. Without `only` (the listing is still being taken), the copy
+    starts at once, limited by size, and the big files join once the listing names them."""
+    shared = SharedProgress(progress)
+    early: EarlyCopy | None = None
+    stop = threading.Event()
+    ok = False
+    try:
+        if only is None:
+            limit = ["--max-size", f"{settings.min_size - 1}B"]
+            early_part = shared.copy_part()
+            early = EarlyCopy(lambda part, guarded, started: copy(part, guarded, limit, started), early_part, on_file)
+        listing = plan.listing()
+        big = big_files(listing, None if only is None else list(only), settings)
+        ranged = {item.path for item in big}
+        leftovers: list[str] = []
+        counted = False
+        if early is None:
+            rest = [item.path for item in listing.selected(only) if item.path not in ranged]
+        elif not listing.is_dir:
+            rest = []
+            if big:
+                partial = dest.joinpath(*big[0].path.split("/"))
+                if not early.cancel(partial) and _has_size(partial, big[0].size):
+                    big = []
+                else:
+                    shared.expect_ranged(big[0].size)
+                    counted = True
+                    early_part.update(0, 0)  # what the stopped copy had counted is not kept
+                early = None
+        else:
+            rest = []
+            leftovers = [item.path for item in listing.files if settings.wants(item) and item.path not in ranged]
+        if big and not counted:
+            shared.expect_ranged(sum(item.size for item in big))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            done = None
+            if big:
+                done = pool.submit(
+                    contextvars.copy_context().run,
+                    pull_big_files,
+                    listing,
+                    big,
+                    settings,
+                    dest,
+                    open_range,
+                    shared,
+                    on_file,
+                    plan.resume_dir,
+                    stop,
+                )
+            try:
+                if early is not None:
+                    early.result()
+                if rest:
+                    copy_paths(shared.copy_part(), on_file, rest)
+                if leftovers:
+                    # big files the ranges leave alone (names a stream cannot take): by size, so
+                    # no line-based list has to carry their names
+                    excluded = [arg for path in ranged for arg in ("--exclude", f"/{literal_pattern(path)}")]
+                    copy(shared.copy_part(), on_file, ["--min-size", f"{settings.min_size}B", *excluded], None)
+            except BaseException:
+                stop.set()
+                if done is not None:
+                    with contextlib.suppress(Exception):
+                        done.result()
+                raise
+            if done is not None:
+                done.result()
+        ok = True
+    finally:
+        if early is not None:
+            early.cancel(None)
+        shared.close(ok)
+
+
 def big_files(listing: Listing, only: list[str] | None, settings: RangedSettings) -> list[RemoteFile]:
     """The listed (and selected) files to pull by ranges: big enough, with a name that is a plain
     relative path (anything else is left to the copy, and to the tree's checks)."""
@@ -219,3 +317,12 @@ def pull_big_files(
             progress.advanced,
             stop,
         )
+
+
+def _has_size(path: Path, size: int) -> bool:
+    """A regular file of `size` bytes is at `path` (not followed if a link)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == size

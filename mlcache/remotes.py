@@ -132,3 +132,12 @@ def to_rclone(url: str, env: Mapping[str, str] | None = None, configured: frozen
             return RclonePath(f"az:{container}/{key}")
         return RclonePath(f"MLCACHE_AZ:{container}/{key}", _azure_env(env, account))
     raise UnsupportedUrl(f"no rclone mapping for artifact URL {url!r} (supported: s3, gs, az, wasbs, file, /path)")
+
+
+_GLOB_SPECIAL = frozenset("\\*?[]{}")
+
+
+def literal_pattern(name: str) -> str:
+    """An rclone filter glob matching exactly `name`: every special character escaped with `\\`, so
+    globs, braces and backslashes in names are taken literally (and rclone can still prune folders)."""
+    return "".join(f"\\{c}" if c in _GLOB_SPECIAL else c for c in name)
