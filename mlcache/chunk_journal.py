@@ -114,12 +114,13 @@ class ChunkJournal:
             seen += len(piece)
         return crc if seen == length else -1
 
-    def missing_runs(self, streams: int) -> list[tuple[int, int]]:
-        """Runs `(first, last + 1)` of missing chunks, cut so that `streams` streams share them."""
+    def missing_runs(self, streams: int, longest: int) -> list[tuple[int, int]]:
+        """Runs `(first, last + 1)` of missing chunks, in file order, cut so that `streams` streams
+        share them and none is longer than `longest` chunks."""
         missing = [i for i, done in enumerate(self.done) if not done]
         if not missing:
             return []
-        longest = max(1, -(-len(missing) // streams))
+        longest = max(1, min(longest, -(-len(missing) // streams)))
         runs: list[tuple[int, int]] = []
         start = previous = missing[0]
         for index in [*missing[1:], -1]:

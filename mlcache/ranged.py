@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -47,18 +46,25 @@ OpenRange = Callable[[RemoteFile, int, int], RangeStream]
 @dataclass(frozen=True)
 class RangedSettings:
     """Which files go by ranges and how: at least `min_size` bytes, `streams` at once, resumable
-    in chunks of `chunk_size` bytes."""
+    in chunks of `chunk_size` bytes, at most `request_size` bytes asked for at a time (requests go
+    in file order, so the hashes follow the streams closely)."""
 
     min_size: int = 64 << 20
-    streams: int = 8
+    streams: int = 16
     chunk_size: int = 4 << 20
+    request_size: int = 32 << 20
 
     def __post_init__(self) -> None:
-        if self.min_size < 1 or self.streams < 1 or self.chunk_size < _MIN_CHUNK:
+        if self.min_size < 1 or self.streams < 1 or self.chunk_size < _MIN_CHUNK or self.request_size < self.chunk_size:
             raise InvalidSetting(
-                f"RangedSettings needs min_size >= 1, streams >= 1 and chunk_size >= {_MIN_CHUNK} bytes; "
-                f"got min_size={self.min_size}, streams={self.streams}, chunk_size={self.chunk_size}"
+                f"RangedSettings needs min_size >= 1, streams >= 1, chunk_size >= {_MIN_CHUNK} bytes and "
+                f"request_size >= chunk_size; got min_size={self.min_size}, streams={self.streams}, "
+                f"chunk_size={self.chunk_size}, request_size={self.request_size}"
             )
+
+    @property
+    def chunks_per_request(self) -> int:
+        return self.request_size // self.chunk_size
 
     def wants(self, item: RemoteFile) -> bool:
         return item.size >= self.min_size
@@ -81,7 +87,7 @@ def pull_ranged(
     for item, url, dest in files:
         assembly = _Assembly(item, url, state_dir, settings.chunk_size)
         try:
-            digest = assembly.fetch(open_range, settings.streams, advanced, stop or threading.Event())
+            digest = assembly.fetch(open_range, settings, advanced, stop or threading.Event())
             assembly.journal.install(dest)
         finally:
             assembly.journal.close()
@@ -100,11 +106,16 @@ class _Assembly:
         self._fetching = True
 
     def fetch(
-        self, open_range: OpenRange, streams: int, advanced: Callable[[int], None] | None, stop: threading.Event
+        self,
+        open_range: OpenRange,
+        settings: RangedSettings,
+        advanced: Callable[[int], None] | None,
+        stop: threading.Event,
     ) -> str:
-        """Fetch the missing chunks on `streams` threads while the hashes follow in file order;
-        the sha256 of the whole file."""
-        segments = self.journal.missing_runs(streams)
+        """Fetch the missing chunks on `settings.streams` threads while the hashes follow in file
+        order; the sha256 of the whole file."""
+        streams = settings.streams
+        segments = self.journal.missing_runs(streams, settings.chunks_per_request)
         queue = list(reversed(segments))
         lock = threading.Lock()
 
@@ -180,25 +191,20 @@ class _Assembly:
         journal = self.journal
         position, left = journal.span(index)
         crc: int | None = None if journal.checked_whole else 0
-        source = _pipe_of(stream) if crc is None else None
         while left > 0:
-            if source is not None:
-                got = os.splice(source, journal.data, min(PIECE, left), offset_dst=position)
-            else:
-                got = stream.readinto(buffer[: min(len(buffer), left)])
+            got = stream.readinto(buffer[: min(len(buffer), left)])
             if not got:
                 stream.finish()
                 raise TransferError(
                     f"{self.item.path}: the store ended the file before its listed size {self.item.size}",
                     retryable=True,
                 )
-            if source is None:
-                piece = buffer[:got]
-                written = 0
-                while written < got:
-                    written += os.pwrite(journal.data, piece[written:], position + written)
-                if crc is not None:
-                    crc = zlib.crc32(piece, crc)
+            piece = buffer[:got]
+            written = 0
+            while written < got:
+                written += os.pwrite(journal.data, piece[written:], position + written)
+            if crc is not None:
+                crc = zlib.crc32(piece, crc)
             position += got
             left -= got
             if advanced is not None:
@@ -215,16 +221,6 @@ class _Assembly:
                     return False
                 self.changed.wait(1.0)
             return True
-
-
-def _pipe_of(stream: RangeStream) -> int | None:
-    """The pipe a stream reads from, when bytes can move from it to the file inside the kernel
-    (`os.splice`, Linux) because nothing needs to see them on the way (no CRC)."""
-    fileno = getattr(stream, "fileno", None)
-    if fileno is None or not hasattr(os, "splice"):
-        return None
-    fd = fileno()
-    return fd if isinstance(fd, int) and stat.S_ISFIFO(os.fstat(fd).st_mode) else None
 
 
 class _Follower:

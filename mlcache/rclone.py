@@ -9,6 +9,7 @@ already holds; progress comes from rclone's JSON stats.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import json
 import os
@@ -17,14 +18,15 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
 from .errors import EntityNotFound, MlcacheError
 from .progress import TransferProgress
-from .ranged import RangedSettings
+from .range_server import serving
+from .ranged import OpenRange, RangedSettings
 from .rclone_output import (
     COPIED,
     NOT_FOUND_EXIT_CODES,
@@ -33,7 +35,7 @@ from .rclone_output import (
     store_hash_of,
     transfer_error,
 )
-from .rclone_ranges import CatStream, pull_beside_listing
+from .rclone_ranges import pull_beside_listing
 from .remotes import RclonePath, literal_pattern, to_rclone
 from .transfer import Listing, OnFile, Progress, PullPlan, RemoteFile, Transfer, reporter
 
@@ -172,7 +174,7 @@ class RcloneTransfer(Transfer):
             on_file,
             lambda part, seen, selection, started: self._copy(target, dest, part, url, seen, selection, started),
             lambda part, seen, paths: self._copy_selected(target, dest, part, url, seen, paths),
-            functools.partial(self._range_opener, target),
+            functools.partial(self._serve_ranges, target),
         )
 
     def _copy_selected(
@@ -192,18 +194,14 @@ class RcloneTransfer(Transfer):
             listed.flush()
             self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name])
 
-    def _range_opener(self, target: RclonePath, rel: str) -> Callable[[RemoteFile, int, int], CatStream]:
-        """Opens ranges of the file at `rel` under `target` (the target itself when `rel` is empty)."""
-        path = f"{target.path.rstrip('/')}/{rel}" if rel else target.path
-        env = {**os.environ, **target.env}
-
-        def open_range(item: RemoteFile, offset: int, count: int) -> CatStream:
-            command = [self.binary, "cat", "-q", *_CAT_FLAGS, "--offset", str(offset), "--count", str(count)]
-            return CatStream(
-                [*command, *self.extra_args, "--", path], env, lambda code, err: transfer_error("cat", code, err)
-            )
-
-        return open_range
+    @contextlib.contextmanager
+    def _serve_ranges(self, target: RclonePath, is_dir: bool) -> Iterator[OpenRange]:
+        """Ranges of the listed files of `target` (a folder, or a single file, listed by its name
+        in its parent), from one rclone server while they are pulled."""
+        parent, _ = _split_parent(target)
+        root = target.path if is_dir or parent is None else parent
+        with serving(self.binary, root, {**os.environ, **target.env}, self.extra_args) as server:
+            yield server.open_range
 
     def _copy(
         self,
@@ -308,11 +306,6 @@ class RcloneTransfer(Transfer):
         if code != 0:
             raise transfer_error(args[0], code, "\n".join(f"ERROR {e}" for e in errors))
 
-
-_CAT_FLAGS = ("--buffer-size", "0")
-"""A range stream reads straight from the store into its pipe: rclone's read-ahead buffer (16 MiB a
-stream by default) would hold bytes that a killed pull has been sent but never wrote, all re-sent on
-resume, for no speed gained (the pipe and the socket already buffer)."""
 
 _PULL_FLAGS = ("--inplace", "--retries", "1")
 """A pull writes into a private staging folder that only becomes an entry once verified, so rclone's

@@ -1,73 +1,30 @@
-"""Big files of an rclone pull by ranges: `rclone cat --offset --count` streams, read by `ranged`.
+"""Big files of an rclone pull by ranges (`ranged`), beside `rclone copy` of the other files.
 
 A pull with its listing (`pull_beside_listing`) runs two things at once: `rclone copy` of the
-other files, and `ranged.pull_ranged` for the big ones, several `rclone cat` streams per file. Both
-feed one progress reporter. The copy need not wait for the listing (`EarlyCopy`): limited to files
-below the ranged size, it starts with the listing and the big files join once they are known.
+other files, and `ranged.pull_ranged` for the big ones, several range streams per file from one
+range server (`range_server`). Both feed one progress reporter. The copy need not wait for the
+listing (`EarlyCopy`): limited to files below the ranged size, it starts with the listing and the
+big files join once they are known.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import fcntl
 import os
 import stat
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO
 
-from .errors import TransferError
 from .names import is_normalized_relative
 from .progress import TransferProgress
-from .ranged import RangedSettings, pull_ranged
+from .ranged import OpenRange, RangedSettings, pull_ranged
 from .remotes import literal_pattern
 from .transfer import Listing, OnFile, PullPlan, RemoteFile
-
-_PIPE_SIZE = 1 << 20
-
-
-class CatStream:
-    """One `rclone cat` process; its stdout is the range. `error(code, stderr)` makes the error of a
-    failed process."""
-
-    def __init__(self, command: list[str], env: dict[str, str], error: Callable[[int, str], TransferError]) -> None:
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by finish or abort)
-        self._error = error
-        self._proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr, env=env, bufsize=0
-        )
-        assert self._proc.stdout is not None
-        self._out = self._proc.stdout
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(self._out.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-
-    def readinto(self, buffer: memoryview) -> int:
-        return self._out.readinto(buffer) or 0  # type: ignore[attr-defined]
-
-    def fileno(self) -> int:
-        """The pipe of rclone's stdout (`ranged` moves its bytes with `os.splice` where it can)."""
-        return self._out.fileno()
-
-    def finish(self) -> None:
-        self._out.close()
-        code = self._proc.wait()
-        self._stderr.seek(0)
-        text = self._stderr.read().decode("utf-8", "replace")
-        self._stderr.close()
-        if code != 0:
-            raise self._error(code, text)
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._proc.kill()
-        self._proc.wait()
-        self._out.close()
-        self._stderr.close()
 
 
 class SharedProgress:
@@ -204,11 +161,12 @@ def pull_beside_listing(
     on_file: OnFile | None,
     copy: CopyRun,
     copy_paths: CopyPaths,
-    open_range: Callable[[str], Callable[[RemoteFile, int, int], CatStream]],
+    serve_ranges: Callable[[bool], AbstractContextManager[OpenRange]],
 ) -> None:
     """A pull with the caller's listing: the files below the ranged size by `rclone copy`, the
-    big ones by ranges beside it. Without `only` (the listing is still being taken), the copy
-    starts at once, limited by size, and the big files join once the listing names them."""
+    big ones by ranges beside it (from the range server `serve_ranges(is_dir)` runs for them).
+    Without `only` (the listing is still being taken), the copy starts at once, limited by size,
+    and the big files join once the listing names them."""
     shared = SharedProgress(progress)
     early: EarlyCopy | None = None
     stop = threading.Event()
@@ -251,7 +209,7 @@ def pull_beside_listing(
                     big,
                     settings,
                     dest,
-                    open_range,
+                    serve_ranges,
                     shared,
                     on_file,
                     plan.resume_dir,
@@ -297,26 +255,21 @@ def pull_big_files(
     big: list[RemoteFile],
     settings: RangedSettings,
     dest: Path,
-    open_range: Callable[[str], Callable[[RemoteFile, int, int], CatStream]],
+    serve_ranges: Callable[[bool], AbstractContextManager[OpenRange]],
     progress: SharedProgress,
     on_file: OnFile | None,
     resume_dir: Path,
     stop: threading.Event,
 ) -> None:
-    """Pull the `big` files of `listing` by ranges into `dest` (`progress` was told to expect their
-    bytes). `open_range(rel)` gives the range opener of the file at `rel` (for a single-file
-    listing, the file itself)."""
-    for item in big:
-        url = f"{listing.url.rstrip('/')}/{item.path}" if listing.is_dir else listing.url
-        pull_ranged(
-            [(item, url, dest.joinpath(*item.path.split("/")))],
-            open_range(item.path if listing.is_dir else ""),
-            resume_dir,
-            settings,
-            on_file,
-            progress.advanced,
-            stop,
-        )
+    """Pull the `big` files of `listing` by ranges into `dest`, from one range server for them
+    all (`progress` was told to expect their bytes)."""
+    base = listing.url.rstrip("/")
+    files = [
+        (item, f"{base}/{item.path}" if listing.is_dir else listing.url, dest.joinpath(*item.path.split("/")))
+        for item in big
+    ]
+    with serve_ranges(listing.is_dir) as open_range:
+        pull_ranged(files, open_range, resume_dir, settings, on_file, progress.advanced, stop)
 
 
 def _has_size(path: Path, size: int) -> bool:

@@ -1,0 +1,216 @@
+"""Ranges of big files through one rclone server per pull, on a unix socket of its own.
+
+The server is `rclone rcd --rc-serve`: it answers `GET /[remote:]/path` with a `Range` header by
+reading exactly that range from the store, one request to the store per range. (`rclone serve
+http` reads through its VFS, which opens every file at offset 0 first and so fetches bytes nobody
+asked for.) The pull's source is the root of an alias remote defined in the server's environment,
+so no remote name or path is parsed out of a URL. Each stream is an HTTP range request on a
+kept-alive connection: requests cost no process each, so they can go in file order (the hashes
+follow the streams closely). Nothing from the server is taken on trust: a reply must be `206` with
+exactly the asked range of a file of the listed size.
+
+The socket lives in a private temporary folder, and the server asks for a password made for it
+(passed in its environment, never on its command line). It runs under a watchdog shell whose
+stdin is a pipe from this process: when the pipe ends, because the pull closed it or because this
+process died however it died, the watchdog stops the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from typing import IO
+from urllib.parse import quote
+
+from .errors import TransferError
+from .rclone_output import transfer_error
+from .transfer import RemoteFile
+
+_WATCHDOG = (
+    'folder=$1; shift; exec 3<&0; "$@" </dev/null 3<&- & server=$!; '
+    '{ read -r _ <&3; kill "$server" 2>/dev/null; } & '
+    'wait "$server"; code=$?; rm -f "$folder/socket"; rmdir "$folder" 2>/dev/null; exit $code'
+)
+"""`sh -c` script: run the server (the arguments after the socket's folder), stop it once stdin
+ends, remove the socket's folder, exit with the server's code. The arguments are passed as `"$@"`,
+never parsed by the shell."""
+
+START_TIMEOUT = 30.0
+READ_TIMEOUT = 600.0
+"""Seconds without a byte before a range request fails (rclone has its own `--timeout` upstream)."""
+
+_SERVE_FLAGS = ("--rc-serve", "--buffer-size", "0", "-q")
+"""Objects served straight from the store to the socket, with no read-ahead buffer that a killed
+pull would have been sent but never written."""
+_ROOT = "mlcacheranges"
+"""The alias remote whose root is the pull's source (defined by `RCLONE_CONFIG_*` variables)."""
+
+
+class RangeServer:
+    """`rclone rcd --rc-serve` for one pull; `open_range` streams ranges of the files under `root`
+    (rclone's path of the listed folder, or of a single file's parent)."""
+
+    def __init__(self, binary: str, root: str, env: dict[str, str], extra_args: Sequence[str]) -> None:
+        self._folder = tempfile.mkdtemp(prefix="mlcache-ranges-")
+        self.address = os.path.join(self._folder, "socket")
+        """The server's unix socket, in a folder only this user may enter."""
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close)
+        self._idle: list[_Connection] = []
+        password = secrets.token_urlsafe(24)
+        self.authorization = "Basic " + base64.b64encode(f"mlcache:{password}".encode()).decode()
+        server_env = {
+            **env,
+            f"RCLONE_CONFIG_{_ROOT.upper()}_TYPE": "alias",
+            f"RCLONE_CONFIG_{_ROOT.upper()}_REMOTE": root,
+            "RCLONE_RC_USER": "mlcache",
+            "RCLONE_RC_PASS": password,
+        }
+        command = [binary, "rcd", *extra_args, *_SERVE_FLAGS, "--rc-addr", f"unix://{self.address}"]
+        self._proc = subprocess.Popen(
+            ["/bin/sh", "-c", _WATCHDOG, "mlcache-range-server", self._folder, *command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            env=server_env,
+        )
+        try:
+            self._wait_until_listening()
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_until_listening(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.address)
+                return
+            except OSError:
+                code = self._proc.poll()
+                if code is not None:
+                    raise self.failure(code) from None
+                if time.monotonic() > deadline:
+                    raise TransferError(
+                        f"rclone rcd did not start listening within {START_TIMEOUT:.0f} s", retryable=True
+                    ) from None
+                time.sleep(0.005)
+            finally:
+                probe.close()
+
+    def failure(self, code: int, detail: str = "") -> TransferError:
+        """The error of a failed server (or request), with the last error line rclone logged."""
+        self._stderr.seek(0)
+        logged = self._stderr.read().decode("utf-8", "replace")
+        return transfer_error("rcd", code, f"{logged}\n{detail}" if detail else logged)
+
+    def open_range(self, item: RemoteFile, offset: int, count: int) -> ServedRange:
+        """The bytes `[offset, offset + count)` of the listed file `item`."""
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = _Connection(self.address)
+        return ServedRange(self, connection, item, offset, count)
+
+    def give_back(self, connection: _Connection) -> None:
+        self._idle.append(connection)
+
+    def close(self) -> None:
+        """Stop the server (end its watchdog's stdin) and remove the socket's folder."""
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._stderr.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(binary: str, root: str, env: dict[str, str], extra_args: Sequence[str]) -> Iterator[RangeServer]:
+    """A `RangeServer` while the block runs."""
+    server = RangeServer(binary, root, env, extra_args)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP over the server's unix socket."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=READ_TIMEOUT)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class ServedRange:
+    """One range request, checked before a byte is read: `206`, exactly the asked range, of a file
+    whose size is the listed one."""
+
+    def __init__(self, server: RangeServer, connection: _Connection, item: RemoteFile, offset: int, count: int) -> None:
+        self._server = server
+        self._connection = connection
+        self._name = item.path
+        last = offset + count - 1
+        path = f"/[{_ROOT}:]/" + "/".join(quote(part, safe="") for part in item.path.split("/"))
+        headers = {"Range": f"bytes={offset}-{last}", "Authorization": server.authorization}
+        try:
+            connection.request("GET", path, headers=headers)
+            self._response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise TransferError(f"{item.path}: the range server did not answer: {exc}", retryable=True) from exc
+        response = self._response
+        wanted = f"bytes {offset}-{last}/{item.size}"
+        if response.status != 206 or response.getheader("Content-Range") != wanted or response.length != count:
+            connection.close()
+            if response.status == 206:
+                raise TransferError(
+                    f"{item.path}: the store sent {response.getheader('Content-Range')!r} for {wanted!r} "
+                    "(the file changed since it was listed?)",
+                    retryable=True,
+                )
+            raise server.failure(1, f"ERROR {item.path}: HTTP {response.status} {response.reason}")
+
+    def readinto(self, buffer: memoryview) -> int:
+        try:
+            return self._response.readinto(buffer)
+        except (OSError, http.client.HTTPException) as exc:
+            self._connection.close()
+            raise TransferError(f"{self._name}: the range stream broke: {exc!r}", retryable=True) from exc
+
+    def finish(self) -> None:
+        """Read to its end: the connection is kept for the next request."""
+        if not self._response.isclosed():
+            self._connection.close()
+            raise TransferError(f"{self._name}: the range stream ended early", retryable=True)
+        self._server.give_back(self._connection)
+
+    def abort(self) -> None:
+        self._connection.close()

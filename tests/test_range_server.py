@@ -1,0 +1,183 @@
+"""The range server of a pull (`rclone rcd --rc-serve` on a private socket), against a real
+`rclone serve s3` behind a real pacing proxy: exact ranges, one store request each, answers checked,
+a password of its own, and a server that ends with its pull, even when the pull is killed."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from mlcache.errors import TransferError
+from mlcache.range_server import RangeServer, ServedRange, serving
+from mlcache.transfer import RemoteFile
+
+from servers import rclone_binary
+
+REPO = Path(__file__).resolve().parent.parent
+NAME = "we ird%#?é.bin"
+SIZE = 3 << 20
+
+
+@pytest.fixture(scope="module")
+def stored(s3_server, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+    """A bucket of its own with `model/<NAME>` (SIZE random bytes): rclone's root, the bytes."""
+    bucket = f"served-{uuid.uuid4().hex[:12]}"
+    source = tmp_path_factory.mktemp("served")
+    blob = os.urandom(SIZE)
+    (source / NAME).write_bytes(blob)
+    upload = [rclone_binary(), "copy", "--config", "/dev/null", str(source), f"S3:{bucket}/model"]
+    subprocess.run(upload, env={**os.environ, **s3_server.rclone_env("S3")}, check=True, timeout=60)
+    return f"S3:{bucket}/model", blob
+
+
+@pytest.fixture
+def proxied(s3_server) -> Iterator[tuple[object, dict[str, str]]]:  # type: ignore[no-untyped-def]
+    """A pacing proxy in front of the store (no delay, no cap worth noticing) and the environment
+    that sends rclone through it."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pacing_proxy import start_pacing_proxy
+
+    with start_pacing_proxy(s3_server.endpoint, delay_ms=0, rate_mib=1000) as proxy:
+        yield proxy, {**os.environ, **s3_server.rclone_env("S3"), "RCLONE_CONFIG_S3_ENDPOINT": proxy.url}
+
+
+def _read(stream: ServedRange) -> bytes:
+    out = bytearray()
+    buffer = memoryview(bytearray(64 << 10))
+    while got := stream.readinto(buffer):
+        out += buffer[:got]
+    stream.finish()
+    return bytes(out)
+
+
+def _settled(proxy) -> dict:  # type: ignore[no-untyped-def]
+    time.sleep(0.3)  # the proxy writes its counters every 0.1 s
+    return proxy.stats()  # type: ignore[no-any-return]
+
+
+def test_each_range_comes_exactly_as_asked_in_one_store_request(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+    root, blob = stored
+    proxy, env = proxied
+    item = RemoteFile(NAME, SIZE, "", "")
+    asked = [(0, 1), (5, 70_000), (1 << 20, 1 << 20), (SIZE - 10, 10)]
+    with serving(rclone_binary(), root, env, ()) as server:
+        before = _settled(proxy)
+        for offset, count in asked:
+            assert _read(server.open_range(item, offset, count)) == blob[offset : offset + count]
+        after = _settled(proxy)
+    assert after["bytes_out"] - before["bytes_out"] == sum(count for _, count in asked)
+    assert after["by_method"].get("GET", 0) - before["by_method"].get("GET", 0) == len(asked)
+
+
+def test_a_file_that_changed_since_its_listing_is_refused(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+    root, _ = stored
+    _, env = proxied
+    changed = r"the store sent 'bytes 0-9/3145728' for 'bytes 0-9/3145729'"
+    with serving(rclone_binary(), root, env, ()) as server, pytest.raises(TransferError, match=changed) as err:
+        server.open_range(RemoteFile(NAME, SIZE + 1, "", ""), 0, 10)
+    assert err.value.retryable
+
+
+def test_a_file_gone_from_the_store_is_a_permanent_error(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+    root, _ = stored
+    _, env = proxied
+    gone = r"rclone rcd failed .*gone\.bin: HTTP 404"
+    with serving(rclone_binary(), root, env, ()) as server, pytest.raises(TransferError, match=gone) as err:
+        server.open_range(RemoteFile("gone.bin", SIZE, "", ""), 0, 10)
+    assert not err.value.retryable
+
+
+def test_the_server_answers_only_with_its_password(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+    root, _ = stored
+    _, env = proxied
+    with serving(rclone_binary(), root, env, ()) as server:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(server.address)
+        connection = http.client.HTTPConnection("localhost")
+        connection.sock = raw
+        connection.request("GET", "/[mlcacheranges:]/" + quote(NAME, safe=""), headers={"Range": "bytes=0-9"})
+        assert connection.getresponse().status == 401
+        connection.close()
+        assert oct(os.stat(os.path.dirname(server.address)).st_mode & 0o777) == "0o700"
+
+
+def test_a_server_that_cannot_start_says_why_at_once(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+    root, _ = stored
+    _, env = proxied
+    started = time.monotonic()
+    with pytest.raises(TransferError, match=r"rclone rcd failed \(exit \d+\): .*no-such-flag"):
+        RangeServer(rclone_binary(), root, env, ("--no-such-flag",))
+    assert time.monotonic() - started < 10
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+KEEP_SERVING = """
+import sys, time
+from mlcache.range_server import RangeServer
+server = RangeServer(sys.argv[1], sys.argv[2], dict(__import__("os").environ), ())
+print(server.address, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_pull_takes_its_server_with_it(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+    root, _ = stored
+    _, env = proxied
+    child = subprocess.Popen(
+        [sys.executable, "-c", KEEP_SERVING, rclone_binary(), root], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        address = child.stdout.readline().strip()
+        assert os.path.exists(address)
+        assert _processes_mentioning(address)  # the server and its watchdog
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # the pull alone, not its process group
+        child.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (_processes_mentioning(os.path.dirname(address)) or os.path.exists(address)):
+        time.sleep(0.05)
+    assert _processes_mentioning(os.path.dirname(address)) == []
+    assert not os.path.exists(os.path.dirname(address))
+
+
+def test_a_pull_by_ranges_leaves_no_server_behind(stored, s3_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from mlcache.ranged import RangedSettings
+    from mlcache.rclone import RcloneTransfer
+    from mlcache.transfer import PullPlan
+
+    root, blob = stored
+    url = "s3://" + root.removeprefix("S3:")
+    transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=3, chunk_size=256 << 10))
+    digests: dict[str, str | None] = {}
+    plan = PullPlan(lambda: transfer.list(url), tmp_path / "r")
+    transfer.pull(
+        url, tmp_path / "tree", False, lambda rel, digest=None, **_: digests.update({rel: digest}), [NAME], plan
+    )
+    assert (tmp_path / "tree" / NAME).read_bytes() == blob
+    assert digests == {NAME: hashlib.sha256(blob).hexdigest()}  # by ranges: their own digest
+    assert _processes_mentioning("mlcache-ranges-") == []
