@@ -23,6 +23,7 @@ import http.client
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -37,16 +38,17 @@ from .transfer import RemoteFile
 
 _WATCHDOG = (
     'folder=$1; shift; exec 3<&0; "$@" </dev/null 3<&- & server=$!; '
-    '{ read -r _ <&3; kill "$server" 2>/dev/null; } & '
-    'wait "$server"; code=$?; rm -f "$folder/socket"; rmdir "$folder" 2>/dev/null; exit $code'
+    '{ read -r _ <&3; kill "$server" 2>/dev/null; } & reader=$!; exec 3<&-; '
+    'wait "$server"; code=$?; kill "$reader" 2>/dev/null; '
+    'rm -f "$folder/socket"; rmdir "$folder" 2>/dev/null; exit $code'
 )
 """`sh -c` script: run the server (the arguments after the socket's folder), stop it once stdin
-ends, remove the socket's folder, exit with the server's code. The arguments are passed as `"$@"`,
-never parsed by the shell."""
+ends, then stop the stdin reader (if the server ended first), remove the socket's folder and exit
+with the server's code. The arguments are passed as `"$@"`, never parsed by the shell."""
 
 START_TIMEOUT = 30.0
-READ_TIMEOUT = 600.0
-"""Seconds without a byte before a range request fails (rclone has its own `--timeout` upstream)."""
+READ_TIMEOUT = 120.0
+"""Seconds without a byte before a range request fails (retryably: the next pull resumes)."""
 
 _SERVE_FLAGS = ("--rc-serve", "--buffer-size", "0", "-q")
 """Objects served straight from the store to the socket, with no read-ahead buffer that a killed
@@ -57,31 +59,40 @@ _ROOT = "mlcacheranges"
 
 class RangeServer:
     """`rclone rcd --rc-serve` for one pull; `open_range` streams ranges of the files under `root`
-    (rclone's path of the listed folder, or of a single file's parent)."""
+    (rclone's path of the listed folder, or of a single file's parent). Its own settings win over
+    the user's: `RCLONE_RC_*` variables and `--rc*` flags are not passed on."""
 
     def __init__(self, binary: str, root: str, env: dict[str, str], extra_args: Sequence[str]) -> None:
-        self._folder = tempfile.mkdtemp(prefix="mlcache-ranges-")
-        self.address = os.path.join(self._folder, "socket")
-        """The server's unix socket, in a folder only this user may enter."""
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close)
         self._idle: list[_Connection] = []
         password = secrets.token_urlsafe(24)
         self.authorization = "Basic " + base64.b64encode(f"mlcache:{password}".encode()).decode()
-        server_env = {
-            **env,
-            f"RCLONE_CONFIG_{_ROOT.upper()}_TYPE": "alias",
-            f"RCLONE_CONFIG_{_ROOT.upper()}_REMOTE": root,
-            "RCLONE_RC_USER": "mlcache",
-            "RCLONE_RC_PASS": password,
-        }
-        command = [binary, "rcd", *extra_args, *_SERVE_FLAGS, "--rc-addr", f"unix://{self.address}"]
-        self._proc = subprocess.Popen(
-            ["/bin/sh", "-c", _WATCHDOG, "mlcache-range-server", self._folder, *command],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-            env=server_env,
+        server_env = {name: value for name, value in env.items() if not name.startswith("RCLONE_RC_")}
+        server_env.update(
+            {
+                f"RCLONE_CONFIG_{_ROOT.upper()}_TYPE": "alias",
+                f"RCLONE_CONFIG_{_ROOT.upper()}_REMOTE": root,
+                "RCLONE_RC_USER": "mlcache",
+                "RCLONE_RC_PASS": password,
+            }
         )
+        flags = [arg for arg in extra_args if not arg.startswith("--rc")]
+        try:
+            self._folder = tempfile.mkdtemp(prefix="mlcache-ranges-")
+            self.address = os.path.join(self._folder, "socket")
+            """The server's unix socket, in a folder only this user may enter."""
+            self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close)
+            command = [binary, "rcd", *flags, *_SERVE_FLAGS, "--rc-addr", f"unix://{self.address}"]
+            self._proc = subprocess.Popen(
+                ["/bin/sh", "-c", _WATCHDOG, "mlcache-range-server", self._folder, *command],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr,
+                env=server_env,
+                start_new_session=True,  # a signal to the pull's process group leaves it to the watchdog
+            )
+        except OSError as exc:
+            self._discard()
+            raise TransferError(f"could not start the range server (rclone rcd): {exc}", retryable=True) from exc
         try:
             self._wait_until_listening()
         except BaseException:
@@ -96,9 +107,7 @@ class RangeServer:
                 probe.connect(self.address)
                 return
             except OSError:
-                code = self._proc.poll()
-                if code is not None:
-                    raise self.failure(code) from None
+                self.check_alive()
                 if time.monotonic() > deadline:
                     raise TransferError(
                         f"rclone rcd did not start listening within {START_TIMEOUT:.0f} s", retryable=True
@@ -107,25 +116,32 @@ class RangeServer:
             finally:
                 probe.close()
 
-    def failure(self, code: int, detail: str = "") -> TransferError:
-        """The error of a failed server (or request), with the last error line rclone logged."""
-        self._stderr.seek(0)
-        logged = self._stderr.read().decode("utf-8", "replace")
-        return transfer_error("rcd", code, f"{logged}\n{detail}" if detail else logged)
+    def check_alive(self) -> None:
+        """Raise the server's own error if it has ended."""
+        code = self._proc.poll()
+        if code is not None:
+            raise transfer_error("rcd", code, self._logged())
+
+    def _logged(self) -> str:
+        return os.pread(self._stderr.fileno(), 1 << 20, 0).decode("utf-8", "replace")
 
     def open_range(self, item: RemoteFile, offset: int, count: int) -> ServedRange:
         """The bytes `[offset, offset + count)` of the listed file `item`."""
+        return ServedRange(self, item, offset, count)
+
+    def connection(self) -> tuple[_Connection, bool]:
+        """A kept-alive connection if one is idle (True), else a new one (False)."""
         try:
-            connection = self._idle.pop()
+            return self._idle.pop(), True
         except IndexError:
-            connection = _Connection(self.address)
-        return ServedRange(self, connection, item, offset, count)
+            return _Connection(self.address), False
 
     def give_back(self, connection: _Connection) -> None:
         self._idle.append(connection)
 
     def close(self) -> None:
-        """Stop the server (end its watchdog's stdin) and remove the socket's folder."""
+        """Stop the server (end its watchdog's stdin; its whole session if that does not do) and
+        remove the socket's folder."""
         for connection in self._idle:
             connection.close()
         self._idle.clear()
@@ -135,10 +151,16 @@ class RangeServer:
         try:
             self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
+            with contextlib.suppress(OSError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
-        self._stderr.close()
-        shutil.rmtree(self._folder, ignore_errors=True)
+        self._discard()
+
+    def _discard(self) -> None:
+        if hasattr(self, "_stderr"):
+            self._stderr.close()
+        if hasattr(self, "_folder"):
+            shutil.rmtree(self._folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -169,47 +191,70 @@ class _Connection(http.client.HTTPConnection):
         self.sock = sock
 
 
+_BROKEN = (OSError, http.client.HTTPException, UnicodeError)
+
+
 class ServedRange:
     """One range request, checked before a byte is read: `206`, exactly the asked range, of a file
-    whose size is the listed one."""
+    whose size is the listed one. A kept-alive connection the server has meanwhile closed is
+    replaced once."""
 
-    def __init__(self, server: RangeServer, connection: _Connection, item: RemoteFile, offset: int, count: int) -> None:
+    def __init__(self, server: RangeServer, item: RemoteFile, offset: int, count: int) -> None:
         self._server = server
-        self._connection = connection
         self._name = item.path
+        self._left = count
         last = offset + count - 1
-        path = f"/[{_ROOT}:]/" + "/".join(quote(part, safe="") for part in item.path.split("/"))
         headers = {"Range": f"bytes={offset}-{last}", "Authorization": server.authorization}
-        try:
-            connection.request("GET", path, headers=headers)
-            self._response = connection.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            connection.close()
-            raise TransferError(f"{item.path}: the range server did not answer: {exc}", retryable=True) from exc
-        response = self._response
+        while True:
+            connection, reused = server.connection()
+            try:
+                path = f"/[{_ROOT}:]/" + "/".join(quote(part, safe="") for part in item.path.split("/"))
+                connection.request("GET", path, headers=headers)
+                response = connection.getresponse()
+                break
+            except _BROKEN as exc:
+                connection.close()
+                if not reused:
+                    server.check_alive()
+                    raise TransferError(
+                        f"{item.path}: the range server did not answer: {exc!r}", retryable=True
+                    ) from exc
+        self._connection = connection
+        self._response = response
         wanted = f"bytes {offset}-{last}/{item.size}"
-        if response.status != 206 or response.getheader("Content-Range") != wanted or response.length != count:
-            connection.close()
-            if response.status == 206:
-                raise TransferError(
-                    f"{item.path}: the store sent {response.getheader('Content-Range')!r} for {wanted!r} "
-                    "(the file changed since it was listed?)",
-                    retryable=True,
-                )
-            raise server.failure(1, f"ERROR {item.path}: HTTP {response.status} {response.reason}")
+        if response.status == 206 and response.getheader("Content-Range") == wanted and response.length == count:
+            return
+        connection.close()
+        if response.status == 206:
+            raise TransferError(
+                f"{item.path}: the store sent {response.getheader('Content-Range')!r} for {wanted!r} "
+                "(the file changed since it was listed?)",
+                retryable=True,
+            )
+        answer = " ".join(response.read(200).decode("utf-8", "replace").split())
+        raise TransferError(
+            f"{item.path}: the range server answered HTTP {response.status} {response.reason} ({answer})",
+            retryable=response.status not in (401, 403),
+        )
 
     def readinto(self, buffer: memoryview) -> int:
         try:
-            return self._response.readinto(buffer)
-        except (OSError, http.client.HTTPException) as exc:
+            got = self._response.readinto(buffer) if self._left else 0
+        except _BROKEN as exc:
             self._connection.close()
             raise TransferError(f"{self._name}: the range stream broke: {exc!r}", retryable=True) from exc
+        if not got and self._left and len(buffer):
+            self._connection.close()
+            self._server.check_alive()
+            raise TransferError(f"{self._name}: the range stream ended {self._left} bytes early", retryable=True)
+        self._left -= got
+        return got
 
     def finish(self) -> None:
         """Read to its end: the connection is kept for the next request."""
-        if not self._response.isclosed():
+        if self._left:
             self._connection.close()
-            raise TransferError(f"{self._name}: the range stream ended early", retryable=True)
+            raise TransferError(f"{self._name}: the range stream ended {self._left} bytes early", retryable=True)
         self._server.give_back(self._connection)
 
     def abort(self) -> None:

@@ -173,7 +173,7 @@ class RcloneTransfer(Transfer):
             reporter(progress, url),
             on_file,
             lambda part, seen, selection, started: self._copy(target, dest, part, url, seen, selection, started),
-            lambda part, seen, paths: self._copy_selected(target, dest, part, url, seen, paths),
+            lambda part, seen, paths, started: self._copy_selected(target, dest, part, url, seen, paths, started),
             functools.partial(self._serve_ranges, target),
         )
 
@@ -185,14 +185,15 @@ class RcloneTransfer(Transfer):
         url: str,
         on_file: OnFile | None,
         only: Sequence[str] | None,
+        started: Callable[[subprocess.Popen[str]], None] | None = None,
     ) -> None:
         if only is None:
-            self._copy(target, dest, progress, url, on_file, [])
+            self._copy(target, dest, progress, url, on_file, [], started)
             return
         with tempfile.NamedTemporaryFile("w", suffix=".files", encoding="utf-8") as listed:
             listed.write("".join(f"{path}\n" for path in only))
             listed.flush()
-            self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name])
+            self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name], started)
 
     @contextlib.contextmanager
     def _serve_ranges(self, target: RclonePath, is_dir: bool) -> Iterator[OpenRange]:

@@ -16,7 +16,7 @@ import stat
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -80,7 +80,11 @@ class SharedProgress:
             self._sink.close(ok)
 
 
-StartCopy = Callable[[TransferProgress, OnFile | None, Callable[[subprocess.Popen[str]], None]], None]
+Started = Callable[[subprocess.Popen[str]], None]
+"""Told of an `rclone copy` process as it starts."""
+
+
+StartCopy = Callable[[TransferProgress, OnFile | None, Started], None]
 """`start(progress, on_file, started)`: run one `rclone copy` to its end, handing its process to
 `started` first."""
 
@@ -144,12 +148,52 @@ class EarlyCopy:
         return True
 
 
-CopyRun = Callable[[TransferProgress, OnFile | None, list[str], Callable[[subprocess.Popen[str]], None] | None], None]
+class CopyGuard:
+    """The `rclone copy` processes of a pull, stopped together once its ranged side has failed:
+    their files are not wanted any more, and the failure should not wait for them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: list[subprocess.Popen[str]] = []
+        self.halted = False
+
+    def started(self, proc: subprocess.Popen[str]) -> None:
+        with self._lock:
+            self._procs.append(proc)
+            if self.halted:
+                _kill(proc)
+
+    def also(self, started: Started) -> Started:
+        """`started`, then `self.started`."""
+
+        def both(proc: subprocess.Popen[str]) -> None:
+            started(proc)
+            self.started(proc)
+
+        return both
+
+    def halt_if_failed(self, ranged: Future[None]) -> None:
+        """Stop every copy, now and to come, if the ranged side ended with an error."""
+        if ranged.exception() is None:
+            return
+        with self._lock:
+            self.halted = True
+            for proc in self._procs:
+                _kill(proc)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(OSError):
+        proc.kill()
+
+
+CopyRun = Callable[[TransferProgress, OnFile | None, list[str], Started | None], None]
 """`copy(progress, on_file, selection, started)`: one `rclone copy` of the pull's source into its
 destination, with extra selection flags, handing its process to `started` (when given) first."""
 
-CopyPaths = Callable[[TransferProgress, OnFile | None, list[str]], None]
-"""`copy_paths(progress, on_file, paths)`: one `rclone copy` of just those paths of the source."""
+CopyPaths = Callable[[TransferProgress, OnFile | None, list[str], Started], None]
+"""`copy_paths(progress, on_file, paths, started)`: one `rclone copy` of just those paths of the
+source, handing its process to `started` first."""
 
 
 def pull_beside_listing(
@@ -170,12 +214,17 @@ def pull_beside_listing(
     shared = SharedProgress(progress)
     early: EarlyCopy | None = None
     stop = threading.Event()
+    guard = CopyGuard()
     ok = False
     try:
         if only is None:
             limit = ["--max-size", f"{settings.min_size - 1}B"]
             early_part = shared.copy_part()
-            early = EarlyCopy(lambda part, guarded, started: copy(part, guarded, limit, started), early_part, on_file)
+
+            def early_copy(part: TransferProgress, guarded: OnFile | None, started: Started) -> None:
+                copy(part, guarded, limit, guard.also(started))
+
+            early = EarlyCopy(early_copy, early_part, on_file)
         listing = plan.listing()
         big = big_files(listing, None if only is None else list(only), settings)
         ranged = {item.path for item in big}
@@ -215,21 +264,27 @@ def pull_beside_listing(
                     plan.resume_dir,
                     stop,
                 )
+                done.add_done_callback(guard.halt_if_failed)
             try:
                 if early is not None:
                     early.result()
                 if rest:
-                    copy_paths(shared.copy_part(), on_file, rest)
+                    copy_paths(shared.copy_part(), on_file, rest, guard.started)
                 if leftovers:
                     # big files the ranges leave alone (names a stream cannot take): by size, so
                     # no line-based list has to carry their names
                     excluded = [arg for path in ranged for arg in ("--exclude", f"/{literal_pattern(path)}")]
-                    copy(shared.copy_part(), on_file, ["--min-size", f"{settings.min_size}B", *excluded], None)
+                    copy(shared.copy_part(), on_file, ["--min-size", f"{settings.min_size}B", *excluded], guard.started)
             except BaseException:
                 stop.set()
+                failure = None
                 if done is not None:
-                    with contextlib.suppress(Exception):
+                    try:
                         done.result()
+                    except Exception as exc:  # the cause, when it is why the copies were stopped
+                        failure = exc
+                if failure is not None and guard.halted:
+                    raise failure from None
                 raise
             if done is not None:
                 done.result()

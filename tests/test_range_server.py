@@ -4,6 +4,7 @@ a password of its own, and a server that ends with its pull, even when the pull 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -90,13 +92,14 @@ def test_a_file_that_changed_since_its_listing_is_refused(stored, proxied) -> No
     assert err.value.retryable
 
 
-def test_a_file_gone_from_the_store_is_a_permanent_error(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_gone_from_the_store_is_an_error_worth_a_retry(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+    """rclone answers 404 for a transient failure to open too; the retry lists the folder again."""
     root, _ = stored
     _, env = proxied
-    gone = r"rclone rcd failed .*gone\.bin: HTTP 404"
+    gone = r"gone\.bin: the range server answered HTTP 404 Not Found"
     with serving(rclone_binary(), root, env, ()) as server, pytest.raises(TransferError, match=gone) as err:
         server.open_range(RemoteFile("gone.bin", SIZE, "", ""), 0, 10)
-    assert not err.value.retryable
+    assert err.value.retryable
 
 
 def test_the_server_answers_only_with_its_password(stored, proxied) -> None:  # type: ignore[no-untyped-def]
@@ -144,11 +147,16 @@ time.sleep(120)
 """
 
 
-def test_a_killed_pull_takes_its_server_with_it(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("killed", ["the pull", "its process group"])
+def test_a_killed_pull_takes_its_server_with_it(stored, proxied, killed: str) -> None:  # type: ignore[no-untyped-def]
     root, _ = stored
     _, env = proxied
     child = subprocess.Popen(
-        [sys.executable, "-c", KEEP_SERVING, rclone_binary(), root], env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", KEEP_SERVING, rclone_binary(), root],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert child.stdout is not None
@@ -156,7 +164,10 @@ def test_a_killed_pull_takes_its_server_with_it(stored, proxied) -> None:  # typ
         assert os.path.exists(address)
         assert _processes_mentioning(address)  # the server and its watchdog
     finally:
-        os.kill(child.pid, signal.SIGKILL)  # the pull alone, not its process group
+        if killed == "the pull":
+            os.kill(child.pid, signal.SIGKILL)
+        else:
+            os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (_processes_mentioning(os.path.dirname(address)) or os.path.exists(address)):
@@ -165,14 +176,56 @@ def test_a_killed_pull_takes_its_server_with_it(stored, proxied) -> None:  # typ
     assert not os.path.exists(os.path.dirname(address))
 
 
-def test_a_pull_by_ranges_leaves_no_server_behind(stored, s3_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_password_is_on_no_command_line(stored, proxied) -> None:  # type: ignore[no-untyped-def]
+    root, _ = stored
+    _, env = proxied
+    with serving(rclone_binary(), root, env, ()) as server:
+        password = base64.b64decode(server.authorization.removeprefix("Basic ")).decode().partition(":")[2]
+        assert len(password) >= 24
+        assert _processes_mentioning(password) == []
+        assert _processes_mentioning(server.address)  # the scan does see the server
+
+
+def test_a_server_killed_midway_fails_the_stream_retryably(stored, s3_server) -> None:  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pacing_proxy import start_pacing_proxy
+
+    root, _ = stored
+    with start_pacing_proxy(s3_server.endpoint, delay_ms=0, rate_mib=0.5) as proxy:
+        env = {**os.environ, **s3_server.rclone_env("S3"), "RCLONE_CONFIG_S3_ENDPOINT": proxy.url}
+        with serving(rclone_binary(), root, env, ()) as server:
+            stream = server.open_range(RemoteFile(NAME, SIZE, "", ""), 0, SIZE)
+            buffer = memoryview(bytearray(64 << 10))
+            assert stream.readinto(buffer) > 0
+            (rclone,) = [pid for pid in _processes_mentioning(server.address) if _argv(pid)[1:2] == [b"rcd"]]
+            os.kill(rclone, signal.SIGKILL)
+            with pytest.raises(TransferError, match=r"rclone rcd failed \(exit|the range stream") as err:
+                while stream.readinto(buffer):
+                    pass
+                stream.finish()
+            assert err.value.retryable
+
+
+def _argv(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def test_a_pull_by_ranges_leaves_no_server_behind(stored, s3_env, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from mlcache.ranged import RangedSettings
     from mlcache.rclone import RcloneTransfer
     from mlcache.transfer import PullPlan
 
     root, blob = stored
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     url = "s3://" + root.removeprefix("S3:")
-    transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=3, chunk_size=256 << 10))
+    transfer = RcloneTransfer(
+        ranged=RangedSettings(min_size=1 << 20, streams=3, chunk_size=256 << 10, request_size=512 << 10)
+    )
     digests: dict[str, str | None] = {}
     plan = PullPlan(lambda: transfer.list(url), tmp_path / "r")
     transfer.pull(
@@ -180,4 +233,5 @@ def test_a_pull_by_ranges_leaves_no_server_behind(stored, s3_env, tmp_path: Path
     )
     assert (tmp_path / "tree" / NAME).read_bytes() == blob
     assert digests == {NAME: hashlib.sha256(blob).hexdigest()}  # by ranges: their own digest
-    assert _processes_mentioning("mlcache-ranges-") == []
+    assert list(temporary.iterdir()) == []
+    assert _processes_mentioning(str(temporary)) == []

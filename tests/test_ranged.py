@@ -36,8 +36,11 @@ class FileRanges:
         self.fail_after = fail_after
         self.sent = 0
         self.lock = threading.Lock()
+        self.asked: list[tuple[int, int]] = []
 
     def __call__(self, item: RemoteFile, offset: int, count: int) -> FileRanges.Stream:
+        with self.lock:
+            self.asked.append((offset, count))
         return FileRanges.Stream(self, offset, count)
 
     class Stream:
@@ -201,6 +204,21 @@ def test_a_state_folder_others_may_write_is_refused(tmp_path: Path, remote: tupl
 def test_settings_that_cannot_work_are_refused_up_front() -> None:
     with pytest.raises(InvalidSetting, match="streams >= 1"):
         RangedSettings(streams=0)
+    refused = r"request_size >= chunk_size; .* chunk_size=8388608, request_size=4194304"
+    with pytest.raises(InvalidSetting, match=refused):
+        RangedSettings(chunk_size=8 << 20, request_size=4 << 20)
+
+
+def test_requests_go_in_file_order_and_none_is_longer_than_asked(
+    tmp_path: Path, remote: tuple[Path, RemoteFile]
+) -> None:
+    source, item = remote
+    ranges = FileRanges(source)
+    settings = RangedSettings(min_size=64 * KiB, streams=1, chunk_size=16 * KiB, request_size=40 * KiB)
+    pull_ranged([(item, "s3://b/model/weights.bin", tmp_path / "w.bin")], ranges, tmp_path / "r", settings)
+    assert (tmp_path / "w.bin").read_bytes() == source.read_bytes()
+    # 13 chunks (the last one 123 bytes) in requests of at most 2 chunks, asked in file order
+    assert ranges.asked == [(offset, min(32 * KiB, item.size - offset)) for offset in range(0, item.size, 32 * KiB)]
 
 
 # ----------------------------------------------------------------- a real store, a real kill
@@ -459,3 +477,53 @@ def test_progress_of_a_single_big_file_counts_its_bytes_once(tmp_path: Path, s3_
     assert totals.closed == [True]
     assert totals.updates[-1] == (len(big), len(big))
     assert all(total in (None, len(big)) and done <= len(big) for done, total in totals.updates)
+
+
+def test_a_big_file_the_ranges_refuse_is_copied_beside_them(tmp_path: Path, s3_server, s3_env) -> None:  # type: ignore[no-untyped-def]
+    from mlcache.rclone import RcloneTransfer
+    from mlcache.transfer import PullPlan
+
+    files = {"MLmodel": b"small", "weights.bin": os.urandom(3 << 20), "odd\\name.bin": os.urandom(2 << 20)}
+    bucket = _upload(s3_server, files, tmp_path)
+    url = f"s3://{bucket}/model"
+    transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=2, chunk_size=256 << 10))
+    reports: dict[str, list[str | None]] = {}
+
+    def on_file(rel: str, staged: str | None = None, digest: str | None = None) -> None:
+        reports.setdefault(rel, []).append(digest)
+
+    transfer.pull(url, tmp_path / "tree", False, on_file, None, PullPlan(lambda: transfer.list(url), tmp_path / "r"))
+    for rel, data in files.items():
+        assert (tmp_path / "tree" / rel).read_bytes() == data
+    assert reports["weights.bin"] == [hashlib.sha256(files["weights.bin"]).hexdigest()]  # by ranges
+    assert reports["odd\\name.bin"] == [None]  # by the copy of what the ranges leave
+    assert reports["MLmodel"] == [None]
+
+
+def test_a_failed_ranged_file_stops_the_copy_and_is_the_error(
+    tmp_path: Path, s3_server, s3_env, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from mlcache.rclone import RcloneTransfer
+    from mlcache.transfer import Listing, PullPlan
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pacing_proxy import start_pacing_proxy
+
+    small = os.urandom(600 << 10)
+    bucket = _upload(s3_server, {"small.bin": small, "weights.bin": os.urandom(2 << 20)}, tmp_path)
+    url = f"s3://{bucket}/model"
+    transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=2, chunk_size=256 << 10))
+
+    def stale_listing() -> Listing:
+        """The big file is listed one byte longer than it is now."""
+        listing = transfer.list(url)
+        files = tuple(RemoteFile(f.path, f.size + (f.path == "weights.bin"), f.mtime, f.hash) for f in listing.files)
+        return Listing(listing.url, listing.is_dir, files)
+
+    with start_pacing_proxy(s3_server.endpoint, delay_ms=0, rate_mib=0.05) as proxy:  # the copy takes 12 s
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", proxy.url)
+        with pytest.raises(TransferError, match=r"weights\.bin: the store sent 'bytes \d+-\d+/2097152' for"):
+            transfer.pull(url, tmp_path / "tree", False, None, None, PullPlan(stale_listing, tmp_path / "r"))
+        assert _child_commands("copy") == []
+    copied = tmp_path / "tree" / "small.bin"
+    assert not copied.exists() or copied.stat().st_size < len(small)
