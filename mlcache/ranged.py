@@ -52,7 +52,7 @@ class RangedSettings:
     min_size: int = 64 << 20
     streams: int = 16
     chunk_size: int = 4 << 20
-    request_size: int = 32 << 20
+    request_size: int = 16 << 20
 
     def __post_init__(self) -> None:
         if self.min_size < 1 or self.streams < 1 or self.chunk_size < _MIN_CHUNK or self.request_size < self.chunk_size:
