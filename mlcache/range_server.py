@@ -117,10 +117,13 @@ class RangeServer:
                 probe.close()
 
     def check_alive(self) -> None:
-        """Raise the server's own error if it has ended."""
+        """Raise the server's own error if it has ended; retryable if a signal ended it (the shell
+        reports 128 + the signal), since a new pull starts a new server and resumes."""
         code = self._proc.poll()
         if code is not None:
-            raise transfer_error("rcd", code, self._logged())
+            error = transfer_error("rcd", code, self._logged())
+            error.retryable = error.retryable or code < 0 or code > 128
+            raise error
 
     def _logged(self) -> str:
         return os.pread(self._stderr.fileno(), 1 << 20, 0).decode("utf-8", "replace")
@@ -242,6 +245,7 @@ class ServedRange:
             got = self._response.readinto(buffer) if self._left else 0
         except _BROKEN as exc:
             self._connection.close()
+            self._server.check_alive()
             raise TransferError(f"{self._name}: the range stream broke: {exc!r}", retryable=True) from exc
         if not got and self._left and len(buffer):
             self._connection.close()
