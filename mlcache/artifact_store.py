@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .blobs import BlobStore
+from .blobs import BlobFolders, BlobStore
 from .errors import CorruptMetadata
 from .hashing import StagedFile, sha256_files
 from .layout import CacheLayout, read_regular, write_atomic, writing
@@ -364,12 +364,16 @@ class ArtifactStore:
         but those in `shared`, which are already."""
         if not self.blobs.can_link():
             return
-        for item in manifest.files:
-            if item.path in shared:
-                continue
-            path = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
-            if not path.is_symlink() and not self.blobs.adopt(path, item.sha256, item.size):
-                return
+        folders = BlobFolders(self.blobs)
+        try:
+            for item in manifest.files:
+                if item.path in shared:
+                    continue
+                path = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
+                if not path.is_symlink() and not self.blobs.adopt(path, item.sha256, item.size, folders):
+                    return
+        finally:
+            folders.close()
 
     def discard_tree(self, path: Path) -> None:
         """Move a tree of the cache aside into a private stage, then delete it there: readers see it

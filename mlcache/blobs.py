@@ -49,6 +49,53 @@ class CollectReport:
     kept: int = 0
 
 
+class BlobFolders:
+    """The folders of `blobs/sha256/`, each made, checked and opened once for the many files of one
+    tree: links are made through the open folder (`O_NOFOLLOW` below a guarded root), so nothing
+    swapped in for a folder meanwhile is followed. Close it after the tree."""
+
+    _OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._root: int | None = None
+        self._open: dict[str, int] = {}
+
+    def link(self, staged: Path, digest: str) -> None:
+        """`os.link(staged, <blob of digest>)`, making its folder if it is missing (or went)."""
+        prefix, name = digest[:2], digest[2:]
+        try:
+            os.link(staged, name, dst_dir_fd=self._folder(prefix))
+        except FileNotFoundError:
+            if not staged.exists():
+                raise
+            os.close(self._open.pop(prefix))  # the folder was removed since it was opened
+            os.link(staged, name, dst_dir_fd=self._folder(prefix))
+
+    def _folder(self, prefix: str) -> int:
+        if prefix in self._open:
+            return self._open[prefix]
+        if self._root is None:
+            base = self._store.root / "sha256"
+            self._store.layout.guarded_dir(base)
+            self._root = os.open(base, self._OPEN)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(prefix, dir_fd=self._root)
+        try:
+            self._open[prefix] = os.open(prefix, self._OPEN, dir_fd=self._root)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._store.layout.guard(self._store.root / "sha256" / prefix / "x")  # says what is in the way
+            raise
+        return self._open[prefix]
+
+    def close(self) -> None:
+        for fd in [*self._open.values(), *([] if self._root is None else [self._root])]:
+            os.close(fd)
+        self._open.clear()
+        self._root = None
+
+
 class BlobStore:
     """The blobs of one cache dir (or bundle folder)."""
 
@@ -91,17 +138,20 @@ class BlobStore:
                 probe.unlink(missing_ok=True)
         return self._linkable
 
-    def adopt(self, staged: Path, digest: str, size: int) -> bool:
+    def adopt(self, staged: Path, digest: str, size: int, folders: BlobFolders | None = None) -> bool:
         """Make the hashed, read-only staged file `staged` share the blob of `digest`: it becomes the
         blob, or is replaced by a link to the blob already held. A collector may take that blob
         between two looks (the name is then free, and the staged file becomes the blob). False when
         links cannot be made here, or something that is not this blob holds its name (the staged
-        file is then left as it is)."""
+        file is then left as it is). `folders` holds the blob folders open across one tree's files."""
         blob = self.path(digest)
         for _ in range(_ADOPT_ATTEMPTS):
             try:
-                self.layout.guarded_dir(blob.parent)
-                os.link(staged, blob)
+                if folders is None:
+                    self.layout.guarded_dir(blob.parent)
+                    os.link(staged, blob)
+                else:
+                    folders.link(staged, digest)
                 return True
             except FileExistsError:
                 pass

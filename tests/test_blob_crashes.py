@@ -87,9 +87,10 @@ def wrapped(name):
 
     def call(*args, **kwargs):
         paths = list(args[:2])
-        fd = kwargs.get("dir_fd")
-        if fd is not None and paths:
-            paths[0] = os.path.join(os.readlink(f"/proc/self/fd/{fd}"), os.fsdecode(paths[0]))
+        for index, key in ((0, "dir_fd"), (0, "src_dir_fd"), (1, "dst_dir_fd")):
+            fd = kwargs.get(key)
+            if fd is not None and len(paths) > index:
+                paths[index] = os.path.join(os.readlink(f"/proc/self/fd/{fd}"), os.fsdecode(paths[index]))
         step(name, paths)
         return real(*args, **kwargs)
 

@@ -4,6 +4,7 @@ lacks. (The same on a real MLflow server and S3 store: test_dedup_server.py; kil
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -17,7 +18,7 @@ import pytest
 
 import mlcache
 from mlcache import hashing
-from mlcache.blobs import BlobStore
+from mlcache.blobs import BlobFolders, BlobStore
 from mlcache.bundle import verify
 from mlcache.bundle_verify import verify_report
 from mlcache.errors import BundleError, UnsafePath
@@ -432,9 +433,11 @@ def _staged_blob(layout: CacheLayout, data: bytes) -> tuple[Path, str]:
     return staged, hashing.sha256_file(staged)
 
 
-def test_a_blob_folder_swapped_for_a_link_is_never_linked_through(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held_open", [False, True], ids=["by-path", "by-open-folder"])
+def test_a_blob_folder_swapped_for_a_link_is_never_linked_through(tmp_path: Path, held_open: bool) -> None:
     layout = CacheLayout(tmp_path / "cache")
     store = BlobStore(layout)
+    folders = BlobFolders(store) if held_open else None
     outside = tmp_path / "outside"
     outside.mkdir()
     staged, digest = _staged_blob(layout, b"weights" * 100)
@@ -443,9 +446,58 @@ def test_a_blob_folder_swapped_for_a_link_is_never_linked_through(tmp_path: Path
     folder.rmdir()
     folder.symlink_to(outside, target_is_directory=True)
     with pytest.raises(UnsafePath, match="is a link or a file where mlcache keeps its own folder"):
-        store.adopt(staged, digest, 700)
+        store.adopt(staged, digest, 700, folders)
     assert list(outside.iterdir()) == []
     assert store.held(digest, 700) is None
+
+
+def _same_prefix(layout: CacheLayout, digest: str, name: str) -> tuple[Path, str]:
+    """Another staged file (`name`) whose sha256 starts like `digest`: its blob shares the folder."""
+    for n in range(100_000):
+        data = f"other {n}".encode()
+        if hashlib.sha256(data).hexdigest()[:2] == digest[:2]:
+            staged = layout.tmp / "pull-test" / name
+            staged.write_bytes(data)
+            staged.chmod(0o444)
+            return staged, hashing.sha256_file(staged)
+    raise AssertionError("no digest with that prefix")
+
+
+def test_a_blob_folder_removed_while_open_is_made_again(tmp_path: Path) -> None:
+    layout = CacheLayout(tmp_path / "cache")
+    store = BlobStore(layout)
+    first, digest = _staged_blob(layout, b"first" * 100)
+    second, other = _same_prefix(layout, digest, "second.bin")
+    folders = BlobFolders(store)
+    try:
+        assert store.adopt(first, digest, 500, folders)
+        store.path(digest).unlink()
+        store.path(digest).parent.rmdir()
+        assert store.adopt(second, other, second.stat().st_size, folders)
+    finally:
+        folders.close()
+    assert store.path(other).samefile(second)
+    assert not store.path(digest).exists()
+
+
+def test_a_blob_folder_swapped_for_a_link_while_open_is_not_followed(tmp_path: Path) -> None:
+    layout = CacheLayout(tmp_path / "cache")
+    store = BlobStore(layout)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    first, digest = _staged_blob(layout, b"first" * 100)
+    second, other = _same_prefix(layout, digest, "second.bin")
+    folders = BlobFolders(store)
+    try:
+        assert store.adopt(first, digest, 500, folders)
+        folder = store.path(digest).parent
+        folder.rename(folder.with_name("moved"))
+        folder.symlink_to(outside, target_is_directory=True)
+        assert store.adopt(second, other, second.stat().st_size, folders)
+    finally:
+        folders.close()
+    assert list(outside.iterdir()) == []
+    assert (folder.with_name("moved") / other[2:]).samefile(second)
 
 
 def test_a_missing_blob_folder_is_made_on_adoption(tmp_path: Path) -> None:
