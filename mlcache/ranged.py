@@ -174,10 +174,9 @@ class _Assembly:
         stream = open_range(self.item, offset, count)
         try:
             for index in range(first, end):
-                if stop.is_set() or self.failed is not None:
+                if not self._fetch_chunk(stream, index, buffer, advanced, stop):
                     stream.abort()
                     return
-                self._fetch_chunk(stream, index, buffer, advanced)
             if stream.readinto(buffer[:1]):
                 raise TransferError(f"{self.item.path}: the store sent more bytes than asked for", retryable=True)
             stream.finish()
@@ -186,12 +185,21 @@ class _Assembly:
             raise
 
     def _fetch_chunk(
-        self, stream: RangeStream, index: int, buffer: memoryview, advanced: Callable[[int], None] | None
-    ) -> None:
+        self,
+        stream: RangeStream,
+        index: int,
+        buffer: memoryview,
+        advanced: Callable[[int], None] | None,
+        stop: threading.Event,
+    ) -> bool:
+        """Fetch and record chunk `index`; False, with the chunk not recorded, once the pull was
+        stopped or another stream failed (looked at between reads, not only between chunks)."""
         journal = self.journal
         position, left = journal.span(index)
         crc: int | None = None if journal.checked_whole else 0
         while left > 0:
+            if stop.is_set() or self.failed is not None:
+                return False
             got = stream.readinto(buffer[: min(len(buffer), left)])
             if not got:
                 stream.finish()
@@ -212,6 +220,7 @@ class _Assembly:
         journal.record(index, crc)
         with self.changed:
             self.changed.notify_all()
+        return True
 
     def wait_for(self, index: int) -> bool:
         """Block until chunk `index` is in (True) or the fetch failed or ended without it (False)."""

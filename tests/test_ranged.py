@@ -100,6 +100,39 @@ def test_a_ranged_file_lands_whole_with_its_sha256_and_the_listed_time(
     assert list(state.iterdir()) == []
 
 
+def test_a_stop_ends_the_pull_between_two_reads_of_a_chunk(tmp_path: Path, remote: tuple[Path, RemoteFile]) -> None:
+    source, item = remote
+    state, dest = tmp_path / "ranged", tmp_path / "tree" / "weights.bin"
+    stop = threading.Event()
+
+    class Stopping(FileRanges):
+        """Sets `stop` once 8 KiB were read: mid-way through the first 128 KiB chunk."""
+
+        def __call__(self, item: RemoteFile, offset: int, count: int) -> FileRanges.Stream:
+            stream = super().__call__(item, offset, count)
+            read = stream.readinto
+
+            def readinto(buffer: memoryview) -> int:
+                got = read(buffer)
+                if self.sent >= 8 * KiB:
+                    stop.set()
+                return got
+
+            stream.readinto = readinto  # type: ignore[method-assign]
+            return stream
+
+    ranges = Stopping(source)
+    one_stream = RangedSettings(min_size=64 * KiB, streams=1, chunk_size=128 * KiB)
+    with pytest.raises(TransferError, match="the pull was stopped"):
+        pull_ranged([(item, "s3://b/model/weights.bin", dest)], ranges, state, one_stream, stop=stop)
+    assert ranges.sent == 8 * KiB
+    assert not dest.exists()
+    again = FileRanges(source)
+    pull_ranged([(item, "s3://b/model/weights.bin", dest)], again, state, one_stream)
+    assert dest.read_bytes() == source.read_bytes()
+    assert again.asked[0][0] == 0  # the chunk left half-read was not kept
+
+
 def test_a_failed_pull_resumes_from_its_verified_chunks_only(tmp_path: Path, remote: tuple[Path, RemoteFile]) -> None:
     source, listed = remote
     item = listed._replace(hash="")  # no store hash: each chunk is checked by its CRC-32
