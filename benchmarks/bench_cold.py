@@ -59,7 +59,6 @@ import traceback
 import uuid
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +73,7 @@ from common import (  # noqa: E402
     page_cache_write_s,
     prime_page_cache,
     rmtree,
+    s3_endpoint,
     snapshot_mlcache,
     start_store_and_server,
     tree_stats,
@@ -206,24 +206,6 @@ def make_file(path: Path, size: int) -> None:
             chunk = min(left, 8 * MiB)
             handle.write(os.urandom(chunk))
             left -= chunk
-
-
-@contextlib.contextmanager
-def s3_endpoint(url: str | None) -> Iterator[None]:
-    """Point MLflow's boto3 and mlcache (both read `MLFLOW_S3_ENDPOINT_URL` when they reach the
-    store) at `url` inside the block; nothing changes with None."""
-    if url is None:
-        yield
-        return
-    old = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    os.environ["MLFLOW_S3_ENDPOINT_URL"] = url
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_S3_ENDPOINT_URL", None)
-        else:
-            os.environ["MLFLOW_S3_ENDPOINT_URL"] = old
 
 
 def last_json(text: str) -> dict:

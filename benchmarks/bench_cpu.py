@@ -8,14 +8,16 @@ registered as version 1 of a model (`--size-mib` to change), medians of `--repea
 interleaved (order flipped every repetition), `os.sync()` before each:
   - client: this process's CPU (all threads: MLflow's boto3 workers, mlcache's streams and hashes);
   - rclone: the CPU of the rclone processes the pull ran (mlcache only; counted once reaped);
-  - store: the CPU of the `rclone serve s3` process serving the bytes.
+  - store: the CPU of the `rclone serve s3` process serving the bytes;
+  - proxy (`--wan`): the CPU of `pacing_proxy.py` (20 ms per request, 40 MiB/s per connection),
+    put in front of the store for both tools, as in bench_cold's WAN rows.
 Beside them, the cost of the two hashes mlcache computes and MLflow does not (the sha256 every
 manifest records, the MD5 compared with the store's), each over the file's bytes in memory. From
 these: the shortest wall time any pull that hashes like mlcache could take on this many cores
 (`floor`: MLflow's CPU plus the hashes, spread perfectly over the cores), and the ratio to MLflow
 it would give.
 
-Usage: python benchmarks/bench_cpu.py [--repeats 5] [--size-mib 256] [--report FILE]
+Usage: python benchmarks/bench_cpu.py [--repeats 5] [--size-mib 256] [--wan] [--report FILE]
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from common import code_state, rmtree, start_store_and_server  # noqa: E402
+from common import code_state, rmtree, s3_endpoint, start_store_and_server  # noqa: E402
+from pacing_proxy import start_pacing_proxy  # noqa: E402
 
 MODEL = "bench-cpu-big"
 
@@ -74,6 +77,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--wan", action="store_true", help="through the pacing proxy (20 ms, 40 MiB/s per connection)")
     parser.add_argument("--report", type=Path, default=None)
     args = parser.parse_args()
     import mlflow
@@ -86,6 +90,7 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="mlcache-bench-cpu-", dir="/tmp"))
     s3, server = start_store_and_server(scratch)
     lines: list[str] = []
+    proxy = None
 
     def out(text: str = "") -> None:
         print(text, flush=True)
@@ -107,14 +112,17 @@ def main() -> int:
         # the store computes an object's MD5 on its first listing: not part of any timing
         subprocess.run([find_rclone(), "lsjson", "-R", "--hash", folder], env=env, check=True, capture_output=True)
         rmtree(source)
-        store_pid = s3.process.proc.pid
+        proxy = start_pacing_proxy(s3.endpoint, 20.0, 40.0, workdir=scratch / "proxy") if args.wan else None
+        watched = [s3.process.proc.pid] + ([proxy.proc.pid] if proxy is not None else [])
+        endpoint = proxy.url if proxy is not None else None
 
         def mlcache_pull(dest: Path) -> Path:
-            return Path(MlflowApi(tracking_uri=server.url, cache_dir=dest).get_model_artifact((MODEL, "1")))
+            with s3_endpoint(endpoint):
+                return Path(MlflowApi(tracking_uri=server.url, cache_dir=dest).get_model_artifact((MODEL, "1")))
 
         def mlflow_pull(dest: Path) -> Path:
             dest.mkdir()
-            with contextlib.redirect_stdout(io.StringIO()):
+            with s3_endpoint(endpoint), contextlib.redirect_stdout(io.StringIO()):
                 return Path(
                     mlflow.artifacts.download_artifacts(
                         artifact_uri=f"models:/{MODEL}/1", dst_path=str(dest), tracking_uri=server.url
@@ -125,17 +133,17 @@ def main() -> int:
         for name, pull in tools.items():  # one-off imports and clients, untimed
             pull(scratch / f"warm-{name}")
             rmtree(scratch / f"warm-{name}")
-        rows: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in tools}
+        rows: dict[str, list[tuple[float, ...]]] = {name: [] for name in tools}
         for repeat in range(args.repeats):
             for name in list(tools)[:: 1 if repeat % 2 == 0 else -1]:
                 dest = scratch / f"{name}-{repeat}"
                 os.sync()
                 time.sleep(1)
-                before = (own_cpu(), children_cpu(), process_cpu(store_pid))
+                before = (own_cpu(), children_cpu(), *map(process_cpu, watched))
                 start = time.perf_counter()
                 got = tools[name](dest)
                 wall = time.perf_counter() - start
-                after = (own_cpu(), children_cpu(), process_cpu(store_pid))
+                after = (own_cpu(), children_cpu(), *map(process_cpu, watched))
                 if sum(f.stat().st_size for f in got.rglob("*") if f.is_file()) != len(data):
                     raise RuntimeError(f"{name}: pulled the wrong number of bytes into {got}")
                 rows[name].append((wall, *(b - a for a, b in zip(before, after, strict=True))))
@@ -144,15 +152,18 @@ def main() -> int:
         md5 = hash_seconds(hashlib.md5, data)
 
         out(f"mlcache bench_cpu: {time.strftime('%Y-%m-%dT%H:%M:%S')}; {code_state()}")
-        out(f"{cores} cores; one file of {args.size_mib} MiB over loopback; medians of {args.repeats}, interleaved")
+        link = "the pacing proxy (20 ms per request, 40 MiB/s per connection)" if args.wan else "loopback"
+        out(f"{cores} cores; one file of {args.size_mib} MiB over {link}; medians of {args.repeats}, interleaved")
         out()
-        out(f"{'tool':10} {'wall s':>8} {'client cpu':>11} {'rclone cpu':>11} {'store cpu':>10} {'total cpu':>10}")
+        names = ["client cpu", "rclone cpu", "store cpu"] + (["proxy cpu"] if args.wan else [])
+        out(f"{'tool':10} {'wall s':>8} " + " ".join(f"{name:>11}" for name in names) + f" {'total cpu':>10}")
         medians = {}
         for name, values in rows.items():
-            wall, own, kids, store = (statistics.median(column) for column in zip(*values, strict=True))
+            wall, *parts = (statistics.median(column) for column in zip(*values, strict=True))
             spread = f"{min(v[0] for v in values):.3f}-{max(v[0] for v in values):.3f}"
-            total = own + kids + store
-            out(f"{name:10} {wall:8.3f} {own:11.3f} {kids:11.3f} {store:10.3f} {total:10.3f}  wall {spread}")
+            total = sum(parts)
+            cells = " ".join(f"{part:11.3f}" for part in parts)
+            out(f"{name:10} {wall:8.3f} {cells} {total:10.3f}  wall {spread}")
             medians[name] = (wall, total)
         out()
         mlflow_wall, mlflow_total = medians["mlflow"]
@@ -168,6 +179,8 @@ def main() -> int:
         if args.report is not None:
             args.report.write_text("\n".join(lines) + "\n")
     finally:
+        if proxy is not None:
+            proxy.stop()
         server.stop()
         s3.stop()
         rmtree(scratch)

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ __all__ = [
     "disk_bytes",
     "file_creation_us",
     "rmtree",
+    "s3_endpoint",
     "snapshot_mlcache",
     "start_store_and_server",
     "time_file_creation",
@@ -77,6 +78,24 @@ def code_state() -> str:
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     changed = [line for line in git("status", "--porcelain", "--", "mlcache").splitlines() if line.strip()]
     return f"{head}" + (f" + {len(changed)} uncommitted file(s) under mlcache/" if changed else " (clean)")
+
+
+@contextlib.contextmanager
+def s3_endpoint(url: str | None) -> Iterator[None]:
+    """Point MLflow's boto3 and mlcache (both read `MLFLOW_S3_ENDPOINT_URL` when they reach the
+    store) at `url` inside the block; nothing changes with None."""
+    if url is None:
+        yield
+        return
+    old = os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+    os.environ["MLFLOW_S3_ENDPOINT_URL"] = url
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_S3_ENDPOINT_URL", None)
+        else:
+            os.environ["MLFLOW_S3_ENDPOINT_URL"] = old
 
 
 def start_store_and_server(scratch: Path) -> tuple[Any, Any]:
