@@ -83,6 +83,19 @@ def test_each_range_comes_exactly_as_asked_in_one_store_request(stored, proxied)
     assert after["by_method"].get("GET", 0) - before["by_method"].get("GET", 0) == len(asked)
 
 
+def test_a_kept_connection_the_server_closed_is_replaced_once(stored, s3_server) -> None:  # type: ignore[no-untyped-def]
+    root, blob = stored
+    item = RemoteFile(NAME, SIZE, "", "")
+    with serving(rclone_binary(), root, {**os.environ, **s3_server.rclone_env("S3")}, ()) as server:
+        assert _read(server.open_range(item, 0, 10)) == blob[:10]
+        (kept,) = server._idle
+        assert kept.sock is not None
+        kept.sock.shutdown(socket.SHUT_RDWR)  # as when the server drops an idle connection
+        assert _read(server.open_range(item, 100, 1000)) == blob[100:1100]
+        (fresh,) = server._idle
+        assert fresh is not kept
+
+
 def test_a_file_that_changed_since_its_listing_is_refused(stored, proxied) -> None:  # type: ignore[no-untyped-def]
     root, _ = stored
     _, env = proxied
