@@ -130,6 +130,13 @@ def _compare_meets(op: str, value: Any, condition: Any) -> bool:
     return _compare_one(op, value, condition)
 
 
+def _compared(op: str, condition: Any, values: _Candidates) -> bool:
+    """Whether one of the values a path reaches meets `<op> condition` (most paths reach one)."""
+    if len(values) == 1:
+        return _compare_meets(op, values[0], condition)
+    return any(_compare_meets(op, value, condition) for value in values)
+
+
 def _mod_one(divisor: int, remainder: int, value: Any) -> bool:
     """MongoDB's `$mod`: the value truncated to an integer, the remainder with the dividend's sign."""
     if not is_finite_number(value):
@@ -152,6 +159,26 @@ class MongoQuery(Query):
 
     def __init__(self, definition: Mapping[str, Any] | None = None, also: Mapping[str, Any] | None = None) -> None:
         super().__init__(compile_definition(definition, also))
+        self._steps = tuple(self._step(key, sub) for key, sub in self._definition.items())
+
+    def _step(self, key: str, sub: Any) -> tuple[tuple[str, ...] | None, Callable[[Any], bool]]:
+        """One top-level condition made ready once, for the many documents a find matches: the
+        path it reaches (None for a logical operator, which takes the whole document) and its test,
+        the same evaluation `_match` would make."""
+        if key in LOGICAL_OPERATORS:
+            return None, functools.partial(getattr(self, "_" + key[1:]), sub)
+        if _is_operators(sub):
+            tests = tuple(functools.partial(getattr(self, "_" + op[1:]), arg) for op, arg in sub.items())
+            if len(tests) == 1:
+                return _path(key), tests[0]
+            return _path(key), lambda values: all(test(values) for test in tests)
+
+        def equals(values: _Candidates) -> bool:
+            if len(values) == 1:
+                return _equal_meets(sub, values[0])
+            return any(_equal_meets(sub, value) for value in values)
+
+        return _path(key), equals
 
     @property
     def definition(self) -> dict[str, Any]:
@@ -176,7 +203,10 @@ class MongoQuery(Query):
     def match(self, entry: Any) -> bool:
         """Whether the document matches; never raises anything but InvalidQuery."""
         try:
-            return self._match(self._definition, entry)
+            for parts, test in self._steps:  # noqa: SIM110 (a loop: no generator made per document)
+                if not test(entry if parts is None else _reach(entry, parts)):
+                    return False
+            return True
         except MlcacheError:
             raise
         except Exception as exc:
@@ -213,16 +243,16 @@ class MongoQuery(Query):
         return not self._in(condition, values)
 
     def _gt(self, condition: Any, values: _Candidates) -> bool:
-        return any(_compare_meets("$gt", value, condition) for value in values)
+        return _compared("$gt", condition, values)
 
     def _gte(self, condition: Any, values: _Candidates) -> bool:
-        return any(_compare_meets("$gte", value, condition) for value in values)
+        return _compared("$gte", condition, values)
 
     def _lt(self, condition: Any, values: _Candidates) -> bool:
-        return any(_compare_meets("$lt", value, condition) for value in values)
+        return _compared("$lt", condition, values)
 
     def _lte(self, condition: Any, values: _Candidates) -> bool:
-        return any(_compare_meets("$lte", value, condition) for value in values)
+        return _compared("$lte", condition, values)
 
     def _regex(self, condition: Regex, values: _Candidates) -> bool:
         return any(_regex_meets(condition, value) for value in values)
