@@ -365,15 +365,12 @@ class ArtifactStore:
         if not self.blobs.can_link():
             return
         folders = BlobFolders(self.blobs)
-        try:
-            for item in manifest.files:
-                if item.path in shared:
-                    continue
-                path = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
-                if not path.is_symlink() and not self.blobs.adopt(path, item.sha256, item.size, folders):
-                    return
-        finally:
-            folders.close()
+        for item in manifest.files:
+            if item.path in shared:
+                continue
+            path = produced.joinpath(*item.path.split("/")) if manifest.is_dir else produced
+            if not path.is_symlink() and not self.blobs.adopt(path, item.sha256, item.size, folders):
+                return
 
     def discard_tree(self, path: Path) -> None:
         """Move a tree of the cache aside into a private stage, then delete it there: readers see it

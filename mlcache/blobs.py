@@ -50,50 +50,31 @@ class CollectReport:
 
 
 class BlobFolders:
-    """The folders of `blobs/sha256/`, each made, checked and opened once for the many files of one
-    tree: links are made through the open folder (`O_NOFOLLOW` below a guarded root), so nothing
-    swapped in for a folder meanwhile is followed. Close it after the tree."""
-
-    _OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    """The blob folders the files of one tree are linked into, checked before every link as
+    `CacheLayout.guard` checks them (each folder from the cache's root down a real folder, never a
+    link), in one `lstat` per folder on plain strings; a folder missing or in the way goes to
+    `guarded_dir`, which makes it or says what is in the way."""
 
     def __init__(self, store: BlobStore) -> None:
-        self._store = store
-        self._root: int | None = None
-        self._open: dict[str, int] = {}
+        self._layout = store.layout
+        base = store.root / "sha256"
+        self._base = str(base)
+        self._above = [str(folder) for folder in (store.root, base)]
 
-    def link(self, staged: Path, digest: str) -> None:
-        """`os.link(staged, <blob of digest>)`, making its folder if it is missing (or went)."""
-        prefix, name = digest[:2], digest[2:]
+    def blob_path(self, digest: str) -> str:
+        """Where the blob of `digest` goes (a checked 64-hex digest), once its folder is there and
+        every folder on the way to it was found to be a real one."""
+        folder = f"{self._base}/{digest[:2]}"
         try:
-            os.link(staged, name, dst_dir_fd=self._folder(prefix))
+            for step in (*self._above, folder):
+                if not stat.S_ISDIR(os.lstat(step).st_mode):
+                    break
+            else:
+                return f"{folder}/{digest[2:]}"
         except FileNotFoundError:
-            if not staged.exists():
-                raise
-            os.close(self._open.pop(prefix))  # the folder was removed since it was opened
-            os.link(staged, name, dst_dir_fd=self._folder(prefix))
-
-    def _folder(self, prefix: str) -> int:
-        if prefix in self._open:
-            return self._open[prefix]
-        if self._root is None:
-            base = self._store.root / "sha256"
-            self._store.layout.guarded_dir(base)
-            self._root = os.open(base, self._OPEN)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(prefix, dir_fd=self._root)
-        try:
-            self._open[prefix] = os.open(prefix, self._OPEN, dir_fd=self._root)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                self._store.layout.guard(self._store.root / "sha256" / prefix / "x")  # says what is in the way
-            raise
-        return self._open[prefix]
-
-    def close(self) -> None:
-        for fd in [*self._open.values(), *([] if self._root is None else [self._root])]:
-            os.close(fd)
-        self._open.clear()
-        self._root = None
+            pass
+        self._layout.guarded_dir(Path(folder))
+        return f"{folder}/{digest[2:]}"
 
 
 class BlobStore:
@@ -143,7 +124,7 @@ class BlobStore:
         blob, or is replaced by a link to the blob already held. A collector may take that blob
         between two looks (the name is then free, and the staged file becomes the blob). False when
         links cannot be made here, or something that is not this blob holds its name (the staged
-        file is then left as it is). `folders` holds the blob folders open across one tree's files."""
+        file is then left as it is). `folders` checks the blob folders for the files of one tree."""
         blob = self.path(digest)
         for _ in range(_ADOPT_ATTEMPTS):
             try:
@@ -151,7 +132,7 @@ class BlobStore:
                     self.layout.guarded_dir(blob.parent)
                     os.link(staged, blob)
                 else:
-                    folders.link(staged, digest)
+                    os.link(staged, folders.blob_path(digest))
                 return True
             except FileExistsError:
                 pass
@@ -172,6 +153,10 @@ class BlobStore:
                 os.link(held, twin)
             except FileNotFoundError:
                 continue  # a collector took the blob between the two looks: its name is free
+            except OSError as exc:
+                if exc.errno in _NO_LINKS:
+                    return False  # another user's blob this user may not link (protected_hardlinks): keep the copy
+                raise
             os.replace(twin, staged)
             return True
         return False

@@ -433,11 +433,11 @@ def _staged_blob(layout: CacheLayout, data: bytes) -> tuple[Path, str]:
     return staged, hashing.sha256_file(staged)
 
 
-@pytest.mark.parametrize("held_open", [False, True], ids=["by-path", "by-open-folder"])
-def test_a_blob_folder_swapped_for_a_link_is_never_linked_through(tmp_path: Path, held_open: bool) -> None:
+@pytest.mark.parametrize("per_tree", [False, True], ids=["one-file", "a-tree's-files"])
+def test_a_blob_folder_swapped_for_a_link_is_never_linked_through(tmp_path: Path, per_tree: bool) -> None:
     layout = CacheLayout(tmp_path / "cache")
     store = BlobStore(layout)
-    folders = BlobFolders(store) if held_open else None
+    folders = BlobFolders(store) if per_tree else None
     outside = tmp_path / "outside"
     outside.mkdir()
     staged, digest = _staged_blob(layout, b"weights" * 100)
@@ -463,41 +463,34 @@ def _same_prefix(layout: CacheLayout, digest: str, name: str) -> tuple[Path, str
     raise AssertionError("no digest with that prefix")
 
 
-def test_a_blob_folder_removed_while_open_is_made_again(tmp_path: Path) -> None:
+def test_a_blob_folder_removed_during_a_trees_adoption_is_made_again(tmp_path: Path) -> None:
     layout = CacheLayout(tmp_path / "cache")
     store = BlobStore(layout)
     first, digest = _staged_blob(layout, b"first" * 100)
     second, other = _same_prefix(layout, digest, "second.bin")
     folders = BlobFolders(store)
-    try:
-        assert store.adopt(first, digest, 500, folders)
-        store.path(digest).unlink()
-        store.path(digest).parent.rmdir()
-        assert store.adopt(second, other, second.stat().st_size, folders)
-    finally:
-        folders.close()
+    assert store.adopt(first, digest, 500, folders)
+    store.path(digest).unlink()
+    store.path(digest).parent.rmdir()
+    assert store.adopt(second, other, second.stat().st_size, folders)
     assert store.path(other).samefile(second)
     assert not store.path(digest).exists()
 
 
-def test_a_blob_folder_swapped_for_a_link_while_open_is_not_followed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("swapped", ["prefix", "sha256"])
+def test_a_blob_folder_swapped_for_a_link_during_a_trees_adoption_is_refused(tmp_path: Path, swapped: str) -> None:
     layout = CacheLayout(tmp_path / "cache")
     store = BlobStore(layout)
-    outside = tmp_path / "outside"
-    outside.mkdir()
     first, digest = _staged_blob(layout, b"first" * 100)
     second, other = _same_prefix(layout, digest, "second.bin")
     folders = BlobFolders(store)
-    try:
-        assert store.adopt(first, digest, 500, folders)
-        folder = store.path(digest).parent
-        folder.rename(folder.with_name("moved"))
-        folder.symlink_to(outside, target_is_directory=True)
-        assert store.adopt(second, other, second.stat().st_size, folders)
-    finally:
-        folders.close()
-    assert list(outside.iterdir()) == []
-    assert (folder.with_name("moved") / other[2:]).samefile(second)
+    assert store.adopt(first, digest, 500, folders)
+    folder = store.path(digest).parent if swapped == "prefix" else store.root / "sha256"
+    folder.rename(tmp_path / "moved")  # out of the cache, on the same filesystem
+    folder.symlink_to(tmp_path / "moved", target_is_directory=True)
+    with pytest.raises(UnsafePath, match="is a link or a file where mlcache keeps its own folder"):
+        store.adopt(second, other, second.stat().st_size, folders)
+    assert sorted(p.name for p in (tmp_path / "moved").rglob("*") if p.is_file()) == [digest[2:]]
 
 
 def test_a_missing_blob_folder_is_made_on_adoption(tmp_path: Path) -> None:
