@@ -108,10 +108,14 @@ def start_store_and_server(scratch: Path) -> tuple[Any, Any]:
 
     t = time.perf_counter()
     s3 = start_s3_server(scratch / "s3")
-    s3.bucket("bucket")
-    os.environ.update(s3.env)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    server = start_mlflow_server(scratch / "mlflow", artifact_root="s3://bucket/mlartifacts", env=s3.env)
+    try:
+        s3.bucket("bucket")
+        os.environ.update(s3.env)
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        server = start_mlflow_server(scratch / "mlflow", artifact_root="s3://bucket/mlartifacts", env=s3.env)
+    except BaseException:  # a failed or interrupted start leaves no store behind
+        s3.stop()
+        raise
     mlflow.set_tracking_uri(server.url)
     print(f"servers up in {time.perf_counter() - t:.1f}s: mlflow {server.url}, s3 {s3.endpoint}")
     return s3, server

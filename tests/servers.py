@@ -100,8 +100,10 @@ class MlflowServer:
         self.process.start()
         try:
             wait_until(lambda: http_ok(f"{self.url}/health"), 90, "mlflow server", self.process.proc)
-        except Exception as exc:
-            self.process.stop()
+        except BaseException as exc:
+            self.process.stop()  # also when interrupted (Ctrl-C, SIGTERM) while it comes up
+            if not isinstance(exc, Exception):
+                raise
             raise RuntimeError(f"{exc}\n{self.process.log_tail()}") from exc
 
 
@@ -182,7 +184,11 @@ class S3Server:
 
     def start(self) -> None:
         self.process.start()
-        wait_until(lambda: _port_open(self.port), 30, "rclone serve s3", self.process.proc)
+        try:
+            wait_until(lambda: _port_open(self.port), 30, "rclone serve s3", self.process.proc)
+        except BaseException:
+            self.process.stop()
+            raise
 
 
 def _port_open(port: int) -> bool:
