@@ -463,13 +463,20 @@ def _same_prefix(layout: CacheLayout, digest: str, name: str) -> tuple[Path, str
     raise AssertionError("no digest with that prefix")
 
 
-def test_a_blob_folder_removed_during_a_trees_adoption_is_made_again(tmp_path: Path) -> None:
+def _one_adopted(tmp_path: Path) -> tuple[BlobStore, BlobFolders, str, Path, str]:
+    """A tree's first file adopted through `BlobFolders`; (store, folders, its digest, a second
+    staged file whose blob goes in the same folder, that file's digest)."""
     layout = CacheLayout(tmp_path / "cache")
     store = BlobStore(layout)
     first, digest = _staged_blob(layout, b"first" * 100)
     second, other = _same_prefix(layout, digest, "second.bin")
     folders = BlobFolders(store)
     assert store.adopt(first, digest, 500, folders)
+    return store, folders, digest, second, other
+
+
+def test_a_blob_folder_removed_during_a_trees_adoption_is_made_again(tmp_path: Path) -> None:
+    store, folders, digest, second, other = _one_adopted(tmp_path)
     store.path(digest).unlink()
     store.path(digest).parent.rmdir()
     assert store.adopt(second, other, second.stat().st_size, folders)
@@ -479,12 +486,7 @@ def test_a_blob_folder_removed_during_a_trees_adoption_is_made_again(tmp_path: P
 
 @pytest.mark.parametrize("swapped", ["prefix", "sha256"])
 def test_a_blob_folder_swapped_for_a_link_during_a_trees_adoption_is_refused(tmp_path: Path, swapped: str) -> None:
-    layout = CacheLayout(tmp_path / "cache")
-    store = BlobStore(layout)
-    first, digest = _staged_blob(layout, b"first" * 100)
-    second, other = _same_prefix(layout, digest, "second.bin")
-    folders = BlobFolders(store)
-    assert store.adopt(first, digest, 500, folders)
+    store, folders, digest, second, other = _one_adopted(tmp_path)
     folder = store.path(digest).parent if swapped == "prefix" else store.root / "sha256"
     folder.rename(tmp_path / "moved")  # out of the cache, on the same filesystem
     folder.symlink_to(tmp_path / "moved", target_is_directory=True)
