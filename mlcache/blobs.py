@@ -83,6 +83,7 @@ class BlobStore:
     def __init__(self, layout: CacheLayout) -> None:
         self.layout = layout
         self.root = layout.root / "blobs"
+        self._sha256_root = str(self.root / "sha256")
         self._linkable: bool | None = None
         self.hints = StoreHashHints(layout, self.root)
 
@@ -90,7 +91,7 @@ class BlobStore:
         """Where the blob of `digest` lives; `digest` must be 64 lowercase hex digits."""
         if not SHA256.fullmatch(digest):
             raise ValueError(f"not a sha256 digest: {digest!r}")
-        return self.root / "sha256" / digest[:2] / digest[2:]
+        return Path(f"{self._sha256_root}/{digest[:2]}/{digest[2:]}")
 
     def held(self, digest: str, size: int) -> Path | None:
         """The blob of `digest` when it exists as a regular file of `size` bytes (never a link)."""
