@@ -57,9 +57,8 @@ class BlobFolders:
 
     def __init__(self, store: BlobStore) -> None:
         self._layout = store.layout
-        base = store.root / "sha256"
-        self._base = str(base)
-        self._above = [str(folder) for folder in (store.root, base)]
+        self._base = store.sha256_root
+        self._above = (str(store.root), self._base)
 
     def blob_path(self, digest: str) -> str:
         """Where the blob of `digest` goes (a checked 64-hex digest), once its folder is there and
@@ -83,7 +82,8 @@ class BlobStore:
     def __init__(self, layout: CacheLayout) -> None:
         self.layout = layout
         self.root = layout.root / "blobs"
-        self._sha256_root = str(self.root / "sha256")
+        self.sha256_root = str(self.root / "sha256")
+        """`blobs/sha256` as a string, the folder every blob's own folder is in."""
         self._linkable: bool | None = None
         self.hints = StoreHashHints(layout, self.root)
 
@@ -91,7 +91,7 @@ class BlobStore:
         """Where the blob of `digest` lives; `digest` must be 64 lowercase hex digits."""
         if not SHA256.fullmatch(digest):
             raise ValueError(f"not a sha256 digest: {digest!r}")
-        return Path(f"{self._sha256_root}/{digest[:2]}/{digest[2:]}")
+        return Path(f"{self.sha256_root}/{digest[:2]}/{digest[2:]}")
 
     def held(self, digest: str, size: int) -> Path | None:
         """The blob of `digest` when it exists as a regular file of `size` bytes (never a link)."""
