@@ -276,14 +276,17 @@ def pull_beside_listing(
                     excluded = [arg for path in ranged for arg in ("--exclude", f"/{literal_pattern(path)}")]
                     copy(shared.copy_part(), on_file, ["--min-size", f"{settings.min_size}B", *excluded], guard.started)
             except BaseException:
+                # the ranged side's error is the cause only if it had stopped the copies before
+                # this: once `stop` is set below, it fails too, for the error raised here
+                halted_first = guard.halted
                 stop.set()
                 failure = None
                 if done is not None:
                     try:
                         done.result()
-                    except Exception as exc:  # the cause, when it is why the copies were stopped
+                    except Exception as exc:
                         failure = exc
-                if failure is not None and guard.halted:
+                if failure is not None and halted_first:
                     raise failure from None
                 raise
             if done is not None:

@@ -560,3 +560,27 @@ def test_a_failed_ranged_file_stops_the_copy_and_is_the_error(
         assert _child_commands("copy") == []
     copied = tmp_path / "tree" / "small.bin"
     assert not copied.exists() or copied.stat().st_size < len(small)
+
+
+def test_a_copy_that_fails_on_its_own_is_the_error_not_the_stop_it_causes(
+    tmp_path: Path, s3_server, s3_env, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from mlcache.rclone import RcloneTransfer
+    from mlcache.transfer import PullPlan
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from pacing_proxy import start_pacing_proxy
+
+    bucket = _upload(s3_server, {"small.bin": b"s" * 4096, "weights.bin": os.urandom(2 << 20)}, tmp_path)
+    url = f"s3://{bucket}/model"
+    transfer = RcloneTransfer(ranged=RangedSettings(min_size=1 << 20, streams=2, chunk_size=256 << 10))
+    blocked = tmp_path / "tree" / "small.bin" / "in-the-way"
+    blocked.mkdir(parents=True)  # the copy cannot write small.bin: a folder holding a file is there
+    with start_pacing_proxy(s3_server.endpoint, delay_ms=0, rate_mib=0.05) as proxy:  # the ranges take 40 s
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", proxy.url)
+        with pytest.raises(TransferError, match=r"rclone copy failed \(exit \d+\): .*small\.bin") as err:
+            transfer.pull(
+                url, tmp_path / "tree", False, None, None, PullPlan(lambda: transfer.list(url), tmp_path / "r")
+            )
+        assert _child_commands("copy") == []
+    assert "stopped" not in str(err.value)
