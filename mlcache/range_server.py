@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import IO
@@ -64,6 +65,9 @@ class RangeServer:
 
     def __init__(self, binary: str, root: str, env: dict[str, str], extra_args: Sequence[str]) -> None:
         self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self._lock = threading.Lock()
+        self._interrupted = threading.Event()
         password = secrets.token_urlsafe(24)
         self.authorization = "Basic " + base64.b64encode(f"mlcache:{password}".encode()).decode()
         server_env = {name: value for name, value in env.items() if not name.startswith("RCLONE_RC_")}
@@ -134,13 +138,34 @@ class RangeServer:
 
     def connection(self) -> tuple[_Connection, bool]:
         """A kept-alive connection if one is idle (True), else a new one (False)."""
-        try:
-            return self._idle.pop(), True
-        except IndexError:
-            return _Connection(self.address), False
+        if self._interrupted.is_set():
+            raise TransferError("the pull was stopped", retryable=False)
+        with self._lock:
+            connection, reused = (self._idle.pop(), True) if self._idle else (None, False)
+            if connection is None:
+                connection = _Connection(self.address, self._interrupted)
+            self._busy.add(connection)
+        return connection, reused
 
     def give_back(self, connection: _Connection) -> None:
-        self._idle.append(connection)
+        with self._lock:
+            self._busy.discard(connection)
+            self._idle.append(connection)
+
+    def drop(self, connection: _Connection) -> None:
+        """Close a connection that is not to be used again."""
+        with self._lock:
+            self._busy.discard(connection)
+        connection.close()
+
+    def interrupt(self) -> None:
+        """Wake every request in progress, which a stalled store could hold for `READ_TIMEOUT`: their
+        sockets are shut down, so each fails at once; later requests fail before they connect."""
+        self._interrupted.set()
+        with self._lock:
+            busy = list(self._busy)
+        for connection in busy:
+            connection.shut()
 
     def close(self) -> None:
         """Stop the server (end its watchdog's stdin; its whole session if that does not do) and
@@ -152,7 +177,9 @@ class RangeServer:
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()
         try:
-            self._proc.wait(timeout=10)
+            # rclone lets its handlers finish before it exits; after an interrupt they wait on a
+            # stalled store, so its session is killed sooner
+            self._proc.wait(timeout=1 if self._interrupted.is_set() else 10)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(OSError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
@@ -177,21 +204,32 @@ def serving(binary: str, root: str, env: dict[str, str], extra_args: Sequence[st
 
 
 class _Connection(http.client.HTTPConnection):
-    """HTTP over the server's unix socket."""
+    """HTTP over the server's unix socket; once `interrupted` is set it no longer connects, and
+    `shut` wakes a request blocked on it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, interrupted: threading.Event) -> None:
         super().__init__("localhost", timeout=READ_TIMEOUT)
         self._path = path
+        self._interrupted = interrupted
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
+        self.sock = sock  # before connecting, so that `shut` can reach it from another thread
         try:
             sock.connect(self._path)
+            if self._interrupted.is_set():
+                raise ConnectionAbortedError("the pull was stopped")
         except OSError:
+            self.sock = None
             sock.close()
             raise
-        self.sock = sock
+
+    def shut(self) -> None:
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 _BROKEN = (OSError, http.client.HTTPException, UnicodeError)
@@ -216,7 +254,7 @@ class ServedRange:
                 response = connection.getresponse()
                 break
             except _BROKEN as exc:
-                connection.close()
+                server.drop(connection)
                 if not reused:
                     server.check_alive()
                     raise TransferError(
@@ -227,7 +265,7 @@ class ServedRange:
         wanted = f"bytes {offset}-{last}/{item.size}"
         if response.status == 206 and response.getheader("Content-Range") == wanted and response.length == count:
             return
-        connection.close()
+        server.drop(connection)
         if response.status == 206:
             raise TransferError(
                 f"{item.path}: the store sent {response.getheader('Content-Range')!r} for {wanted!r} "
@@ -244,11 +282,11 @@ class ServedRange:
         try:
             got = self._response.readinto(buffer) if self._left else 0
         except _BROKEN as exc:
-            self._connection.close()
+            self._server.drop(self._connection)
             self._server.check_alive()
             raise TransferError(f"{self._name}: the range stream broke: {exc!r}", retryable=True) from exc
         if not got and self._left and len(buffer):
-            self._connection.close()
+            self._server.drop(self._connection)
             self._server.check_alive()
             raise TransferError(f"{self._name}: the range stream ended {self._left} bytes early", retryable=True)
         self._left -= got
@@ -257,9 +295,9 @@ class ServedRange:
     def finish(self) -> None:
         """Read to its end: the connection is kept for the next request."""
         if self._left:
-            self._connection.close()
+            self._server.drop(self._connection)
             raise TransferError(f"{self._name}: the range stream ended {self._left} bytes early", retryable=True)
         self._server.give_back(self._connection)
 
     def abort(self) -> None:
-        self._connection.close()
+        self._server.drop(self._connection)

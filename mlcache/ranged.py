@@ -21,7 +21,7 @@ from .chunk_journal import PIECE, ChunkJournal, pieces, private_dir
 from .errors import InvalidSetting, TransferError
 from .transfer import OnFile, RemoteFile
 
-__all__ = ["RangeStream", "RangedSettings", "pull_ranged"]
+__all__ = ["RangeSource", "RangeStream", "RangedSettings", "pull_ranged"]
 
 _MIN_CHUNK = 4096
 
@@ -41,6 +41,16 @@ class RangeStream(Protocol):
 
 OpenRange = Callable[[RemoteFile, int, int], RangeStream]
 """`open_range(file, offset, count)`: a stream of that range of a listed file."""
+
+
+class RangeSource(Protocol):
+    """Where the ranges of one pull come from (its range server)."""
+
+    def open_range(self, item: RemoteFile, offset: int, count: int) -> RangeStream:
+        """A stream of that range of a listed file."""
+
+    def interrupt(self) -> None:
+        """Make every request in progress, and every one after, fail at once (the pull stops)."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +140,10 @@ class _Assembly:
                     self._fetch_segment(open_range, first, end, memoryview(buffer), advanced, stop)
                 except BaseException as exc:  # handed to the caller once the streams are joined
                     with self.changed:
-                        self.failed = self.failed or exc
+                        if not stop.is_set():  # once stopped, streams fail because of it: not the cause
+                            self.failed = self.failed or exc
                         self.changed.notify_all()
+                    return
 
         sha256 = _Follower(self, hashlib.sha256)
         md5 = _Follower(self, hashlib.md5) if self.journal.checked_whole else None

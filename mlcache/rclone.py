@@ -26,7 +26,7 @@ from typing import ClassVar
 from .errors import EntityNotFound, MlcacheError
 from .progress import TransferProgress
 from .range_server import serving
-from .ranged import OpenRange, RangedSettings
+from .ranged import RangedSettings, RangeSource
 from .rclone_output import (
     COPIED,
     NOT_FOUND_EXIT_CODES,
@@ -196,13 +196,13 @@ class RcloneTransfer(Transfer):
             self._copy(target, dest, progress, url, on_file, ["--files-from-raw", listed.name], started)
 
     @contextlib.contextmanager
-    def _serve_ranges(self, target: RclonePath, is_dir: bool) -> Iterator[OpenRange]:
+    def _serve_ranges(self, target: RclonePath, is_dir: bool) -> Iterator[RangeSource]:
         """Ranges of the listed files of `target` (a folder, or a single file, listed by its name
         in its parent), from one rclone server while they are pulled."""
         parent, _ = _split_parent(target)
         root = target.path if is_dir or parent is None else parent
         with serving(self.binary, root, {**os.environ, **target.env}, self.extra_args) as server:
-            yield server.open_range
+            yield server
 
     def _copy(
         self,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .names import is_normalized_relative
 from .progress import TransferProgress
-from .ranged import OpenRange, RangedSettings, pull_ranged
+from .ranged import RangedSettings, RangeSource, pull_ranged
 from .remotes import literal_pattern
 from .transfer import Listing, OnFile, PullPlan, RemoteFile
 
@@ -205,7 +205,7 @@ def pull_beside_listing(
     on_file: OnFile | None,
     copy: CopyRun,
     copy_paths: CopyPaths,
-    serve_ranges: Callable[[bool], AbstractContextManager[OpenRange]],
+    serve_ranges: Callable[[bool], AbstractContextManager[RangeSource]],
 ) -> None:
     """A pull with the caller's listing: the files below the ranged size by `rclone copy`, the
     big ones by ranges beside it (from the range server `serve_ranges(is_dir)` runs for them).
@@ -313,21 +313,36 @@ def pull_big_files(
     big: list[RemoteFile],
     settings: RangedSettings,
     dest: Path,
-    serve_ranges: Callable[[bool], AbstractContextManager[OpenRange]],
+    serve_ranges: Callable[[bool], AbstractContextManager[RangeSource]],
     progress: SharedProgress,
     on_file: OnFile | None,
     resume_dir: Path,
     stop: threading.Event,
 ) -> None:
     """Pull the `big` files of `listing` by ranges into `dest`, from one range server for them
-    all (`progress` was told to expect their bytes)."""
+    all (`progress` was told to expect their bytes); once `stop` is set, the requests in progress
+    are interrupted, so a stalled store does not hold the stop."""
     base = listing.url.rstrip("/")
     files = [
         (item, f"{base}/{item.path}" if listing.is_dir else listing.url, dest.joinpath(*item.path.split("/")))
         for item in big
     ]
-    with serve_ranges(listing.is_dir) as open_range:
-        pull_ranged(files, open_range, resume_dir, settings, on_file, progress.advanced, stop)
+    with serve_ranges(listing.is_dir) as source:
+        finished = threading.Event()
+
+        def interrupt_on_stop() -> None:
+            while not finished.is_set():
+                if stop.wait(0.1):
+                    source.interrupt()
+                    return
+
+        watcher = threading.Thread(target=interrupt_on_stop, daemon=True)
+        watcher.start()
+        try:
+            pull_ranged(files, source.open_range, resume_dir, settings, on_file, progress.advanced, stop)
+        finally:
+            finished.set()
+            watcher.join()
 
 
 def _has_size(path: Path, size: int) -> bool:

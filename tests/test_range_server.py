@@ -5,6 +5,7 @@ a password of its own, and a server that ends with its pull, even when the pull 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import os
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -249,3 +251,75 @@ def test_a_pull_by_ranges_leaves_no_server_behind(stored, s3_env, tmp_path: Path
     assert digests == {NAME: hashlib.sha256(blob).hexdigest()}  # by ranges: their own digest
     assert list(temporary.iterdir()) == []
     assert _processes_mentioning(str(temporary)) == []
+
+
+@pytest.fixture
+def stalled_env(s3_server, tmp_path: Path) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+    """rclone's S3 remote pointed at a server that accepts connections and never answers."""
+    from servers import start_silent_server
+
+    silent = start_silent_server(tmp_path / "silent", lifetime=120)
+    try:
+        yield {**os.environ, **s3_server.rclone_env("S3"), "RCLONE_CONFIG_S3_ENDPOINT": silent.url}
+    finally:
+        silent.stop()
+
+
+def _in_thread(call) -> tuple[threading.Thread, list[BaseException]]:  # type: ignore[no-untyped-def]
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, raised
+
+
+def test_an_interrupt_wakes_a_request_a_stalled_store_holds(stored, stalled_env) -> None:  # type: ignore[no-untyped-def]
+    root, _ = stored
+    with serving(rclone_binary(), root, stalled_env, ()) as server:
+        thread, raised = _in_thread(lambda: server.open_range(RemoteFile(NAME, SIZE, "", ""), 0, SIZE))
+        thread.join(1.0)
+        assert thread.is_alive()  # held by the store, for up to READ_TIMEOUT (120 s)
+        server.interrupt()
+        thread.join(10)
+        assert not thread.is_alive()
+        (error,) = raised
+        assert isinstance(error, TransferError) and "did not answer" in str(error)
+        with pytest.raises(TransferError, match="the pull was stopped"):
+            server.open_range(RemoteFile(NAME, SIZE, "", ""), 0, 10)
+
+
+def test_a_stop_interrupts_the_ranges_of_a_pull_from_a_stalled_store(stored, stalled_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from mlcache.ranged import RangedSettings
+    from mlcache.rclone_ranges import SharedProgress, pull_big_files
+    from mlcache.transfer import Listing
+
+    root, _ = stored
+    item = RemoteFile(NAME, SIZE, "", "")
+    listing = Listing("s3://b/model", True, (item,))
+    stop = threading.Event()
+
+    @contextlib.contextmanager
+    def serve(is_dir: bool) -> Iterator[RangeServer]:
+        with serving(rclone_binary(), root, stalled_env, ()) as server:
+            yield server
+
+    settings = RangedSettings(min_size=1 << 20, streams=2, chunk_size=256 << 10)
+    thread, raised = _in_thread(
+        lambda: pull_big_files(
+            listing, [item], settings, tmp_path / "tree", serve, SharedProgress(None), None, tmp_path / "r", stop
+        )
+    )
+    thread.join(1.0)
+    assert thread.is_alive()
+    stop.set()
+    thread.join(15)
+    assert not thread.is_alive()
+    (error,) = raised
+    assert isinstance(error, TransferError) and str(error) == "the pull was stopped"
+    assert not (tmp_path / "tree" / NAME).exists()
