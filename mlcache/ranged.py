@@ -88,16 +88,18 @@ def pull_ranged(
     on_file: OnFile | None = None,
     advanced: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    interrupt: Callable[[], None] | None = None,
 ) -> None:
     """Pull each `(file, url, dest)` into `dest` by ranges, resuming what `state_dir` holds of it;
     `on_file(rel, digest=sha256)` is told of each file done, `advanced(n)` of the bytes as they land.
-    Setting `stop` ends the pull early with a `TransferError`."""
+    Setting `stop` ends the pull early with a `TransferError`. `interrupt()` is called when a
+    stream fails, to wake the other streams (the pull fails with that first error)."""
     state_dir.mkdir(mode=0o700, exist_ok=True)
     private_dir(state_dir)
     for item, url, dest in files:
         assembly = _Assembly(item, url, state_dir, settings.chunk_size)
         try:
-            digest = assembly.fetch(open_range, settings, advanced, stop or threading.Event())
+            digest = assembly.fetch(open_range, settings, advanced, stop or threading.Event(), interrupt)
             assembly.journal.install(dest)
         finally:
             assembly.journal.close()
@@ -121,6 +123,7 @@ class _Assembly:
         settings: RangedSettings,
         advanced: Callable[[int], None] | None,
         stop: threading.Event,
+        interrupt: Callable[[], None] | None = None,
     ) -> str:
         """Fetch the missing chunks on `settings.streams` threads while the hashes follow in file
         order; the sha256 of the whole file."""
@@ -140,9 +143,12 @@ class _Assembly:
                     self._fetch_segment(open_range, first, end, memoryview(buffer), advanced, stop)
                 except BaseException as exc:  # handed to the caller once the streams are joined
                     with self.changed:
-                        if not stop.is_set():  # once stopped, streams fail because of it: not the cause
-                            self.failed = self.failed or exc
+                        first = self.failed is None and not stop.is_set()
+                        if first:  # later failures, and any once stopped, follow from it: not the cause
+                            self.failed = exc
                         self.changed.notify_all()
+                    if first and interrupt is not None:
+                        interrupt()
                     return
 
         sha256 = _Follower(self, hashlib.sha256)

@@ -320,8 +320,8 @@ def pull_big_files(
     stop: threading.Event,
 ) -> None:
     """Pull the `big` files of `listing` by ranges into `dest`, from one range server for them
-    all (`progress` was told to expect their bytes); once `stop` is set, the requests in progress
-    are interrupted, so a stalled store does not hold the stop."""
+    all (`progress` was told to expect their bytes); once `stop` is set or a stream fails, the
+    requests in progress are interrupted, so a stalled store holds neither."""
     base = listing.url.rstrip("/")
     files = [
         (item, f"{base}/{item.path}" if listing.is_dir else listing.url, dest.joinpath(*item.path.split("/")))
@@ -339,7 +339,9 @@ def pull_big_files(
         watcher = threading.Thread(target=interrupt_on_stop, daemon=True)
         watcher.start()
         try:
-            pull_ranged(files, source.open_range, resume_dir, settings, on_file, progress.advanced, stop)
+            pull_ranged(
+                files, source.open_range, resume_dir, settings, on_file, progress.advanced, stop, source.interrupt
+            )
         finally:
             finished.set()
             watcher.join()

@@ -133,6 +133,39 @@ def test_a_stop_ends_the_pull_between_two_reads_of_a_chunk(tmp_path: Path, remot
     assert again.asked[0][0] == 0  # the chunk left half-read was not kept
 
 
+def test_a_failed_stream_wakes_the_stalled_ones_and_is_the_error(
+    tmp_path: Path, remote: tuple[Path, RemoteFile]
+) -> None:
+    source, item = remote
+    woken = threading.Event()
+    interrupts: list[bool] = []
+
+    class OneFailsOneStalls(FileRanges):
+        """The first range fails at once; the second waits until interrupted (or 60 s)."""
+
+        def __call__(self, item: RemoteFile, offset: int, count: int) -> FileRanges.Stream:
+            stream = super().__call__(item, offset, count)
+
+            def readinto(buffer: memoryview) -> int:
+                if offset == 0:
+                    raise TransferError("injected: the link went down", retryable=True)
+                woken.wait(60)
+                raise TransferError("woken: the request was interrupted", retryable=True)
+
+            stream.readinto = readinto  # type: ignore[method-assign]
+            return stream
+
+    def interrupt() -> None:
+        interrupts.append(True)
+        woken.set()
+
+    two = RangedSettings(min_size=64 * KiB, streams=2, chunk_size=16 * KiB, request_size=16 * KiB)
+    files = [(item, "s3://b/w", tmp_path / "w.bin")]
+    with pytest.raises(TransferError, match="injected: the link went down"):
+        pull_ranged(files, OneFailsOneStalls(source), tmp_path / "r", two, interrupt=interrupt)
+    assert len(interrupts) == 1
+
+
 def test_a_failed_pull_resumes_from_its_verified_chunks_only(tmp_path: Path, remote: tuple[Path, RemoteFile]) -> None:
     source, listed = remote
     item = listed._replace(hash="")  # no store hash: each chunk is checked by its CRC-32
