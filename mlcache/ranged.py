@@ -93,7 +93,8 @@ def pull_ranged(
     """Pull each `(file, url, dest)` into `dest` by ranges, resuming what `state_dir` holds of it;
     `on_file(rel, digest=sha256)` is told of each file done, `advanced(n)` of the bytes as they land.
     Setting `stop` ends the pull early with a `TransferError`. `interrupt()` is called when a
-    stream fails, to wake the other streams (the pull fails with that first error)."""
+    stream fails (the pull fails with that first error) or the pull is stopped, to wake the
+    streams still waiting on the store."""
     state_dir.mkdir(mode=0o700, exist_ok=True)
     private_dir(state_dir)
     for item, url, dest in files:
@@ -156,8 +157,13 @@ class _Assembly:
         workers = [threading.Thread(target=work, daemon=True) for _ in range(min(streams, len(segments)))]
         for thread in workers:
             thread.start()
+        woken = False
         for thread in workers:
-            thread.join()
+            while thread.is_alive():  # a stop wakes the streams a stalled store holds
+                thread.join(0.1)
+                if stop.is_set() and interrupt is not None and not woken:
+                    interrupt()
+                    woken = True
         with self.changed:
             if self.failed is None and stop.is_set():
                 self.failed = TransferError("the pull was stopped", retryable=False)

@@ -328,23 +328,7 @@ def pull_big_files(
         for item in big
     ]
     with serve_ranges(listing.is_dir) as source:
-        finished = threading.Event()
-
-        def interrupt_on_stop() -> None:
-            while not finished.is_set():
-                if stop.wait(0.1):
-                    source.interrupt()
-                    return
-
-        watcher = threading.Thread(target=interrupt_on_stop, daemon=True)
-        watcher.start()
-        try:
-            pull_ranged(
-                files, source.open_range, resume_dir, settings, on_file, progress.advanced, stop, source.interrupt
-            )
-        finally:
-            finished.set()
-            watcher.join()
+        pull_ranged(files, source.open_range, resume_dir, settings, on_file, progress.advanced, stop, source.interrupt)
 
 
 def _has_size(path: Path, size: int) -> bool:
