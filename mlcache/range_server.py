@@ -141,9 +141,8 @@ class RangeServer:
         if self._interrupted.is_set():
             raise TransferError("the pull was stopped", retryable=False)
         with self._lock:
-            connection, reused = (self._idle.pop(), True) if self._idle else (None, False)
-            if connection is None:
-                connection = _Connection(self.address, self._interrupted)
+            reused = bool(self._idle)
+            connection = self._idle.pop() if reused else _Connection(self.address, self._interrupted)
             self._busy.add(connection)
         return connection, reused
 

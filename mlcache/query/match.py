@@ -172,13 +172,7 @@ class MongoQuery(Query):
             if len(tests) == 1:
                 return _path(key), tests[0]
             return _path(key), lambda values: all(test(values) for test in tests)
-
-        def equals(values: _Candidates) -> bool:
-            if len(values) == 1:
-                return _equal_meets(sub, values[0])
-            return any(_equal_meets(sub, value) for value in values)
-
-        return _path(key), equals
+        return _path(key), functools.partial(self._eq, sub)
 
     @property
     def definition(self) -> dict[str, Any]:
@@ -219,9 +213,7 @@ class MongoQuery(Query):
         if type(entry) is _Candidates:
             if _is_operators(condition):
                 return all(getattr(self, "_" + op[1:])(arg, entry) for op, arg in condition.items())
-            if len(entry) == 1:
-                return _equal_meets(condition, entry[0])
-            return any(_equal_meets(condition, value) for value in entry)
+            return self._eq(condition, entry)
         for key, sub in condition.items():
             if key in LOGICAL_OPERATORS:
                 if not getattr(self, "_" + key[1:])(sub, entry):
@@ -231,6 +223,8 @@ class MongoQuery(Query):
         return True
 
     def _eq(self, condition: Any, values: _Candidates) -> bool:
+        if len(values) == 1:  # most paths reach one value
+            return _equal_meets(condition, values[0])
         return any(_equal_meets(condition, value) for value in values)
 
     def _ne(self, condition: Any, values: _Candidates) -> bool:
