@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from .collector import collector_paused
 from .errors import CacheFallbackWarning, CorruptMetadata
 from .index import IndexEntry, MetadataIndex, file_digest
 from .layout import (
@@ -176,9 +177,16 @@ class MetadataStore:
 
     def put_many(self, documents: Sequence[Document], stale: bool = False) -> list[Record]:
         """Write entity documents (kind, key, data) together: one durable commit for all of them
-        (`write_atomic_many`), then the index of each kind in one transaction."""
+        (`write_atomic_many`), then the index of each kind in one transaction. A page of them is
+        written with the cyclic collector paused (`collector_paused`)."""
         if not documents:
             return []
+        if len(documents) < OVERLAP_FROM:
+            return self._put_many(documents, stale)
+        with collector_paused():
+            return self._put_many(documents, stale)
+
+    def _put_many(self, documents: Sequence[Document], stale: bool) -> list[Record]:
         records: list[Record] = []
         files: list[tuple[Path, bytes]] = []
         entries: dict[str, dict[Path, IndexEntry]] = {}

@@ -4,6 +4,8 @@ tracking token; a hostile server's malformed answers fail with one line and writ
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import subprocess
 import sys
@@ -207,13 +209,14 @@ HOSTILE_ANSWERS = {
 }
 
 
-@pytest.fixture
-def hostile_server(tmp_path: Path) -> Iterator[str]:
-    answers = tmp_path / "answers.json"
-    answers.write_text(json.dumps(HOSTILE_ANSWERS))
+@contextlib.contextmanager
+def answering_server(tmp_path: Path, answers: dict[str, str]) -> Iterator[str]:
+    """A server giving these answers (by path, with or without its query), and `{}` elsewhere."""
+    answers_file = tmp_path / "answers.json"
+    answers_file.write_text(json.dumps(answers))
     port = free_port()
     server = ServerProcess(
-        "hostile", [sys.executable, "-c", HOSTILE_SERVER, str(port), str(answers)], tmp_path / "hostile.log"
+        "hostile", [sys.executable, "-c", HOSTILE_SERVER, str(port), str(answers_file)], tmp_path / "hostile.log"
     )
     server.start()
     wait_until(lambda: _port_open(port), 20, "hostile server", server.proc)
@@ -221,6 +224,12 @@ def hostile_server(tmp_path: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def hostile_server(tmp_path: Path) -> Iterator[str]:
+    with answering_server(tmp_path, HOSTILE_ANSWERS) as url:
+        yield url
 
 
 MALFORMED = "the server's answer has no well-formed"
@@ -251,3 +260,37 @@ def test_malformed_answers_fail_with_one_line_and_write_nothing(hostile_server: 
         assert "\n" not in str(caught.value)
     metadata = cache / "metadata"
     assert not metadata.exists() or [p for p in metadata.rglob("*") if p.is_file()] == []
+
+
+def test_a_page_of_runs_is_read_with_the_collector_paused(tmp_path: Path) -> None:
+    runs = [
+        {
+            "info": {**RUN_INFO, "run_id": f"{i:032x}", "run_name": f"run-{i}", "start_time": 1700000000000 + i},
+            "data": {
+                "metrics": [{"key": "acc", "value": 0.5, "timestamp": 1, "step": 0}],
+                "params": [{"key": "lr", "value": "0.1"}, {"key": "layers", "value": "4"}],
+                "tags": [{"key": "team", "value": "a"}],
+            },
+        }
+        for i in range(500)
+    ]
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, object]) -> None:
+        if phase == "start":
+            collections.append(1)
+
+    with answering_server(tmp_path, {f"{API}runs/search": json.dumps({"runs": runs})}) as url:
+        api = MlflowApi(tracking_uri=url, cache_dir=tmp_path / "cache")
+        api._impl_search_runs(["1"], {}, None)
+        thresholds = gc.get_threshold()
+        gc.set_threshold(10, 10, 10)
+        gc.callbacks.append(count)
+        try:
+            page = api._impl_search_runs(["1"], {}, None)
+        finally:
+            gc.callbacks.remove(count)
+            gc.set_threshold(*thresholds)
+    assert [doc["id"] for doc in page.items] == [f"{i:032x}" for i in range(500)]
+    assert page.items[7]["params"] == {"lr": 0.1, "layers": 4}
+    assert len(collections) < 100

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
+from ...collector import collector_paused
 from ...errors import MlcacheError
 from .http import DeadlinePassed, HttpLimits, Sent
 
@@ -129,7 +130,8 @@ class RestReader:
         answer = self._pool.request(
             method, url, body=body, headers=self._headers(), timeout=timeout, retries=retries, preload_content=True
         )
-        return _read_answer(answer.status, answer.data, f"{method} {endpoint}")
+        with collector_paused():
+            return _read_answer(answer.status, answer.data, f"{method} {endpoint}")
 
 
 def linked_causes(exc: BaseException) -> BaseException:

@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def _run_docs_page(answer: dict[str, Any]) -> tuple[list[RunDoc], str | None]:
+    """The run documents and next page token of a runs search answer."""
+    runs, token = read_runs_page(answer)
+    return [run_doc(run) for run in runs], token
+
+
 class MlflowSearches:
     """Mixed into `MlflowApi`, which provides the client, the REST readers, `_call` and `_rest`."""
 
@@ -126,8 +132,8 @@ class MlflowSearches:
             body = {"experiment_ids": ids, "filter": flt, "run_view_type": "ALL", "max_results": 1000}
             if state.token:
                 body["page_token"] = state.token
-            runs, token = self._rest(reader, "search", "runs", ("POST", "runs/search", body), read_runs_page)
-            return Page([run_doc(run) for run in runs], SearchState(ids, state.chunk, token).next(len(chunks)))
+            docs, token = self._rest(reader, "search", "runs", ("POST", "runs/search", body), _run_docs_page)
+            return Page(docs, SearchState(ids, state.chunk, token).next(len(chunks)))
         from mlflow.entities import ViewType
 
         page = self._call(

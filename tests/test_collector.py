@@ -1,0 +1,100 @@
+"""Bulk work runs with the cyclic collector paused: pauses nest and overlap across threads, leave
+a collector the user disabled disabled, and a page of documents is written without a collection."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlcache.collector import collector_paused
+from mlcache.layout import CacheLayout
+from mlcache.metadata_store import OVERLAP_FROM, MetadataStore
+
+
+@pytest.fixture
+def eager_collector() -> Iterator[list[int]]:
+    """A collector that runs a collection every 10 allocations; yields the list its collections
+    (generation numbers) are appended to."""
+    thresholds, enabled = gc.get_threshold(), gc.isenabled()
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.enable()
+    gc.set_threshold(10, 10, 10)
+    gc.callbacks.append(count)
+    try:
+        yield collections
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*thresholds)
+        if not enabled:
+            gc.disable()
+
+
+def test_pauses_nest_and_the_collector_comes_back_after_the_last() -> None:
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_a_pause_ending_in_one_thread_leaves_another_threads_pause_in_force() -> None:
+    entered, release = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def other() -> None:
+        with collector_paused():
+            entered.set()
+            release.wait(10)
+            seen.append(gc.isenabled())
+
+    thread = threading.Thread(target=other)
+    with collector_paused():
+        thread.start()
+        assert entered.wait(10)
+    assert not gc.isenabled()
+    release.set()
+    thread.join(10)
+    assert seen == [False]
+    assert gc.isenabled()
+
+
+def test_a_collector_the_user_disabled_stays_disabled() -> None:
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_an_error_inside_a_pause_gives_the_collector_back() -> None:
+    with pytest.raises(RuntimeError, match="boom"), collector_paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_a_page_of_documents_is_written_without_a_collection(tmp_path: Path, eager_collector: list[int]) -> None:
+    store = MetadataStore(CacheLayout(tmp_path / "cache"))
+    page = [
+        ("run", (f"r{i}",), {"id": f"r{i}", "exp_id": "1", "params": {"n": str(i)}, "tags": {"t": "x"}})
+        for i in range(max(OVERLAP_FROM, 300))
+    ]
+    eager_collector.clear()
+    store.put_many(page)
+    assert len(eager_collector) <= 3
+    eager_collector.clear()
+    store.put_many([(kind, key, {**data, "status": "RUNNING"}) for kind, key, data in page[: OVERLAP_FROM - 1]])
+    assert len(eager_collector) > 30
