@@ -28,7 +28,6 @@ from .progress import TransferProgress
 from .range_server import serving
 from .ranged import RangedSettings, RangeSource
 from .rclone_output import (
-    COPIED,
     NOT_FOUND_EXIT_CODES,
     announce_complete_files,
     report_stats,
@@ -262,13 +261,14 @@ class RcloneTransfer(Transfer):
         dest: Path | None = None,
         started: Callable[[subprocess.Popen[str]], None] | None = None,
     ) -> None:
-        """Run one copy, reading rclone's JSON log as it goes: files done, errors, progress stats.
-        With `on_file`, stats every 0.1 s also show when a big file's bytes are all in `dest`, while
-        rclone re-reads it for its own checksum, so hashing can overlap that. `started` is handed
-        the process (to stop it early)."""
+        """Run one copy, reading rclone's JSON log as it goes: errors and progress stats. With
+        `on_file`, stats every 0.1 s also show when a big file's bytes are all in `dest`, while
+        rclone re-reads it for its own checksum, so hashing can overlap that; the other files are
+        hashed once the copy ends (a log line per file costs rclone more than hashing a small file
+        costs after it). `started` is handed the process (to stop it early)."""
         every = "0.1s" if on_file is not None else "0.2s" if progress is not None else "0"
         stats = ["--stats", every, "--stats-unit", "bytes"]
-        command = [self.binary, args[0], *stats, "--use-json-log", "-v", *args[1:]]
+        command = [self.binary, args[0], *stats, "--stats-log-level", "NOTICE", "--use-json-log", *args[1:]]
         proc = subprocess.Popen(
             command,
             stdout=subprocess.DEVNULL,
@@ -291,11 +291,8 @@ class RcloneTransfer(Transfer):
                 if not isinstance(item, dict):
                     continue
                 figures = item.get("stats")
-                if on_file is not None:
-                    if str(item.get("msg", "")).startswith(COPIED) and isinstance(item.get("object"), str):
-                        on_file(item["object"])
-                    elif dest is not None and isinstance(figures, dict):
-                        announce_complete_files(figures, dest, on_file, announced)
+                if on_file is not None and dest is not None and isinstance(figures, dict):
+                    announce_complete_files(figures, dest, on_file, announced)
                 if item.get("level") in ("error", "critical"):
                     errors.append(f"{item.get('object', '')}: {item.get('msg', '')}".strip(": "))
                 elif progress is not None and isinstance(figures, dict):
@@ -311,8 +308,8 @@ class RcloneTransfer(Transfer):
 _PULL_FLAGS = ("--inplace", "--retries", "1")
 """A pull writes into a private staging folder that only becomes an entry once verified, so rclone's
 own partial names and renames are not needed (`--inplace`, 5-10 % faster on many small files). One
-pass only (`--retries 1`): a file is never written again after rclone reported it, so hashes taken
-as files land stay true; a failed pass fails the pull, which mlcache retries in a fresh stage."""
+pass only (`--retries 1`): a file is never written again once its bytes are all there, so a hash
+taken early stays true; a failed pass fails the pull, which mlcache retries in a fresh stage."""
 
 
 def _split_parent(target: RclonePath) -> tuple[str | None, str]:

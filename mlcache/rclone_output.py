@@ -51,10 +51,9 @@ def report_stats(progress: TransferProgress, figures: dict[str, Any]) -> None:
         progress.update(done, known, float(speed) if isinstance(speed, (int, float)) and speed > 0 else None)
 
 
-COPIED = ("Copied", "Multi-thread Copied")
 EARLY_HASH_MIN_SIZE = 16 << 20
 """Files at least this large are hashed as soon as all their bytes are written, beside rclone's own
-checksum pass; smaller ones are hashed when rclone reports them copied."""
+checksum pass; smaller ones once the copy has ended."""
 
 
 def announce_complete_files(stats: dict, dest: Path, on_file: OnFile, announced: set[str]) -> None:
