@@ -1,8 +1,9 @@
 """sha256 of staged files: one file, a whole staged tree, or a pull's files while it still runs.
 
 A digest taken before a pull ends is only used for the final file when that file is provably the
-one that was read: same device, inode, size and modification time for files hashed once reported,
-same pinned inode for big files hashed while their transfer still checks them.
+one that was read: same device, inode, size and modification time for files hashed once reported;
+for big files hashed while their transfer still checks them, the same pinned inode, with as many
+bytes as were hashed.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def identity(info: os.stat_result) -> Identity:
 
 def sha256_file(path: Path | str) -> str:
     with open(path, "rb", buffering=0) as handle:
-        return _sha256_of(handle)
+        return _sha256_counted(handle)[0]
 
 
 def copy_hashed(src: Path | str, dst: Path | str) -> tuple[int, str]:
@@ -71,17 +72,20 @@ def copy_hashed(src: Path | str, dst: Path | str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _sha256_of(handle: BinaryIO) -> str:
-    """sha256 of an open unbuffered file from its start: one read when small, else 1 MiB blocks
-    into one buffer."""
+def _sha256_counted(handle: BinaryIO) -> tuple[str, int]:
+    """sha256 of an open unbuffered file from its start, and how many bytes it covers: one read
+    when small, else 1 MiB blocks into one buffer."""
     if os.fstat(handle.fileno()).st_size <= _BLOCK:
-        return hashlib.sha256(handle.readall()).hexdigest()  # type: ignore[attr-defined]
+        data = handle.readall()  # type: ignore[attr-defined]
+        return hashlib.sha256(data).hexdigest(), len(data)
     digest = hashlib.sha256()
     buffer = bytearray(_BLOCK)
     view = memoryview(buffer)
+    length = 0
     while size := handle.readinto(buffer):  # type: ignore[attr-defined]
         digest.update(view[:size])
-    return digest.hexdigest()
+        length += size
+    return digest.hexdigest(), length
 
 
 def _sha256_if_file(path: str) -> tuple[str, Identity] | None:
@@ -118,15 +122,17 @@ def sha256_files(files: Mapping[str, StagedFile]) -> dict[str, str]:
 @dataclass(frozen=True)
 class _EarlyHash:
     """A file hashed while its transfer still checks it. Its handle stays open until the pull ends,
-    so the inode cannot be reused: the digest holds for the final file only if that is the same inode."""
+    so the inode cannot be reused: the digest holds for the final file only if that is the same inode
+    and the bytes hashed are as many as it holds (a write still under way when the transfer counted
+    the file's bytes all read would leave it longer)."""
 
     handle: BinaryIO
     inode: tuple[int, int]
-    digest: Future[str]
+    digest: Future[tuple[str, int]]
 
-    def matches(self, path: str) -> bool:
-        info = os.lstat(path)
-        return (info.st_dev, info.st_ino) == self.inode
+    def matches(self, file: StagedFile) -> bool:
+        info = os.lstat(file.path)
+        return (info.st_dev, info.st_ino) == self.inode and self.digest.result()[1] == info.st_size
 
 
 class _SmallFileHasher:
@@ -140,10 +146,15 @@ class _SmallFileHasher:
         self._done = threading.Event()
         self._cancelled = False
         self._thread = threading.Thread(target=self._run, name="mlcache-hash", daemon=True)
-        self._thread.start()
+        self._starting = threading.Lock()
 
     def add(self, rel: str) -> None:
+        """Hash `rel` in turn; the thread starts with the first file."""
         self._pending.append(rel)
+        if self._thread.ident is None:
+            with self._starting:
+                if self._thread.ident is None and not self._done.is_set():
+                    self._thread.start()
 
     def _run(self) -> None:
         while not self._cancelled:
@@ -161,13 +172,19 @@ class _SmallFileHasher:
     def results(self) -> dict[str, tuple[str, Identity] | None]:
         """Every reported file's (sha256, identity), once all are hashed."""
         self._done.set()
-        self._thread.join()
+        self._join()
         return self._results
 
     def cancel(self) -> None:
         self._cancelled = True
         self._done.set()
-        self._thread.join()
+        self._join()
+
+    def _join(self) -> None:
+        with self._starting:
+            started = self._thread.ident is not None
+        if started:
+            self._thread.join()
 
 
 class PullHasher:
@@ -199,7 +216,7 @@ class PullHasher:
         except OSError:
             return
         info = os.fstat(handle.fileno())
-        self._early[rel] = _EarlyHash(handle, (info.st_dev, info.st_ino), self._big.submit(_sha256_of, handle))
+        self._early[rel] = _EarlyHash(handle, (info.st_dev, info.st_ino), self._big.submit(_sha256_counted, handle))
 
     def digests(self, files: Mapping[str, StagedFile]) -> dict[str, str]:
         """rel -> sha256 of the final staged files whose bytes are provably the ones hashed."""
@@ -209,9 +226,9 @@ class PullHasher:
             if rel in files and done is not None and done[1] == files[rel].identity
         }
         known.update(
-            (rel, hashed.digest.result())
+            (rel, hashed.digest.result()[0])
             for rel, hashed in self._early.items()
-            if rel in files and rel not in known and hashed.matches(files[rel].path)
+            if rel in files and rel not in known and hashed.matches(files[rel])
         )
         return known
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,26 @@ def test_an_early_hash_of_a_file_that_was_replaced_is_not_used(tmp_path: Path) -
     assert manifest is not None and manifest.files[0].sha256 == hashlib.sha256(second).hexdigest()
     assert (s.entry_path(KEY) / "x.bin").read_bytes() == second
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+def test_an_early_hash_of_a_file_written_to_after_it_is_not_used(tmp_path: Path) -> None:
+    import hashlib
+
+    head, tail = os.urandom(1 << 20), os.urandom(1 << 10)
+
+    def fetch(stage: Path, on_file, only=None, plan=None) -> None:
+        partial = stage / "x.bin"
+        partial.write_bytes(head)
+        on_file("x.bin", staged="x.bin")
+        time.sleep(1)  # the early hash of the first MiB is done long before
+        with open(partial, "ab") as more:  # the same inode, written to after its announcement
+            more.write(tail)
+
+    s = store(tmp_path)
+    s.pull(KEY, fetch, lambda: listing(("x.bin", len(head) + len(tail))))
+    manifest = s.read_manifest(KEY)
+    assert manifest is not None and manifest.files[0].sha256 == hashlib.sha256(head + tail).hexdigest()
+    assert verify_entry(s, KEY, manifest) == []
 
 
 def test_big_transfers_whose_bytes_are_all_written_are_announced_once_where_they_sit(

@@ -283,6 +283,7 @@ def test_a_page_of_runs_is_read_with_the_collector_paused(tmp_path: Path) -> Non
     with answering_server(tmp_path, {f"{API}runs/search": json.dumps({"runs": runs})}) as url:
         api = MlflowApi(tracking_uri=url, cache_dir=tmp_path / "cache")
         api._impl_search_runs(["1"], {}, None)
+        assert gc.isenabled()
         thresholds = gc.get_threshold()
         gc.set_threshold(10, 10, 10)
         gc.callbacks.append(count)
