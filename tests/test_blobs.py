@@ -423,10 +423,10 @@ def test_a_file_rewritten_between_the_listing_and_the_copy_records_no_store_hash
     assert store.blobs.by_store_hash(listed.files[1].hash, 4) == md5lib.sha256(b"same").hexdigest()
 
 
-def _staged_blob(layout: CacheLayout, data: bytes) -> tuple[Path, str]:
+def _staged_blob(layout: CacheLayout, data: bytes, name: str = "file.bin") -> tuple[Path, str]:
     """A hashed, read-only file in a stage of `layout`, with its sha256."""
     layout.ensure()
-    staged = layout.tmp / "pull-test" / "file.bin"
+    staged = layout.tmp / "pull-test" / name
     staged.parent.mkdir(parents=True, exist_ok=True)
     staged.write_bytes(data)
     staged.chmod(0o444)
@@ -503,3 +503,64 @@ def test_a_missing_blob_folder_is_made_on_adoption(tmp_path: Path) -> None:
     assert store.adopt(staged, digest, 500)
     assert store.held(digest, 500) == store.path(digest)
     assert store.path(digest).samefile(staged)
+
+
+ADOPT_AS_ANOTHER_USER = """
+import json, sys
+from pathlib import Path
+from mlcache.blobs import BlobFolders, BlobStore
+from mlcache.layout import CacheLayout
+store = BlobStore(CacheLayout(Path(sys.argv[1])))
+folders = BlobFolders(store) if sys.argv[4] == "tree" else None
+adopted = store.adopt(Path(sys.argv[2]), sys.argv[3], int(sys.argv[5]), folders)
+linked = store.link_into(sys.argv[3], int(sys.argv[5]), Path(sys.argv[2]).with_name("linked.bin"))
+print(json.dumps([adopted, linked]))
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid")
+    or os.geteuid() != 0
+    or Path("/proc/sys/fs/protected_hardlinks").read_text().strip() != "1"
+    or not Path("/usr/bin/setpriv").exists(),
+    reason="needs root (to give the blob to another user and drop capabilities), protected_hardlinks and setpriv",
+)
+@pytest.mark.parametrize("per_tree", [False, True], ids=["one-file", "a-tree's-files"])
+def test_a_blob_of_another_user_the_kernel_will_not_link_is_neither_shared_nor_linked(
+    tmp_path: Path, per_tree: bool
+) -> None:
+    layout = CacheLayout(tmp_path / "cache")
+    store = BlobStore(layout)
+    data = b"weights" * 100
+    held, digest = _staged_blob(layout, data)
+    assert store.adopt(held, digest, len(data))
+    os.chown(store.path(digest), 65534, 65534)  # the blob now belongs to another user, read-only
+    staged, _ = _staged_blob(layout, data, "second.bin")
+    before = os.stat(staged)
+    # a process of this user without CAP_FOWNER / CAP_DAC_OVERRIDE: what a plain user is
+    result = subprocess.run(
+        [
+            "/usr/bin/setpriv",
+            "--bounding-set=-fowner,-dac_override",
+            "--",
+            sys.executable,
+            "-c",
+            ADOPT_AS_ANOTHER_USER,
+            str(layout.root),
+            str(staged),
+            digest,
+            "tree" if per_tree else "file",
+            str(len(data)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [False, False]  # neither shared nor linked into the stage
+    assert not (staged.parent / "linked.bin").exists()
+    after = os.stat(staged)
+    assert (after.st_ino, after.st_nlink) == (before.st_ino, 1)
+    assert staged.read_bytes() == data
+    assert os.stat(store.path(digest)).st_nlink == 2  # the first file and the blob, nothing more
+    assert [p.name for p in staged.parent.iterdir() if p.name.endswith(".blob")] == []
