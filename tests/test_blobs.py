@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -518,11 +519,29 @@ print(json.dumps([adopted, linked]))
 """
 
 
+def _kernel_refuses_links_without_capabilities() -> bool:
+    """Whether this test can make the kernel refuse a link, tried once: root gives a read-only file
+    to another user, setpriv can drop the capabilities that bypass `protected_hardlinks`, and `ln`
+    run without them fails to link the file."""
+    try:
+        if os.geteuid() != 0:
+            return False
+        with tempfile.TemporaryDirectory() as folder:
+            theirs, link = Path(folder, "theirs"), Path(folder, "link")
+            theirs.write_bytes(b"x")
+            os.chown(theirs, 65534, 65534)
+            theirs.chmod(0o444)
+            dropped = ["/usr/bin/setpriv", "--bounding-set=-fowner,-dac_override", "--"]
+            if subprocess.run([*dropped, "true"], capture_output=True, timeout=30).returncode != 0:
+                return False
+            subprocess.run([*dropped, "ln", str(theirs), str(link)], capture_output=True, timeout=30)
+            return not link.exists()
+    except (OSError, AttributeError, subprocess.SubprocessError):
+        return False
+
+
 @pytest.mark.skipif(
-    not hasattr(os, "geteuid")
-    or os.geteuid() != 0
-    or Path("/proc/sys/fs/protected_hardlinks").read_text().strip() != "1"
-    or not Path("/usr/bin/setpriv").exists(),
+    not _kernel_refuses_links_without_capabilities(),
     reason="needs root (to give the blob to another user and drop capabilities), protected_hardlinks and setpriv",
 )
 @pytest.mark.parametrize("per_tree", [False, True], ids=["one-file", "a-tree's-files"])
