@@ -28,7 +28,6 @@ from pydantic import Field, PrivateAttr
 from ... import deadline
 from ...api_settings import MIN_TIMEOUT
 from ...base import BaseMlflowApi
-from ...collector import collector_paused
 from ...errors import BackendError, EntityExists, EntityNotFound, ServerUnreachable
 from ...hooks import ExpDoc, LoggedModelDoc, ModelDoc, ModelVersionDoc, RunDoc
 from ...settings import env_seconds
@@ -186,15 +185,13 @@ class MlflowApi(MlflowSearches, MlflowWrites, BaseMlflowApi):
         read: Callable[[dict[str, Any]], T],
     ) -> T:
         """One REST read of mlcache's own, `(method, endpoint, payload)`, its answer turned into what
-        the caller needs by `read` (with the cyclic collector paused: a page of documents is built
-        there); bounded, with its errors translated like `_call`'s."""
+        the caller needs by `read` (`RestReader.request`); bounded, with its errors translated like
+        `_call`'s."""
         from urllib3.exceptions import HTTPError
 
         sent = mlflow_http.Sent()
         try:
-            answer = reader.request(*request, self._limits(0.0), sent)
-            with collector_paused():
-                return read(answer)
+            return reader.request(*request, self._limits(0.0), sent, read)
         except mlflow_http.DeadlinePassed as exc:
             raise self._unreachable(exc, sent) from exc
         except HTTPError as exc:

@@ -20,14 +20,17 @@ import base64
 import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from ...collector import collector_paused
 from ...errors import MlcacheError
 from .http import DeadlinePassed, HttpLimits, Sent
+
+T = TypeVar("T")
 
 API = "/api/2.0/mlflow/"
 _RETRIED_STATUSES = (429, 500, 502, 503, 504)
@@ -95,10 +98,19 @@ class RestReader:
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
-    def request(self, method: str, endpoint: str, payload: dict[str, Any], limits: HttpLimits, sent: Sent) -> dict:
+    def request(
+        self,
+        method: str,
+        endpoint: str,
+        payload: dict[str, Any],
+        limits: HttpLimits,
+        sent: Sent,
+        convert: Callable[[dict[str, Any]], T],
+    ) -> T:
         """One request to `API + endpoint` (GET: `payload` as the query; POST: as the JSON body), within
-        `limits`; its answer as a JSON object. A connection that fails raises urllib3's error (or
-        `DeadlinePassed`); an answer that is an error raises `RestError`."""
+        `limits`; its answer, a JSON object, turned into what the caller needs by `convert`. Both are done
+        with the cyclic collector paused (a page of documents is built there). A connection that
+        fails raises urllib3's error (or `DeadlinePassed`); an answer that is an error raises `RestError`."""
         import time
 
         import urllib3
@@ -131,7 +143,7 @@ class RestReader:
             method, url, body=body, headers=self._headers(), timeout=timeout, retries=retries, preload_content=True
         )
         with collector_paused():
-            return _read_answer(answer.status, answer.data, f"{method} {endpoint}")
+            return convert(_read_answer(answer.status, answer.data, f"{method} {endpoint}"))
 
 
 def linked_causes(exc: BaseException) -> BaseException:
