@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +116,26 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 @pytest.fixture
 def s3_api(s3_mlflow: MlflowServer, s3_env: dict[str, str], cache_dir: Path) -> MlflowApi:
     return MlflowApi(tracking_uri=s3_mlflow.url, cache_dir=cache_dir)
+
+
+@pytest.fixture
+def eager_collector() -> Iterator[list[int]]:
+    """A collector that runs a collection every 10 allocations; yields the list its collections
+    (generation numbers) are appended to."""
+    thresholds, enabled = gc.get_threshold(), gc.isenabled()
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.enable()
+    gc.set_threshold(10, 10, 10)
+    gc.callbacks.append(count)
+    try:
+        yield collections
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*thresholds)
+        if not enabled:
+            gc.disable()

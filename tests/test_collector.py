@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +13,6 @@ import pytest
 from mlcache.collector import collector_paused
 from mlcache.layout import CacheLayout
 from mlcache.metadata_store import OVERLAP_FROM, MetadataStore
-
-
-@pytest.fixture
-def eager_collector() -> Iterator[list[int]]:
-    """A collector that runs a collection every 10 allocations; yields the list its collections
-    (generation numbers) are appended to."""
-    thresholds, enabled = gc.get_threshold(), gc.isenabled()
-    collections: list[int] = []
-
-    def count(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            collections.append(info["generation"])
-
-    gc.enable()
-    gc.set_threshold(10, 10, 10)
-    gc.callbacks.append(count)
-    try:
-        yield collections
-    finally:
-        gc.callbacks.remove(count)
-        gc.set_threshold(*thresholds)
-        if not enabled:
-            gc.disable()
 
 
 def test_pauses_nest_and_the_collector_comes_back_after_the_last() -> None:

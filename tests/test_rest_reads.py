@@ -262,7 +262,7 @@ def test_malformed_answers_fail_with_one_line_and_write_nothing(hostile_server: 
     assert not metadata.exists() or [p for p in metadata.rglob("*") if p.is_file()] == []
 
 
-def test_a_page_of_runs_is_read_with_the_collector_paused(tmp_path: Path) -> None:
+def test_a_page_of_runs_is_read_with_the_collector_paused(tmp_path: Path, eager_collector: list[int]) -> None:
     runs = [
         {
             "info": {**RUN_INFO, "run_id": f"{i:032x}", "run_name": f"run-{i}", "start_time": 1700000000000 + i},
@@ -274,24 +274,13 @@ def test_a_page_of_runs_is_read_with_the_collector_paused(tmp_path: Path) -> Non
         }
         for i in range(500)
     ]
-    collections: list[int] = []
-
-    def count(phase: str, info: dict[str, object]) -> None:
-        if phase == "start":
-            collections.append(1)
-
     with answering_server(tmp_path, {f"{API}runs/search": json.dumps({"runs": runs})}) as url:
         api = MlflowApi(tracking_uri=url, cache_dir=tmp_path / "cache")
         api._impl_search_runs(["1"], {}, None)
         assert gc.isenabled()
-        thresholds = gc.get_threshold()
-        gc.set_threshold(10, 10, 10)
-        gc.callbacks.append(count)
-        try:
-            page = api._impl_search_runs(["1"], {}, None)
-        finally:
-            gc.callbacks.remove(count)
-            gc.set_threshold(*thresholds)
+        eager_collector.clear()
+        page = api._impl_search_runs(["1"], {}, None)
+        collections = len(eager_collector)
     assert [doc["id"] for doc in page.items] == [f"{i:032x}" for i in range(500)]
     assert page.items[7]["params"] == {"lr": 0.1, "layers": 4}
-    assert len(collections) < 100
+    assert collections < 100
