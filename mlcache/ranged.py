@@ -144,11 +144,11 @@ class _Assembly:
                     self._fetch_segment(open_range, first, end, memoryview(buffer), advanced, stop)
                 except BaseException as exc:  # handed to the caller once the streams are joined
                     with self.changed:
-                        first = self.failed is None and not stop.is_set()
-                        if first:  # later failures, and any once stopped, follow from it: not the cause
+                        cause = self.failed is None and not stop.is_set()
+                        if cause:  # later failures, and any once stopped, follow from it: not the cause
                             self.failed = exc
                         self.changed.notify_all()
-                    if first and interrupt is not None:
+                    if cause and interrupt is not None:
                         interrupt()
                     return
 
